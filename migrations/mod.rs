@@ -1,0 +1,15 @@
+//! Schema migrations (sea-orm-migration). Kept apart from the entities in `src/store`
+//! because the two preludes clash. Each step is append-only: never edit a released one.
+
+use sea_orm_migration::prelude::*;
+
+mod m20261125_000001_initial;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261125_000001_initial::Migration)]
+    }
+}

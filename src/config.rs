@@ -1,0 +1,433 @@
+//! Configuration: defaults, then `.env` and `KMS_*` environment variables, then flags
+//! (clap resolves flag > environment > default; `.env` only fills variables the
+//! environment lacks). Secrets are held in wrappers whose `Debug` prints nothing.
+
+use std::{
+    fs,
+    io::Write,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use base64::{Engine, engine::general_purpose::STANDARD};
+use clap::{Args, Parser, Subcommand, builder::BoolishValueParser};
+use zeroize::Zeroizing;
+
+use crate::{
+    crypto::{random, sealing::MasterKey},
+    domain::token::MIN_HS256_SECRET_BYTES,
+    store::StoreOptions,
+};
+
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://kms-data/kms.db?mode=rwc";
+const MASTER_KEY_FILE: &str = "master.key";
+const JWT_SECRET_FILE: &str = "jwt.secret";
+const DEV_ADMIN_USERNAME: &str = "admin";
+
+/// Every `KMS_*` variable the server reads; any other earns a warning at start.
+pub const KNOWN_ENV: &[&str] = &[
+    "KMS_DATABASE_URL",
+    "KMS_DATABASE_MAX_CONNECTIONS",
+    "KMS_GRPC_ADDR",
+    "KMS_MASTER_KEY",
+    "KMS_MASTER_KEY_FILE",
+    "KMS_JWT_SECRET",
+    "KMS_ACCESS_TOKEN_TTL_SECONDS",
+    "KMS_JWT_ISSUER",
+    "KMS_JWT_AUDIENCE",
+    "KMS_ALLOW_REGISTRATION",
+    "KMS_BOOTSTRAP_ADMIN_USERNAME",
+    "KMS_BOOTSTRAP_ADMIN_PASSWORD",
+    "KMS_PASSWORD_MIN_LENGTH",
+    "KMS_DATA_DIR",
+    "KMS_TEST_POSTGRES_URL",
+];
+
+#[derive(Debug, Parser)]
+#[command(name = "kms", version, about = "A gRPC key-management server")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gRPC server (applies pending migrations first).
+    Serve(Box<ServeArgs>),
+    /// Apply pending database migrations and exit.
+    Migrate(DatabaseArgs),
+    /// Manage users directly in the database (operator recovery path).
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create a user; the password is read from standard input.
+    Create(UserCreateArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DatabaseArgs {
+    /// Database URL: sqlite://PATH?mode=rwc or postgres://USER@HOST/DB.
+    #[arg(long, env = "KMS_DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
+    pub database_url: String,
+    /// Largest number of pooled database connections.
+    #[arg(long, env = "KMS_DATABASE_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub database_max_connections: u32,
+}
+
+impl DatabaseArgs {
+    pub fn store_options(&self) -> StoreOptions {
+        StoreOptions {
+            url: self.database_url.clone(),
+            max_connections: self.database_max_connections,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct UserCreateArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[arg(long)]
+    pub username: String,
+    /// A role to grant; repeat for several. Without any: `user`.
+    #[arg(long = "role")]
+    pub roles: Vec<String>,
+    #[arg(long, env = "KMS_PASSWORD_MIN_LENGTH", default_value_t = 12)]
+    pub password_min_length: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Development mode: generate the master key and JWT secret under the data folder
+    /// and create a bootstrap admin with a random password. Not for production.
+    #[arg(long)]
+    pub dev: bool,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// Address of the gRPC listener.
+    #[arg(long, env = "KMS_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    pub grpc_addr: SocketAddr,
+    /// Base64 of the 32-byte master key that seals API key secrets.
+    #[arg(long, env = "KMS_MASTER_KEY", hide_env_values = true)]
+    pub master_key: Option<String>,
+    /// A file holding the base64 master key (instead of KMS_MASTER_KEY).
+    #[arg(long, env = "KMS_MASTER_KEY_FILE")]
+    pub master_key_file: Option<PathBuf>,
+    /// The HS256 secret that signs access tokens (at least 32 bytes).
+    #[arg(long, env = "KMS_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// Lifetime of access tokens, in seconds.
+    #[arg(long, env = "KMS_ACCESS_TOKEN_TTL_SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(i64).range(1..=31_536_000))]
+    pub access_token_ttl_seconds: i64,
+    #[arg(long, env = "KMS_JWT_ISSUER", default_value = "kms")]
+    pub jwt_issuer: String,
+    #[arg(long, env = "KMS_JWT_AUDIENCE", default_value = "kms")]
+    pub jwt_audience: String,
+    /// Whether anyone may Register without an admin token.
+    #[arg(long, env = "KMS_ALLOW_REGISTRATION", default_value = "true", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub allow_registration: bool,
+    /// At start, when no admin exists and both are set, this admin is created.
+    #[arg(long, env = "KMS_BOOTSTRAP_ADMIN_USERNAME")]
+    pub bootstrap_admin_username: Option<String>,
+    #[arg(long, env = "KMS_BOOTSTRAP_ADMIN_PASSWORD", hide_env_values = true)]
+    pub bootstrap_admin_password: Option<String>,
+    /// Shortest accepted password, in bytes.
+    #[arg(long, env = "KMS_PASSWORD_MIN_LENGTH", default_value_t = 12, value_parser = clap::value_parser!(u64).range(8..=1024))]
+    pub password_min_length: u64,
+    /// Where --dev keeps its generated secrets.
+    #[arg(long, env = "KMS_DATA_DIR", default_value = "kms-data")]
+    pub data_dir: PathBuf,
+}
+
+/// The JWT signing secret. `Debug` prints nothing of it.
+#[derive(Clone)]
+pub struct JwtSecret(Zeroizing<Vec<u8>>);
+
+impl JwtSecret {
+    pub fn new(bytes: Vec<u8>) -> Result<Self, ConfigError> {
+        if bytes.len() < MIN_HS256_SECRET_BYTES {
+            return Err(ConfigError(format!(
+                "KMS_JWT_SECRET must be at least {MIN_HS256_SECRET_BYTES} bytes"
+            )));
+        }
+        Ok(Self(Zeroizing::new(bytes)))
+    }
+
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for JwtSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JwtSecret(<redacted>)")
+    }
+}
+
+/// The admin to create at start when none exists. `password: None` means generate a
+/// random one and show it once (dev mode).
+#[derive(Clone)]
+pub struct BootstrapAdmin {
+    pub username: String,
+    pub password: Option<Zeroizing<String>>,
+}
+
+impl std::fmt::Debug for BootstrapAdmin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BootstrapAdmin")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Everything `serve` needs, resolved and checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub database: StoreOptions,
+    pub grpc_addr: SocketAddr,
+    pub master_key: MasterKey,
+    pub jwt_secret: JwtSecret,
+    pub access_token_ttl_seconds: i64,
+    pub jwt_issuer: String,
+    pub jwt_audience: String,
+    pub allow_registration: bool,
+    pub password_min_length: usize,
+    pub bootstrap_admin: Option<BootstrapAdmin>,
+    /// Concurrent argon2 computations at most (each holds 19 MiB while it runs).
+    pub password_hash_concurrency: usize,
+    pub dev: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl ServeArgs {
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let mut master_key = match (&self.master_key, &self.master_key_file) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError(
+                    "set KMS_MASTER_KEY or KMS_MASTER_KEY_FILE, not both".into(),
+                ));
+            }
+            (Some(b64), None) => Some(parse_master_key(b64, "KMS_MASTER_KEY")?),
+            (None, Some(path)) => Some(read_master_key_file(path)?),
+            (None, None) => None,
+        };
+        let mut jwt_secret = self
+            .jwt_secret
+            .as_ref()
+            .map(|s| JwtSecret::new(s.as_bytes().to_vec()))
+            .transpose()?;
+
+        let mut bootstrap_admin = match (&self.bootstrap_admin_username, &self.bootstrap_admin_password) {
+            (Some(username), Some(password)) => Some(BootstrapAdmin {
+                username: username.clone(),
+                password: Some(Zeroizing::new(password.clone())),
+            }),
+            _ => None,
+        };
+
+        if self.dev {
+            if master_key.is_none() || jwt_secret.is_none() {
+                ensure_private_dir(&self.data_dir)?;
+            }
+            if master_key.is_none() {
+                let path = self.data_dir.join(MASTER_KEY_FILE);
+                if !path.exists() {
+                    let key = random::bytes::<32>().map_err(|e| ConfigError(e.to_string()))?;
+                    write_private_file(&path, STANDARD.encode(key).as_bytes())?;
+                }
+                master_key = Some(read_master_key_file(&path)?);
+            }
+            if jwt_secret.is_none() {
+                let path = self.data_dir.join(JWT_SECRET_FILE);
+                if !path.exists() {
+                    let secret = random::bytes::<48>().map_err(|e| ConfigError(e.to_string()))?;
+                    write_private_file(&path, STANDARD.encode(secret).as_bytes())?;
+                }
+                let text = fs::read_to_string(&path)
+                    .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+                jwt_secret = Some(JwtSecret::new(text.trim().as_bytes().to_vec())?);
+            }
+            bootstrap_admin.get_or_insert_with(|| BootstrapAdmin {
+                username: self
+                    .bootstrap_admin_username
+                    .clone()
+                    .unwrap_or_else(|| DEV_ADMIN_USERNAME.to_owned()),
+                password: None,
+            });
+        }
+
+        let (master_key, jwt_secret) = match (master_key, jwt_secret) {
+            (Some(m), Some(j)) => (m, j),
+            (m, j) => {
+                let mut missing = Vec::new();
+                if m.is_none() {
+                    missing.push("a master key (KMS_MASTER_KEY: base64 of 32 random bytes, e.g. `openssl rand -base64 32`, or KMS_MASTER_KEY_FILE: a file holding it)");
+                }
+                if j.is_none() {
+                    missing.push("a JWT signing secret (KMS_JWT_SECRET: at least 32 bytes, e.g. `openssl rand -base64 48`)");
+                }
+                return Err(ConfigError(format!(
+                    "refusing to start without {}. For a local trial with generated secrets, run `kms serve --dev`.",
+                    missing.join(" and ")
+                )));
+            }
+        };
+
+        let password_min_length = usize::try_from(self.password_min_length)
+            .map_err(|_| ConfigError("KMS_PASSWORD_MIN_LENGTH is out of range".into()))?;
+        Ok(Config {
+            database: self.database.store_options(),
+            grpc_addr: self.grpc_addr,
+            master_key,
+            jwt_secret,
+            access_token_ttl_seconds: self.access_token_ttl_seconds,
+            jwt_issuer: self.jwt_issuer,
+            jwt_audience: self.jwt_audience,
+            allow_registration: self.allow_registration,
+            password_min_length,
+            bootstrap_admin,
+            password_hash_concurrency: default_hash_concurrency(),
+            dev: self.dev,
+        })
+    }
+}
+
+/// One argon2 job per core keeps the cores busy without queuing memory behind them.
+pub fn default_hash_concurrency() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+fn parse_master_key(b64: &str, name: &str) -> Result<MasterKey, ConfigError> {
+    let invalid = || ConfigError(format!("{name} must be base64 of exactly 32 bytes"));
+    let bytes = Zeroizing::new(STANDARD.decode(b64.trim()).map_err(|_| invalid())?);
+    let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| invalid())?;
+    Ok(MasterKey::from_bytes(key))
+}
+
+fn read_master_key_file(path: &Path) -> Result<MasterKey, ConfigError> {
+    let text = Zeroizing::new(
+        fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read master key file {}: {e}", path.display())))?,
+    );
+    parse_master_key(&text, &format!("the master key file {}", path.display()))
+}
+
+fn ensure_private_dir(dir: &Path) -> Result<(), ConfigError> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(dir)
+        .map_err(|e| ConfigError(format!("cannot create {}: {e}", dir.display())))
+}
+
+/// Creates a file readable by its owner only (0600) and fails if it exists.
+fn write_private_file(path: &Path, contents: &[u8]) -> Result<(), ConfigError> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .map_err(|e| ConfigError(format!("cannot create {}: {e}", path.display())))?;
+    file.write_all(contents)
+        .and_then(|()| file.sync_all())
+        .map_err(|e| ConfigError(format!("cannot write {}: {e}", path.display())))
+}
+
+/// Names (never values) of `KMS_*` variables that nothing reads: usually a typo.
+pub fn unknown_env_vars() -> Vec<String> {
+    std::env::vars_os()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter(|k| k.starts_with("KMS_") && !KNOWN_ENV.contains(&k.as_str()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> ServeArgs {
+        let mut argv = vec!["kms", "serve"];
+        argv.extend_from_slice(extra);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Serve(a) => *a,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn without_secrets_serve_refuses_and_says_what_is_missing() {
+        let mut a = args(&[]);
+        a.master_key = None;
+        a.master_key_file = None;
+        a.jwt_secret = None;
+        let err = a.resolve().unwrap_err().to_string();
+        assert!(err.contains("KMS_MASTER_KEY") && err.contains("KMS_JWT_SECRET"), "{err}");
+        assert!(err.contains("--dev"));
+    }
+
+    #[test]
+    fn bad_master_key_is_named_not_echoed() {
+        let mut a = args(&["--master-key", "c2hvcnQ=", "--jwt-secret", &"j".repeat(32)]);
+        a.master_key_file = None;
+        let err = a.resolve().unwrap_err().to_string();
+        assert!(err.contains("KMS_MASTER_KEY must be base64 of exactly 32 bytes"));
+        assert!(!err.contains("c2hvcnQ="));
+    }
+
+    #[test]
+    fn short_jwt_secret_is_refused() {
+        let key = STANDARD.encode([1u8; 32]);
+        let mut a = args(&["--master-key", &key, "--jwt-secret", "short"]);
+        a.master_key_file = None;
+        assert!(a.resolve().unwrap_err().to_string().contains("at least 32 bytes"));
+    }
+
+    #[test]
+    fn dev_generates_private_secret_files_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("kms-data");
+        let data_s = data.to_str().unwrap();
+        let mut a = args(&["--dev", "--data-dir", data_s]);
+        a.master_key = None;
+        a.master_key_file = None;
+        a.jwt_secret = None;
+        a.bootstrap_admin_password = None;
+        let first = a.resolve().unwrap();
+        assert!(first.bootstrap_admin.as_ref().unwrap().password.is_none());
+        #[cfg(unix)]
+        for name in [MASTER_KEY_FILE, JWT_SECRET_FILE] {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(data.join(name)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{name}");
+        }
+        let mut b = args(&["--dev", "--data-dir", data_s]);
+        b.master_key = None;
+        b.master_key_file = None;
+        b.jwt_secret = None;
+        let second = b.resolve().unwrap();
+        assert_eq!(first.master_key.expose(), second.master_key.expose());
+        assert_eq!(first.jwt_secret.expose(), second.jwt_secret.expose());
+    }
+
+    #[test]
+    fn debug_never_prints_secrets() {
+        let key = STANDARD.encode([9u8; 32]);
+        let secret = "s".repeat(40);
+        let mut a = args(&["--master-key", &key, "--jwt-secret", &secret]);
+        a.master_key_file = None;
+        a.bootstrap_admin_username = Some("root".into());
+        a.bootstrap_admin_password = Some("hunter2hunter2".into());
+        let cfg = a.resolve().unwrap();
+        let dbg = format!("{cfg:?}");
+        assert!(!dbg.contains(&secret) && !dbg.contains(&key) && !dbg.contains("hunter2"), "{dbg}");
+    }
+}

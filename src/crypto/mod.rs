@@ -1,0 +1,24 @@
+//! Cryptographic primitives: small, pure where possible, each with its tests beside it.
+//! Nothing here knows about requests, users or databases.
+
+pub mod digest;
+pub mod password;
+pub mod random;
+pub mod sealing;
+
+/// A failure inside a primitive. Never carries secret material.
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    #[error("the operating system's random number generator failed: {0}")]
+    Random(String),
+    #[error("sealed data could not be opened (wrong master key or tampered data)")]
+    Open,
+    #[error("sealing failed")]
+    Seal,
+    #[error("password hashing failed: {0}")]
+    PasswordHash(String),
+    #[error("token signing failed: {0}")]
+    Token(String),
+    #[error("the password hashing pool is gone")]
+    PoolClosed,
+}

@@ -1,0 +1,187 @@
+//! The Auth service: registering users, logging in, introspecting tokens.
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use zeroize::Zeroizing;
+
+use super::{
+    Caller, Error, Result, Roles,
+    caller::{ROLE_ADMIN, ROLE_USER},
+    token::{Claims, IssuedToken, TokenAuthority},
+    validate,
+};
+use crate::{
+    crypto::password::{PasswordHasherPool, Verification},
+    store::{Store, StoreError},
+};
+
+const BAD_CREDENTIALS: &str = "incorrect username or password";
+
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    pub allow_registration: bool,
+    pub password_min_bytes: usize,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub username: String,
+    pub password: Zeroizing<String>,
+    pub roles: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisteredUser {
+    pub username: String,
+    pub roles: Vec<String>,
+}
+
+#[derive(Clone)]
+pub struct AuthService {
+    store: Store,
+    hasher: PasswordHasherPool,
+    tokens: Arc<TokenAuthority>,
+    settings: AuthSettings,
+}
+
+impl AuthService {
+    pub fn new(
+        store: Store,
+        hasher: PasswordHasherPool,
+        tokens: Arc<TokenAuthority>,
+        settings: AuthSettings,
+    ) -> Self {
+        Self {
+            store,
+            hasher,
+            tokens,
+            settings,
+        }
+    }
+
+    pub fn tokens(&self) -> &Arc<TokenAuthority> {
+        &self.tokens
+    }
+
+    /// Register: without an admin caller only `["user"]` may be had, and only while
+    /// registration is open.
+    pub async fn register(&self, caller: Option<&Caller>, new: NewUser) -> Result<RegisteredUser> {
+        let by_admin = caller.is_some_and(Caller::is_admin);
+        if !by_admin && !self.settings.allow_registration {
+            return Err(Error::PermissionDenied(
+                "registration is disabled; an admin token is required",
+            ));
+        }
+        let roles = self.check_new_user(&new)?;
+        if !by_admin && roles != Roles::user() {
+            return Err(Error::PermissionDenied(
+                "roles: only an admin may grant roles other than user",
+            ));
+        }
+        self.insert_user(new.username, new.password, roles).await
+    }
+
+    /// The operator path (`kms user create`): same rules, no caller.
+    pub async fn create_user(&self, new: NewUser) -> Result<RegisteredUser> {
+        let roles = self.check_new_user(&new)?;
+        self.insert_user(new.username, new.password, roles).await
+    }
+
+    fn check_new_user(&self, new: &NewUser) -> Result<Roles> {
+        validate::username(&new.username)?;
+        validate::password("password", &new.password, self.settings.password_min_bytes)?;
+        for role in &new.roles {
+            validate::role(role)?;
+        }
+        Ok(if new.roles.is_empty() {
+            Roles::user()
+        } else {
+            new.roles.iter().cloned().collect()
+        })
+    }
+
+    async fn insert_user(
+        &self,
+        username: String,
+        password: Zeroizing<String>,
+        roles: Roles,
+    ) -> Result<RegisteredUser> {
+        let hash = self.hasher.hash(password).await?;
+        let roles = roles.to_vec();
+        match self.store.create_user(&username, hash, &roles, Utc::now()).await {
+            Ok(user) => {
+                tracing::info!(username = %user.username, roles = ?user.roles, "user registered");
+                Ok(RegisteredUser {
+                    username: user.username,
+                    roles: user.roles,
+                })
+            }
+            Err(StoreError::Conflict) => Err(Error::AlreadyExists(format!(
+                "username: '{username}' is already taken"
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Login. Unknown user and wrong password give the same error after the same
+    /// argon2 work.
+    pub async fn login(&self, username: &str, password: Zeroizing<String>) -> Result<IssuedToken> {
+        validate::username(username)?;
+        if password.is_empty() {
+            return Err(Error::invalid("password", "must not be empty"));
+        }
+        validate::password("password", &password, 1)?;
+        let user = self.store.find_user(username).await?;
+        let stored = user.as_ref().map(|u| u.password_hash.clone());
+        let outcome = self.hasher.verify(password.clone(), stored).await?;
+        let (Verification::Match { needs_rehash }, Some(user)) = (outcome, user) else {
+            tracing::info!(%username, "login failed");
+            return Err(Error::Unauthenticated(BAD_CREDENTIALS));
+        };
+        if needs_rehash {
+            self.rehash(user.id, password).await;
+        }
+        let roles: Roles = user.roles.into_iter().collect();
+        let issued = self.tokens.issue(&user.username, &roles, Utc::now().timestamp())?;
+        tracing::info!(%username, "login succeeded");
+        Ok(issued)
+    }
+
+    /// Upgrades a hash made with older parameters. Best effort: the login succeeds
+    /// whether or not this does.
+    async fn rehash(&self, user_id: i64, password: Zeroizing<String>) {
+        let result = match self.hasher.hash(password).await {
+            Ok(hash) => self
+                .store
+                .set_password_hash(user_id, hash, Utc::now())
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok(()) => tracing::info!(user_id, "password hash upgraded to current parameters"),
+            Err(error) => tracing::warn!(user_id, %error, "password rehash failed"),
+        }
+    }
+
+    /// Introspection: `None` for every kind of bad token.
+    pub fn validate_token(&self, token: &str) -> Option<Claims> {
+        self.tokens.verify(token).ok()
+    }
+
+    /// Creates the bootstrap admin unless an admin exists. `Ok(true)` when created.
+    pub async fn ensure_admin(&self, username: &str, password: Zeroizing<String>) -> Result<bool> {
+        if self.store.any_user_has_role(ROLE_ADMIN).await? {
+            return Ok(false);
+        }
+        let roles = vec![ROLE_ADMIN.to_owned(), ROLE_USER.to_owned()];
+        self.create_user(NewUser {
+            username: username.to_owned(),
+            password,
+            roles,
+        })
+        .await?;
+        Ok(true)
+    }
+}

@@ -1,0 +1,33 @@
+//! The one error type of the domain. `grpc::status` maps it to gRPC codes in a single
+//! exhaustive match, so every new variant is a decision there.
+
+/// What went wrong, phrased for the caller. `Internal` carries detail for the log only:
+/// its `Display` is generic so that no SQL, crypto or secret text reaches a client.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{field}: {reason}")]
+    InvalidArgument { field: &'static str, reason: String },
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    #[error("{0}")]
+    PermissionDenied(&'static str),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("the database is unavailable, try again later")]
+    Unavailable,
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl Error {
+    pub fn invalid(field: &'static str, reason: impl Into<String>) -> Self {
+        Self::InvalidArgument {
+            field,
+            reason: reason.into(),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

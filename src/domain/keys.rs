@@ -1,0 +1,280 @@
+//! The Keys service: create, read, list, rotate, revoke and verify API keys.
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use chrono::{DateTime, Duration, Utc};
+
+use super::{Caller, Error, Result, api_key, require_admin, validate};
+use crate::{
+    crypto::{digest, sealing::Sealer},
+    store::{CreateConflict, KeyWithSecret, NewKey, NewSecret, Rotation, Store},
+};
+
+/// An API key as the transport shows it. `api_key` is empty where no secret is given
+/// out (lists).
+#[derive(Debug, Clone)]
+pub struct ApiKeyView {
+    pub service_name: String,
+    pub api_key: String,
+    pub key_prefix: String,
+    pub description: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CreateKey {
+    pub service_name: String,
+    pub api_key: Option<String>,
+    pub description: String,
+    pub ttl_seconds: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct KeyPage {
+    pub keys: Vec<ApiKeyView>,
+    pub next_page_token: String,
+}
+
+/// The answer to VerifyKey: `None` for anything that is not a valid key right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedKey {
+    pub service_name: String,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct KeyService {
+    store: Store,
+    sealer: Sealer,
+}
+
+const PAGE_TOKEN_VERSION: &str = "v1:";
+
+fn encode_page_token(last_service_name: &str) -> String {
+    URL_SAFE_NO_PAD.encode(format!("{PAGE_TOKEN_VERSION}{last_service_name}"))
+}
+
+fn decode_page_token(token: &str) -> Result<Option<String>> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let malformed = || Error::invalid("page_token", "is malformed; pass next_page_token unchanged");
+    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| malformed())?;
+    let text = String::from_utf8(bytes).map_err(|_| malformed())?;
+    let name = text.strip_prefix(PAGE_TOKEN_VERSION).ok_or_else(malformed)?;
+    validate::service_name(name).map_err(|_| malformed())?;
+    Ok(Some(name.to_owned()))
+}
+
+fn seconds(n: i64) -> Result<Duration> {
+    Duration::try_seconds(n).ok_or_else(|| Error::Internal(format!("duration out of range: {n}")))
+}
+
+impl KeyService {
+    pub fn new(store: Store, sealer: Sealer) -> Self {
+        Self { store, sealer }
+    }
+
+    fn new_secret(&self, service_name: &str, secret: &str) -> Result<NewSecret> {
+        Ok(NewSecret {
+            digest: digest::sha256(secret.as_bytes()).to_vec(),
+            sealed: self.sealer.seal(secret.as_bytes(), service_name.as_bytes())?,
+            key_prefix: api_key::display_prefix(secret),
+        })
+    }
+
+    fn view(&self, found: KeyWithSecret, with_secret: bool) -> Result<ApiKeyView> {
+        let api_key = if with_secret {
+            let plain = self
+                .sealer
+                .open(&found.secret.sealed, found.key.service_name.as_bytes())?;
+            String::from_utf8(plain.to_vec())
+                .map_err(|_| Error::Internal("a sealed secret is not UTF-8".into()))?
+        } else {
+            String::new()
+        };
+        Ok(ApiKeyView {
+            service_name: found.key.service_name,
+            api_key,
+            key_prefix: found.secret.key_prefix,
+            description: found.key.description,
+            created_at: found.key.created_at,
+            updated_at: found.key.updated_at,
+            expires_at: found.key.expires_at,
+        })
+    }
+
+    pub async fn create(&self, caller: &Caller, req: CreateKey) -> Result<ApiKeyView> {
+        require_admin(caller)?;
+        validate::service_name(&req.service_name)?;
+        validate::description(&req.description)?;
+        validate::ttl_seconds(req.ttl_seconds)?;
+        let secret = match req.api_key {
+            Some(imported) => {
+                validate::imported_api_key(&imported)?;
+                if api_key::claims_kms_format(&imported) && !api_key::checksum_ok(&imported) {
+                    return Err(Error::invalid(
+                        "api_key",
+                        "starts with kms_ but is not a well-formed KMS key (bad checksum)",
+                    ));
+                }
+                imported
+            }
+            None => api_key::generate()?,
+        };
+        let now = Utc::now();
+        let expires_at = match req.ttl_seconds {
+            0 => None,
+            ttl => Some(now + seconds(ttl)?),
+        };
+        let new = NewKey {
+            secret: self.new_secret(&req.service_name, &secret)?,
+            service_name: req.service_name.clone(),
+            description: req.description,
+            ttl_seconds: req.ttl_seconds,
+            expires_at,
+        };
+        match self.store.create_key(new, now).await? {
+            Ok(created) => {
+                tracing::info!(service_name = %req.service_name, key_prefix = %created.secret.key_prefix, "key created");
+                let mut view = self.view(created, false)?;
+                view.api_key = secret;
+                Ok(view)
+            }
+            Err(CreateConflict::ServiceName) => Err(Error::AlreadyExists(format!(
+                "service_name: a key for '{}' already exists",
+                req.service_name
+            ))),
+            Err(CreateConflict::Secret) => Err(Error::AlreadyExists(
+                "api_key: this secret is already in use by another key".into(),
+            )),
+        }
+    }
+
+    pub async fn get(&self, caller: &Caller, service_name: &str) -> Result<ApiKeyView> {
+        require_admin(caller)?;
+        validate::service_name(service_name)?;
+        let found = self
+            .store
+            .current_key(service_name)
+            .await?
+            .ok_or_else(|| not_found(service_name))?;
+        self.view(found, true)
+    }
+
+    pub async fn list(&self, caller: &Caller, page_size: i32, page_token: &str) -> Result<KeyPage> {
+        require_admin(caller)?;
+        let size = validate::page_size(page_size)?;
+        let after = decode_page_token(page_token)?;
+        let mut rows = self.store.list_keys(after.as_deref(), size + 1).await?;
+        let more = rows.len() as u64 > size;
+        rows.truncate(size as usize);
+        let keys = rows
+            .into_iter()
+            .map(|row| self.view(row, false))
+            .collect::<Result<Vec<_>>>()?;
+        let next_page_token = match keys.last() {
+            Some(last) if more => encode_page_token(&last.service_name),
+            _ => String::new(),
+        };
+        Ok(KeyPage {
+            keys,
+            next_page_token,
+        })
+    }
+
+    pub async fn rotate(
+        &self,
+        caller: &Caller,
+        service_name: &str,
+        grace_period_seconds: i64,
+    ) -> Result<ApiKeyView> {
+        require_admin(caller)?;
+        validate::service_name(service_name)?;
+        validate::grace_period_seconds(grace_period_seconds)?;
+        let secret = api_key::generate()?;
+        let now = Utc::now();
+        let old_retires_at = match grace_period_seconds {
+            0 => None,
+            grace => Some(now + seconds(grace)?),
+        };
+        let rotation = Rotation {
+            secret: self.new_secret(service_name, &secret)?,
+            old_retires_at,
+        };
+        // Rotation renews the key's lifetime: a key with a TTL gets it again from now.
+        // TTLs are bounded at creation, so the sum cannot overflow.
+        let renew = |ttl: i64| {
+            (ttl > 0)
+                .then(|| Duration::try_seconds(ttl).and_then(|d| now.checked_add_signed(d)))
+                .flatten()
+        };
+        let rotated = self
+            .store
+            .rotate_key(service_name, rotation, now, renew)
+            .await?
+            .ok_or_else(|| not_found(service_name))?;
+        tracing::info!(%service_name, key_prefix = %rotated.secret.key_prefix, grace_period_seconds, "key rotated");
+        let mut view = self.view(rotated, false)?;
+        view.api_key = secret;
+        Ok(view)
+    }
+
+    pub async fn revoke(&self, caller: &Caller, service_name: &str) -> Result<()> {
+        require_admin(caller)?;
+        validate::service_name(service_name)?;
+        if self.store.revoke_key(service_name, Utc::now()).await? {
+            tracing::info!(%service_name, "key revoked");
+            Ok(())
+        } else {
+            Err(not_found(service_name))
+        }
+    }
+
+    /// Any authenticated caller may verify. Every kind of bad key is `Ok(None)`.
+    pub async fn verify(&self, _caller: &Caller, presented: &str) -> Result<Option<VerifiedKey>> {
+        if presented.is_empty() || presented.len() > validate::IMPORTED_KEY_MAX {
+            return Ok(None);
+        }
+        // A KMS-format key with a bad checksum is a typo or a forgery: no lookup.
+        if api_key::claims_kms_format(presented) && !api_key::checksum_ok(presented) {
+            return Ok(None);
+        }
+        let presented_digest = digest::sha256(presented.as_bytes());
+        let Some(found) = self.store.find_secret(&presented_digest).await? else {
+            return Ok(None);
+        };
+        let now = Utc::now();
+        let valid = digest::ct_eq(&found.secret.digest, &presented_digest)
+            && found.key.revoked_at.is_none()
+            && found.key.expires_at.is_none_or(|t| t > now)
+            && found.secret.retires_at.is_none_or(|t| t > now);
+        Ok(valid.then_some(VerifiedKey {
+            service_name: found.key.service_name,
+            expires_at: found.key.expires_at,
+        }))
+    }
+}
+
+fn not_found(service_name: &str) -> Error {
+    Error::NotFound(format!("no key for service_name '{service_name}'"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_tokens_round_trip_and_reject_garbage() {
+        let t = encode_page_token("billing");
+        assert_eq!(decode_page_token(&t).unwrap().as_deref(), Some("billing"));
+        assert_eq!(decode_page_token("").unwrap(), None);
+        for bad in ["%%%", "bm90LXYx", &URL_SAFE_NO_PAD.encode("v1:bad name"), &URL_SAFE_NO_PAD.encode("v1:")] {
+            match decode_page_token(bad) {
+                Err(Error::InvalidArgument { field, .. }) => assert_eq!(field, "page_token"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+    }
+}

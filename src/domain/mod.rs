@@ -1,0 +1,44 @@
+//! The rules of the KMS: validation, roles, the key format, token claims, and the two
+//! services that apply them over the store. No transport or ORM types in signatures.
+
+pub mod api_key;
+pub mod auth;
+pub mod caller;
+pub mod error;
+pub mod keys;
+pub mod token;
+pub mod validate;
+
+pub use caller::{Caller, Roles};
+pub use error::{Error, Result};
+
+use crate::{crypto::CryptoError, store::StoreError};
+
+impl From<StoreError> for Error {
+    fn from(err: StoreError) -> Self {
+        match err {
+            StoreError::Unavailable(detail) => {
+                tracing::warn!(error = %detail, "database unavailable");
+                Self::Unavailable
+            }
+            StoreError::Conflict | StoreError::Config(_) | StoreError::Other(_) => {
+                Self::Internal(err.to_string())
+            }
+        }
+    }
+}
+
+impl From<CryptoError> for Error {
+    fn from(err: CryptoError) -> Self {
+        Self::Internal(err.to_string())
+    }
+}
+
+/// Fails closed: only a caller whose role set contains `admin` passes.
+pub fn require_admin(caller: &Caller) -> Result<()> {
+    if caller.is_admin() {
+        Ok(())
+    } else {
+        Err(Error::PermissionDenied("this call needs the admin role"))
+    }
+}

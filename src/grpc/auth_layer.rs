@@ -1,0 +1,213 @@
+//! A tower layer in front of every service: it checks `authorization: Bearer <jwt>`
+//! and puts the `Caller` into the request extensions. Which methods need a token is
+//! decided here, in one list; a method not listed needs one (fail closed).
+
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use http::{HeaderMap, Request, Response, header::AUTHORIZATION};
+use tonic::{Status, body::Body};
+use tower::{Layer, Service};
+
+use crate::domain::{Caller, token::TokenAuthority};
+
+/// How a method treats the bearer token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No token needed; a token sent along is ignored (so a client holding a stale
+    /// token can still log in).
+    Public,
+    /// A token is optional, but one that is sent must be valid (Register: an admin
+    /// token grants roles; an expired one must not silently downgrade the call).
+    Optional,
+    /// A valid token is required.
+    Required,
+}
+
+/// Methods that do not require a token. Everything else does.
+const NO_TOKEN_REQUIRED: &[(&str, Access)] = &[
+    ("/kms.v1.Auth/Login", Access::Public),
+    ("/kms.v1.Auth/ValidateToken", Access::Public),
+    ("/kms.v1.Auth/Register", Access::Optional),
+    ("/grpc.health.v1.Health/Check", Access::Public),
+    ("/grpc.health.v1.Health/Watch", Access::Public),
+    ("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", Access::Public),
+    ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", Access::Public),
+];
+
+pub fn access(path: &str) -> Access {
+    NO_TOKEN_REQUIRED
+        .iter()
+        .find(|(method, _)| *method == path)
+        .map_or(Access::Required, |(_, access)| *access)
+}
+
+/// Extracts the token from `authorization: Bearer <token>`. `Ok(None)`: no header.
+fn bearer(headers: &HeaderMap) -> Result<Option<&str>, Status> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(Status::unauthenticated("more than one authorization header"));
+    }
+    let value = value
+        .to_str()
+        .map_err(|_| Status::unauthenticated("malformed authorization header"))?;
+    match value.split_once(' ') {
+        // The scheme is case-insensitive (RFC 6750 section 2.1, RFC 9110 section 11.1).
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
+            Ok(Some(token.trim()))
+        }
+        _ => Err(Status::unauthenticated(
+            "authorization header must be 'Bearer <access token>'",
+        )),
+    }
+}
+
+/// Decides a request: `Ok(Some(caller))` to pass with an identity, `Ok(None)` to pass
+/// anonymously, `Err` to answer at once.
+pub fn authenticate(
+    tokens: &TokenAuthority,
+    path: &str,
+    headers: &HeaderMap,
+) -> Result<Option<Caller>, Status> {
+    let access = access(path);
+    if access == Access::Public {
+        return Ok(None);
+    }
+    match bearer(headers)? {
+        Some(token) => tokens
+            .verify(token)
+            .map(|claims| Some(claims.caller()))
+            .map_err(|_| Status::unauthenticated("invalid or expired access token")),
+        None if access == Access::Optional => Ok(None),
+        None => Err(Status::unauthenticated("missing bearer access token")),
+    }
+}
+
+#[derive(Clone)]
+pub struct AuthLayer {
+    tokens: Arc<TokenAuthority>,
+}
+
+impl AuthLayer {
+    pub fn new(tokens: Arc<TokenAuthority>) -> Self {
+        Self { tokens }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = AuthMiddleware<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthMiddleware {
+            inner,
+            tokens: self.tokens.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct AuthMiddleware<S> {
+    inner: S,
+    tokens: Arc<TokenAuthority>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
+
+impl<S, B> Service<Request<B>> for AuthMiddleware<S>
+where
+    S: Service<Request<B>, Response = Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        // The service that was polled ready is the one to call; leave a clone behind
+        // (tower's guidance, as in tonic's examples/src/tower/server.rs).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        match authenticate(&self.tokens, req.uri().path(), req.headers()) {
+            Ok(caller) => {
+                if let Some(caller) = caller {
+                    req.extensions_mut().insert(caller);
+                }
+                Box::pin(inner.call(req))
+            }
+            Err(status) => Box::pin(async move { Ok(status.into_http()) }),
+        }
+    }
+}
+
+/// The caller a handler acts for. Missing means the layer did not authenticate this
+/// method, which for a handler that needs a caller is a denial, never a pass.
+pub fn caller<T>(req: &tonic::Request<T>) -> Result<Caller, Status> {
+    req.extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("missing bearer access token"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Roles;
+
+    fn tokens() -> TokenAuthority {
+        TokenAuthority::hs256(b"0123456789abcdef0123456789abcdef", "kms", "kms", 60)
+    }
+
+    fn headers(value: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(AUTHORIZATION, value.parse().unwrap());
+        h
+    }
+
+    #[test]
+    fn unlisted_methods_require_a_token() {
+        assert_eq!(access("/kms.v1.Keys/VerifyKey"), Access::Required);
+        assert_eq!(access("/kms.v1.Keys/CreateKey"), Access::Required);
+        assert_eq!(access("/unknown.Service/Method"), Access::Required);
+        assert_eq!(access("/kms.v1.Auth/Login"), Access::Public);
+        assert_eq!(access("/kms.v1.Auth/Register"), Access::Optional);
+        // No prefix tricks.
+        assert_eq!(access("/kms.v1.Auth/Login/../../kms.v1.Keys/GetKey"), Access::Required);
+    }
+
+    #[test]
+    fn required_method_decisions() {
+        let t = tokens();
+        let now = chrono::Utc::now().timestamp();
+        let good = t.issue("alice", &Roles::user(), now).unwrap().token;
+        let path = "/kms.v1.Keys/VerifyKey";
+        assert!(authenticate(&t, path, &HeaderMap::new()).is_err());
+        assert!(authenticate(&t, path, &headers("Bearer nope")).is_err());
+        assert!(authenticate(&t, path, &headers(&format!("Basic {good}"))).is_err());
+        assert!(authenticate(&t, path, &headers("Bearer ")).is_err());
+        let caller = authenticate(&t, path, &headers(&format!("Bearer {good}"))).unwrap().unwrap();
+        assert_eq!(caller.subject, "alice");
+        let lower = authenticate(&t, path, &headers(&format!("bearer {good}"))).unwrap();
+        assert!(lower.is_some());
+    }
+
+    #[test]
+    fn optional_and_public_methods() {
+        let t = tokens();
+        let register = "/kms.v1.Auth/Register";
+        assert_eq!(authenticate(&t, register, &HeaderMap::new()).unwrap(), None);
+        assert!(authenticate(&t, register, &headers("Bearer junk")).is_err());
+        let login = "/kms.v1.Auth/Login";
+        assert_eq!(authenticate(&t, login, &headers("Bearer junk")).unwrap(), None);
+    }
+}

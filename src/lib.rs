@@ -1,0 +1,16 @@
+//! KMS: a gRPC key-management server. API keys for services (`kms.v1.Keys`) and users
+//! with JWT access tokens (`kms.v1.Auth`), on SQLite or PostgreSQL.
+//!
+//! Layers, with data flowing one way: `grpc` (transport) -> `domain` (rules) ->
+//! `store` (SeaORM). `crypto` holds the primitives; `server` assembles everything.
+
+pub mod config;
+pub mod crypto;
+pub mod domain;
+pub mod grpc;
+#[path = "../migrations/mod.rs"]
+pub mod migrations;
+pub mod proto;
+pub mod server;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,125 @@
+//! The `kms` command line: `serve`, `migrate`, `user create`.
+
+use std::{io::Read, process::ExitCode};
+
+use clap::Parser;
+use kms::{
+    config::{Cli, Command, DatabaseArgs, UserCommand, UserCreateArgs, unknown_env_vars},
+    crypto::password::PasswordHasherPool,
+    domain::auth::{AuthService, AuthSettings, NewUser},
+    domain::token::TokenAuthority,
+    server::{App, shutdown_signal},
+    store::Store,
+    telemetry,
+};
+use zeroize::Zeroizing;
+
+fn main() -> ExitCode {
+    // `.env` fills only variables the environment lacks; a missing file is fine.
+    let dotenv = dotenvy::dotenv();
+    let cli = Cli::parse();
+    telemetry::init();
+    if let Err(e) = dotenv
+        && !e.not_found()
+    {
+        tracing::warn!(error = %e, ".env could not be read");
+    }
+    for name in unknown_env_vars() {
+        tracing::warn!(variable = %name, "unknown KMS_* environment variable ignored");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("kms: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("kms: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<(), String> {
+    match command {
+        Command::Serve(args) => serve(*args).await,
+        Command::Migrate(args) => migrate(args).await,
+        Command::User(UserCommand::Create(args)) => create_user(args).await,
+    }
+}
+
+async fn serve(args: kms::config::ServeArgs) -> Result<(), String> {
+    let config = args.resolve().map_err(|e| e.to_string())?;
+    if config.dev {
+        tracing::warn!("DEVELOPMENT MODE: secrets are generated and kept in plain files under the data folder, and a bootstrap admin is created. Never use --dev in production.");
+    }
+    let app = App::build(&config).await.map_err(|e| e.to_string())?;
+    if let Some(admin) = &app.created_admin
+        && let Some(password) = &admin.generated_password
+    {
+        // Shown once, on stdout and not through the log pipeline: it is never stored
+        // in plain text anywhere.
+        println!(
+            "\n  Bootstrap admin created.\n    username: {}\n    password: {}\n  This password is shown only once. Log in with it and keep it safe.\n",
+            admin.username,
+            password.as_str()
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(config.grpc_addr)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.grpc_addr))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(%addr, "gRPC listening");
+    app.serve(listener, shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn migrate(args: DatabaseArgs) -> Result<(), String> {
+    let store = Store::connect(&args.store_options()).await.map_err(|e| e.to_string())?;
+    store.migrate().await.map_err(|e| e.to_string())?;
+    println!("migrations applied");
+    Ok(())
+}
+
+async fn create_user(args: UserCreateArgs) -> Result<(), String> {
+    let mut input = String::new();
+    std::io::stdin()
+        .take(4096)
+        .read_to_string(&mut input)
+        .map_err(|e| format!("cannot read the password from standard input: {e}"))?;
+    let input = Zeroizing::new(input);
+    let password = Zeroizing::new(input.lines().next().unwrap_or_default().to_owned());
+
+    let store = Store::connect(&args.database.store_options())
+        .await
+        .map_err(|e| e.to_string())?;
+    store.migrate().await.map_err(|e| e.to_string())?;
+    let hasher = PasswordHasherPool::new(1).await.map_err(|e| e.to_string())?;
+    // Creating a user signs no token; this authority is never used to sign.
+    let unused_tokens = std::sync::Arc::new(TokenAuthority::hs256(&[0; 32], "kms", "kms", 1));
+    let auth = AuthService::new(
+        store,
+        hasher,
+        unused_tokens,
+        AuthSettings {
+            allow_registration: false,
+            password_min_bytes: args.password_min_length,
+        },
+    );
+    let user = auth
+        .create_user(NewUser {
+            username: args.username,
+            password,
+            roles: args.roles,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    println!("user '{}' created with roles {}", user.username, user.roles.join(","));
+    Ok(())
+}

@@ -1,0 +1,6 @@
+//! SeaORM entities, one per table (see `migrations/` for the schema).
+
+pub mod api_key;
+pub mod api_key_secret;
+pub mod user;
+pub mod user_role;

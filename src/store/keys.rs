@@ -1,0 +1,250 @@
+//! API keys and their secrets. A key has one current secret (`retires_at` NULL) and
+//! any number of rotated-out ones still inside their grace period.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ActiveValue::{NotSet, Set},
+    ColumnTrait, Condition, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, TransactionTrait, sea_query::Expr,
+};
+
+use super::{
+    Store, StoreError,
+    entities::{api_key, api_key_secret},
+};
+
+/// A secret ready to store: digest and sealed form only.
+#[derive(Debug, Clone)]
+pub struct NewSecret {
+    pub digest: Vec<u8>,
+    pub sealed: Vec<u8>,
+    pub key_prefix: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub service_name: String,
+    pub description: String,
+    pub ttl_seconds: i64,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub secret: NewSecret,
+}
+
+#[derive(Debug, Clone)]
+pub struct KeyWithSecret {
+    pub key: api_key::Model,
+    pub secret: api_key_secret::Model,
+}
+
+/// What RotateKey asks of the store.
+#[derive(Debug, Clone)]
+pub struct Rotation {
+    pub secret: NewSecret,
+    /// When the old secret stops verifying; `None`: at once (it is deleted).
+    pub old_retires_at: Option<DateTime<Utc>>,
+}
+
+/// Why CreateKey conflicted.
+#[derive(Debug, PartialEq, Eq)]
+pub enum CreateConflict {
+    ServiceName,
+    Secret,
+}
+
+impl Store {
+    /// Inserts a key with its first secret. The outer error is `Conflict` for a live
+    /// key of that name or a secret already stored (told apart by `CreateConflict`).
+    pub async fn create_key(
+        &self,
+        new: NewKey,
+        now: DateTime<Utc>,
+    ) -> Result<Result<KeyWithSecret, CreateConflict>, StoreError> {
+        let txn = self.db.begin().await?;
+        let key = match api_key::Entity::insert(api_key::ActiveModel {
+            id: NotSet,
+            service_name: Set(new.service_name),
+            description: Set(new.description),
+            ttl_seconds: Set(new.ttl_seconds),
+            created_at: Set(now),
+            updated_at: Set(now),
+            expires_at: Set(new.expires_at),
+            revoked_at: Set(None),
+        })
+        .exec_with_returning(&txn)
+        .await
+        .map_err(StoreError::from)
+        {
+            Err(StoreError::Conflict) => return Ok(Err(CreateConflict::ServiceName)),
+            other => other?,
+        };
+        match insert_secret(&txn, key.id, new.secret, now).await {
+            Err(StoreError::Conflict) => Ok(Err(CreateConflict::Secret)),
+            Err(e) => Err(e),
+            Ok(secret) => {
+                txn.commit().await?;
+                Ok(Ok(KeyWithSecret { key, secret }))
+            }
+        }
+    }
+
+    /// The live key of that name with its current secret.
+    pub async fn current_key(&self, service_name: &str) -> Result<Option<KeyWithSecret>, StoreError> {
+        let found = api_key_secret::Entity::find()
+            .find_also_related(api_key::Entity)
+            .filter(api_key::Column::ServiceName.eq(service_name))
+            .filter(api_key::Column::RevokedAt.is_null())
+            .filter(api_key_secret::Column::RetiresAt.is_null())
+            .one(&self.db)
+            .await?;
+        Ok(found.and_then(|(secret, key)| key.map(|key| KeyWithSecret { key, secret })))
+    }
+
+    /// Live keys after `after` in service-name order, with their current secrets.
+    pub async fn list_keys(
+        &self,
+        after: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<KeyWithSecret>, StoreError> {
+        let mut query = api_key_secret::Entity::find()
+            .find_also_related(api_key::Entity)
+            .filter(api_key::Column::RevokedAt.is_null())
+            .filter(api_key_secret::Column::RetiresAt.is_null());
+        if let Some(after) = after {
+            query = query.filter(api_key::Column::ServiceName.gt(after));
+        }
+        let rows = query
+            .order_by_asc(api_key::Column::ServiceName)
+            .limit(limit)
+            .all(&self.db)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(secret, key)| key.map(|key| KeyWithSecret { key, secret }))
+            .collect())
+    }
+
+    /// Replaces the current secret of a live key. `None` when there is no such key.
+    /// `renew_expiry` maps the key's `ttl_seconds` to its new `expires_at`.
+    pub async fn rotate_key(
+        &self,
+        service_name: &str,
+        rotation: Rotation,
+        now: DateTime<Utc>,
+        renew_expiry: impl FnOnce(i64) -> Option<DateTime<Utc>>,
+    ) -> Result<Option<KeyWithSecret>, StoreError> {
+        let txn = self.db.begin().await?;
+        // Writing first takes the row lock (PostgreSQL) or the write lock (SQLite) before
+        // anything is read, so concurrent rotations of one key run one after another
+        // and exactly one secret ends up current.
+        let Some(locked) = api_key::Entity::update_many()
+            .col_expr(api_key::Column::UpdatedAt, Expr::value(now))
+            .filter(api_key::Column::ServiceName.eq(service_name))
+            .filter(api_key::Column::RevokedAt.is_null())
+            .exec_with_returning(&txn)
+            .await?
+            .into_iter()
+            .next()
+        else {
+            return Ok(None);
+        };
+        let expires_at = renew_expiry(locked.ttl_seconds);
+        let key = api_key::Entity::update_many()
+            .col_expr(api_key::Column::ExpiresAt, Expr::value(expires_at))
+            .filter(api_key::Column::Id.eq(locked.id))
+            .exec_with_returning(&txn)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| StoreError::Other("rotated key vanished inside its transaction".into()))?;
+
+        // Secrets whose grace period is over are of no further use: drop them.
+        let spent: Vec<i64> = api_key_secret::Entity::find()
+            .filter(api_key_secret::Column::ApiKeyId.eq(key.id))
+            .filter(api_key_secret::Column::RetiresAt.is_not_null())
+            .all(&txn)
+            .await?
+            .into_iter()
+            .filter(|s| s.retires_at.is_some_and(|t| t <= now))
+            .map(|s| s.id)
+            .collect();
+        let current = Condition::all()
+            .add(api_key_secret::Column::ApiKeyId.eq(key.id))
+            .add(api_key_secret::Column::RetiresAt.is_null());
+        match rotation.old_retires_at {
+            Some(retires_at) => {
+                api_key_secret::Entity::update_many()
+                    .col_expr(api_key_secret::Column::RetiresAt, Expr::value(retires_at))
+                    .filter(current)
+                    .exec(&txn)
+                    .await?;
+            }
+            None => {
+                api_key_secret::Entity::delete_many()
+                    .filter(current)
+                    .exec(&txn)
+                    .await?;
+            }
+        }
+        if !spent.is_empty() {
+            api_key_secret::Entity::delete_many()
+                .filter(api_key_secret::Column::Id.is_in(spent))
+                .exec(&txn)
+                .await?;
+        }
+        let secret = insert_secret(&txn, key.id, rotation.secret, now).await?;
+        txn.commit().await?;
+        Ok(Some(KeyWithSecret { key, secret }))
+    }
+
+    /// Revokes the live key of that name and destroys all its secrets. The key row
+    /// stays as a tombstone. `false` when there is no such key.
+    pub async fn revoke_key(&self, service_name: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+        let txn = self.db.begin().await?;
+        let revoked = api_key::Entity::update_many()
+            .col_expr(api_key::Column::RevokedAt, Expr::value(Some(now)))
+            .col_expr(api_key::Column::UpdatedAt, Expr::value(now))
+            .filter(api_key::Column::ServiceName.eq(service_name))
+            .filter(api_key::Column::RevokedAt.is_null())
+            .exec_with_returning(&txn)
+            .await?;
+        let ids: Vec<i64> = revoked.iter().map(|k| k.id).collect();
+        if ids.is_empty() {
+            return Ok(false);
+        }
+        api_key_secret::Entity::delete_many()
+            .filter(api_key_secret::Column::ApiKeyId.is_in(ids))
+            .exec(&txn)
+            .await?;
+        txn.commit().await?;
+        Ok(true)
+    }
+
+    /// The secret with this digest and its key, whatever their state.
+    pub async fn find_secret(&self, digest: &[u8]) -> Result<Option<KeyWithSecret>, StoreError> {
+        let found = api_key_secret::Entity::find()
+            .find_also_related(api_key::Entity)
+            .filter(api_key_secret::Column::Digest.eq(digest.to_vec()))
+            .one(&self.db)
+            .await?;
+        Ok(found.and_then(|(secret, key)| key.map(|key| KeyWithSecret { key, secret })))
+    }
+}
+
+async fn insert_secret(
+    txn: &DatabaseTransaction,
+    api_key_id: i64,
+    secret: NewSecret,
+    now: DateTime<Utc>,
+) -> Result<api_key_secret::Model, StoreError> {
+    Ok(api_key_secret::Entity::insert(api_key_secret::ActiveModel {
+        id: NotSet,
+        api_key_id: Set(api_key_id),
+        digest: Set(secret.digest),
+        sealed: Set(secret.sealed),
+        key_prefix: Set(secret.key_prefix),
+        created_at: Set(now),
+        retires_at: Set(None),
+    })
+    .exec_with_returning(txn)
+    .await?)
+}

@@ -1,0 +1,106 @@
+//! Users and their roles.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ActiveValue::{NotSet, Set},
+    ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+};
+
+use super::{
+    Store, StoreError,
+    entities::{user, user_role},
+};
+
+/// A user as stored: the PHC hash, never a password.
+#[derive(Debug, Clone)]
+pub struct StoredUser {
+    pub id: i64,
+    pub username: String,
+    pub password_hash: String,
+    pub roles: Vec<String>,
+}
+
+impl Store {
+    /// Inserts a user with its roles in one transaction. `Conflict`: username taken.
+    pub async fn create_user(
+        &self,
+        username: &str,
+        password_hash: String,
+        roles: &[String],
+        now: DateTime<Utc>,
+    ) -> Result<StoredUser, StoreError> {
+        let txn = self.db.begin().await?;
+        let inserted = user::Entity::insert(user::ActiveModel {
+            id: NotSet,
+            username: Set(username.to_owned()),
+            password_hash: Set(password_hash),
+            created_at: Set(now),
+            updated_at: Set(now),
+        })
+        .exec_with_returning(&txn)
+        .await?;
+        if !roles.is_empty() {
+            user_role::Entity::insert_many(roles.iter().map(|role| user_role::ActiveModel {
+                user_id: Set(inserted.id),
+                role: Set(role.clone()),
+            }))
+            .exec(&txn)
+            .await?;
+        }
+        txn.commit().await?;
+        Ok(StoredUser {
+            id: inserted.id,
+            username: inserted.username,
+            password_hash: inserted.password_hash,
+            roles: roles.to_vec(),
+        })
+    }
+
+    pub async fn find_user(&self, username: &str) -> Result<Option<StoredUser>, StoreError> {
+        let Some(found) = user::Entity::find()
+            .filter(user::Column::Username.eq(username))
+            .one(&self.db)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let roles = user_role::Entity::find()
+            .filter(user_role::Column::UserId.eq(found.id))
+            .order_by_asc(user_role::Column::Role)
+            .all(&self.db)
+            .await?
+            .into_iter()
+            .map(|r| r.role)
+            .collect();
+        Ok(Some(StoredUser {
+            id: found.id,
+            username: found.username,
+            password_hash: found.password_hash,
+            roles,
+        }))
+    }
+
+    pub async fn set_password_hash(
+        &self,
+        user_id: i64,
+        password_hash: String,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        user::Entity::update_many()
+            .col_expr(user::Column::PasswordHash, password_hash.into())
+            .col_expr(user::Column::UpdatedAt, now.into())
+            .filter(user::Column::Id.eq(user_id))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn any_user_has_role(&self, role: &str) -> Result<bool, StoreError> {
+        Ok(user_role::Entity::find()
+            .filter(user_role::Column::Role.eq(role))
+            .limit(1)
+            .one(&self.db)
+            .await?
+            .is_some())
+    }
+}
