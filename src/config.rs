@@ -223,7 +223,10 @@ impl ServeArgs {
             .map(|s| JwtSecret::new(s.as_bytes().to_vec()))
             .transpose()?;
 
-        let mut bootstrap_admin = match (&self.bootstrap_admin_username, &self.bootstrap_admin_password) {
+        let mut bootstrap_admin = match (
+            &self.bootstrap_admin_username,
+            &self.bootstrap_admin_password,
+        ) {
             (Some(username), Some(password)) => Some(BootstrapAdmin {
                 username: username.clone(),
                 password: Some(Zeroizing::new(password.clone())),
@@ -311,10 +314,12 @@ fn parse_master_key(b64: &str, name: &str) -> Result<MasterKey, ConfigError> {
 }
 
 fn read_master_key_file(path: &Path) -> Result<MasterKey, ConfigError> {
-    let text = Zeroizing::new(
-        fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("cannot read master key file {}: {e}", path.display())))?,
-    );
+    let text = Zeroizing::new(fs::read_to_string(path).map_err(|e| {
+        ConfigError(format!(
+            "cannot read master key file {}: {e}",
+            path.display()
+        ))
+    })?);
     parse_master_key(&text, &format!("the master key file {}", path.display()))
 }
 
@@ -370,7 +375,10 @@ mod tests {
         a.master_key_file = None;
         a.jwt_secret = None;
         let err = a.resolve().unwrap_err().to_string();
-        assert!(err.contains("KMS_MASTER_KEY") && err.contains("KMS_JWT_SECRET"), "{err}");
+        assert!(
+            err.contains("KMS_MASTER_KEY") && err.contains("KMS_JWT_SECRET"),
+            "{err}"
+        );
         assert!(err.contains("--dev"));
     }
 
@@ -388,7 +396,12 @@ mod tests {
         let key = STANDARD.encode([1u8; 32]);
         let mut a = args(&["--master-key", &key, "--jwt-secret", "short"]);
         a.master_key_file = None;
-        assert!(a.resolve().unwrap_err().to_string().contains("at least 32 bytes"));
+        assert!(
+            a.resolve()
+                .unwrap_err()
+                .to_string()
+                .contains("at least 32 bytes")
+        );
     }
 
     #[test]
@@ -428,6 +441,9 @@ mod tests {
         a.bootstrap_admin_password = Some("hunter2hunter2".into());
         let cfg = a.resolve().unwrap();
         let dbg = format!("{cfg:?}");
-        assert!(!dbg.contains(&secret) && !dbg.contains(&key) && !dbg.contains("hunter2"), "{dbg}");
+        assert!(
+            !dbg.contains(&secret) && !dbg.contains(&key) && !dbg.contains("hunter2"),
+            "{dbg}"
+        );
     }
 }

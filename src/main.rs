@@ -27,7 +27,10 @@ fn main() -> ExitCode {
     for name in unknown_env_vars() {
         tracing::warn!(variable = %name, "unknown KMS_* environment variable ignored");
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("kms: cannot start the async runtime: {e}");
@@ -54,7 +57,9 @@ async fn run(command: Command) -> Result<(), String> {
 async fn serve(args: kms::config::ServeArgs) -> Result<(), String> {
     let config = args.resolve().map_err(|e| e.to_string())?;
     if config.dev {
-        tracing::warn!("DEVELOPMENT MODE: secrets are generated and kept in plain files under the data folder, and a bootstrap admin is created. Never use --dev in production.");
+        tracing::warn!(
+            "DEVELOPMENT MODE: secrets are generated and kept in plain files under the data folder, and a bootstrap admin is created. Never use --dev in production."
+        );
     }
     let app = App::build(&config).await.map_err(|e| e.to_string())?;
     if let Some(admin) = &app.created_admin
@@ -81,7 +86,9 @@ async fn serve(args: kms::config::ServeArgs) -> Result<(), String> {
 }
 
 async fn migrate(args: DatabaseArgs) -> Result<(), String> {
-    let store = Store::connect(&args.store_options()).await.map_err(|e| e.to_string())?;
+    let store = Store::connect(&args.store_options())
+        .await
+        .map_err(|e| e.to_string())?;
     store.migrate().await.map_err(|e| e.to_string())?;
     println!("migrations applied");
     Ok(())
@@ -100,7 +107,9 @@ async fn create_user(args: UserCreateArgs) -> Result<(), String> {
         .await
         .map_err(|e| e.to_string())?;
     store.migrate().await.map_err(|e| e.to_string())?;
-    let hasher = PasswordHasherPool::new(1).await.map_err(|e| e.to_string())?;
+    let hasher = PasswordHasherPool::new(1)
+        .await
+        .map_err(|e| e.to_string())?;
     // Creating a user signs no token; this authority is never used to sign.
     let unused_tokens = std::sync::Arc::new(TokenAuthority::hs256(&[0; 32], "kms", "kms", 1));
     let auth = AuthService::new(
@@ -120,6 +129,10 @@ async fn create_user(args: UserCreateArgs) -> Result<(), String> {
         })
         .await
         .map_err(|e| e.to_string())?;
-    println!("user '{}' created with roles {}", user.username, user.roles.join(","));
+    println!(
+        "user '{}' created with roles {}",
+        user.username,
+        user.roles.join(",")
+    );
     Ok(())
 }

@@ -107,10 +107,10 @@ impl App {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), StartError> {
-        let auth = AuthServer::new(AuthApi::new(self.auth))
-            .max_decoding_message_size(MAX_REQUEST_BYTES);
-        let keys = KeysServer::new(KeysApi::new(self.keys))
-            .max_decoding_message_size(MAX_REQUEST_BYTES);
+        let auth =
+            AuthServer::new(AuthApi::new(self.auth)).max_decoding_message_size(MAX_REQUEST_BYTES);
+        let keys =
+            KeysServer::new(KeysApi::new(self.keys)).max_decoding_message_size(MAX_REQUEST_BYTES);
         tonic::transport::Server::builder()
             .layer(AuthLayer::new(self.tokens))
             .add_service(auth)
@@ -133,7 +133,8 @@ async fn bootstrap(
         Some(p) => (p.clone(), None),
         None => {
             let p = Zeroizing::new(
-                random::base62(BOOTSTRAP_PASSWORD_LEN).map_err(|e| StartError::Bootstrap(e.to_string()))?,
+                random::base62(BOOTSTRAP_PASSWORD_LEN)
+                    .map_err(|e| StartError::Bootstrap(e.to_string()))?,
             );
             (p.clone(), Some(p))
         }

@@ -1,12 +1,21 @@
 //! Logging. `RUST_LOG` filters (default `info`). Dependencies that could print request
 //! headers or SQL parameters at debug level are held at `warn` unless named explicitly.
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 const DEFAULT_FILTER: &str = "info";
 /// Appended to every filter: these crates log frames, headers or statements at
 /// debug/trace, which could include bearer tokens or sealed secrets.
-const QUIET: &[&str] = &["h2=warn", "hyper=warn", "tower=warn", "sqlx=warn", "sea_orm=warn", "rustls=warn"];
+const QUIET: &[&str] = &[
+    "h2=warn",
+    "hyper=warn",
+    "tower=warn",
+    "sqlx=warn",
+    "sea_orm=warn",
+    "rustls=warn",
+];
 
 pub fn init() {
     let user = std::env::var("RUST_LOG").unwrap_or_else(|_| DEFAULT_FILTER.to_owned());
@@ -20,5 +29,9 @@ pub fn init() {
         }
     }
     // A second init (tests) is harmless: the first subscriber stays.
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_target(false).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .with_ansi(std::io::stdout().is_terminal())
+        .try_init();
 }

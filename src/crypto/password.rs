@@ -37,7 +37,9 @@ pub enum Verification {
     Mismatch,
     /// `needs_rehash`: the stored hash used other parameters than today's, so the
     /// caller should store a fresh hash now that it knows the password.
-    Match { needs_rehash: bool },
+    Match {
+        needs_rehash: bool,
+    },
 }
 
 fn verify_blocking(password: &[u8], stored: &str) -> Result<Verification, CryptoError> {

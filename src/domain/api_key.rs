@@ -34,8 +34,7 @@ pub fn claims_kms_format(key: &str) -> bool {
 /// Whether a key in the KMS format has the right shape and checksum. Keys without
 /// the `kms_` prefix (imported ones) are not judged here.
 pub fn checksum_ok(key: &str) -> bool {
-    if key.len() != GENERATED_LEN || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-    {
+    if key.len() != GENERATED_LEN || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
         return false;
     }
     let (head, sum) = key.split_at(GENERATED_LEN - CHECKSUM_LEN);

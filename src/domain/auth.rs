@@ -109,7 +109,11 @@ impl AuthService {
     ) -> Result<RegisteredUser> {
         let hash = self.hasher.hash(password).await?;
         let roles = roles.to_vec();
-        match self.store.create_user(&username, hash, &roles, Utc::now()).await {
+        match self
+            .store
+            .create_user(&username, hash, &roles, Utc::now())
+            .await
+        {
             Ok(user) => {
                 tracing::info!(username = %user.username, roles = ?user.roles, "user registered");
                 Ok(RegisteredUser {
@@ -143,7 +147,9 @@ impl AuthService {
             self.rehash(user.id, password).await;
         }
         let roles: Roles = user.roles.into_iter().collect();
-        let issued = self.tokens.issue(&user.username, &roles, Utc::now().timestamp())?;
+        let issued = self
+            .tokens
+            .issue(&user.username, &roles, Utc::now().timestamp())?;
         tracing::info!(%username, "login succeeded");
         Ok(issued)
     }

@@ -62,7 +62,9 @@ fn decode_page_token(token: &str) -> Result<Option<String>> {
     let malformed = || Error::invalid("page_token", "is malformed; pass next_page_token unchanged");
     let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| malformed())?;
     let text = String::from_utf8(bytes).map_err(|_| malformed())?;
-    let name = text.strip_prefix(PAGE_TOKEN_VERSION).ok_or_else(malformed)?;
+    let name = text
+        .strip_prefix(PAGE_TOKEN_VERSION)
+        .ok_or_else(malformed)?;
     validate::service_name(name).map_err(|_| malformed())?;
     Ok(Some(name.to_owned()))
 }
@@ -79,7 +81,9 @@ impl KeyService {
     fn new_secret(&self, service_name: &str, secret: &str) -> Result<NewSecret> {
         Ok(NewSecret {
             digest: digest::sha256(secret.as_bytes()).to_vec(),
-            sealed: self.sealer.seal(secret.as_bytes(), service_name.as_bytes())?,
+            sealed: self
+                .sealer
+                .seal(secret.as_bytes(), service_name.as_bytes())?,
             key_prefix: api_key::display_prefix(secret),
         })
     }
@@ -270,7 +274,12 @@ mod tests {
         let t = encode_page_token("billing");
         assert_eq!(decode_page_token(&t).unwrap().as_deref(), Some("billing"));
         assert_eq!(decode_page_token("").unwrap(), None);
-        for bad in ["%%%", "bm90LXYx", &URL_SAFE_NO_PAD.encode("v1:bad name"), &URL_SAFE_NO_PAD.encode("v1:")] {
+        for bad in [
+            "%%%",
+            "bm90LXYx",
+            &URL_SAFE_NO_PAD.encode("v1:bad name"),
+            &URL_SAFE_NO_PAD.encode("v1:"),
+        ] {
             match decode_page_token(bad) {
                 Err(Error::InvalidArgument { field, .. }) => assert_eq!(field, "page_token"),
                 other => panic!("{bad}: {other:?}"),

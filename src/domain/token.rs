@@ -94,7 +94,12 @@ impl TokenAuthority {
         self.ttl_seconds
     }
 
-    pub fn claims_for(&self, subject: &str, roles: &Roles, now: i64) -> Result<Claims, CryptoError> {
+    pub fn claims_for(
+        &self,
+        subject: &str,
+        roles: &Roles,
+        now: i64,
+    ) -> Result<Claims, CryptoError> {
         Ok(Claims {
             sub: subject.to_owned(),
             roles: roles.to_vec(),
@@ -112,7 +117,12 @@ impl TokenAuthority {
             .map_err(|e| CryptoError::Token(e.to_string()))
     }
 
-    pub fn issue(&self, subject: &str, roles: &Roles, now: i64) -> Result<IssuedToken, CryptoError> {
+    pub fn issue(
+        &self,
+        subject: &str,
+        roles: &Roles,
+        now: i64,
+    ) -> Result<IssuedToken, CryptoError> {
         let claims = self.claims_for(subject, roles, now)?;
         Ok(IssuedToken {
             token: self.sign(&claims)?,
@@ -176,7 +186,10 @@ mod tests {
 
     #[test]
     fn other_secret_issuer_or_audience_is_refused() {
-        let token = authority().issue("alice", &Roles::user(), now()).unwrap().token;
+        let token = authority()
+            .issue("alice", &Roles::user(), now())
+            .unwrap()
+            .token;
         let other = TokenAuthority::hs256(b"another-secret-another-secret-xx", "kms", "kms", 60);
         assert!(other.verify(&token).is_err());
         let wrong_iss = TokenAuthority::hs256(SECRET, "other", "kms", 60);
@@ -188,7 +201,9 @@ mod tests {
     #[test]
     fn alg_none_and_garbage_are_refused() {
         let a = authority();
-        let c = a.claims_for("root", &Roles::from_iter(["admin".to_owned()]), now()).unwrap();
+        let c = a
+            .claims_for("root", &Roles::from_iter(["admin".to_owned()]), now())
+            .unwrap();
         let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
         let body = URL_SAFE_NO_PAD.encode(serde_json_like(&c));
         assert!(a.verify(&format!("{header}.{body}.")).is_err());
@@ -212,7 +227,15 @@ mod tests {
         }
         let t = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
-            &NoExp { sub: "a", roles: vec![], iat: now(), nbf: now(), iss: "kms", aud: "kms", jti: "j" },
+            &NoExp {
+                sub: "a",
+                roles: vec![],
+                iat: now(),
+                nbf: now(),
+                iss: "kms",
+                aud: "kms",
+                jti: "j",
+            },
             &EncodingKey::from_secret(SECRET),
         )
         .unwrap();

@@ -95,7 +95,10 @@ pub fn description(value: &str) -> Result<()> {
     }
     // PostgreSQL text cannot hold NUL; other control characters only make logs and
     // terminals lie.
-    if value.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+    if value
+        .chars()
+        .any(|c| c.is_control() && c != '\n' && c != '\t')
+    {
         return Err(Error::invalid(
             "description",
             "must not contain control characters",

@@ -34,8 +34,14 @@ const NO_TOKEN_REQUIRED: &[(&str, Access)] = &[
     ("/kms.v1.Auth/Register", Access::Optional),
     ("/grpc.health.v1.Health/Check", Access::Public),
     ("/grpc.health.v1.Health/Watch", Access::Public),
-    ("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo", Access::Public),
-    ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", Access::Public),
+    (
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        Access::Public,
+    ),
+    (
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        Access::Public,
+    ),
 ];
 
 pub fn access(path: &str) -> Access {
@@ -52,14 +58,18 @@ fn bearer(headers: &HeaderMap) -> Result<Option<&str>, Status> {
         return Ok(None);
     };
     if values.next().is_some() {
-        return Err(Status::unauthenticated("more than one authorization header"));
+        return Err(Status::unauthenticated(
+            "more than one authorization header",
+        ));
     }
     let value = value
         .to_str()
         .map_err(|_| Status::unauthenticated("malformed authorization header"))?;
     match value.split_once(' ') {
         // The scheme is case-insensitive (RFC 6750 section 2.1, RFC 9110 section 11.1).
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
             Ok(Some(token.trim()))
         }
         _ => Err(Status::unauthenticated(
@@ -182,7 +192,10 @@ mod tests {
         assert_eq!(access("/kms.v1.Auth/Login"), Access::Public);
         assert_eq!(access("/kms.v1.Auth/Register"), Access::Optional);
         // No prefix tricks.
-        assert_eq!(access("/kms.v1.Auth/Login/../../kms.v1.Keys/GetKey"), Access::Required);
+        assert_eq!(
+            access("/kms.v1.Auth/Login/../../kms.v1.Keys/GetKey"),
+            Access::Required
+        );
     }
 
     #[test]
@@ -195,7 +208,9 @@ mod tests {
         assert!(authenticate(&t, path, &headers("Bearer nope")).is_err());
         assert!(authenticate(&t, path, &headers(&format!("Basic {good}"))).is_err());
         assert!(authenticate(&t, path, &headers("Bearer ")).is_err());
-        let caller = authenticate(&t, path, &headers(&format!("Bearer {good}"))).unwrap().unwrap();
+        let caller = authenticate(&t, path, &headers(&format!("Bearer {good}")))
+            .unwrap()
+            .unwrap();
         assert_eq!(caller.subject, "alice");
         let lower = authenticate(&t, path, &headers(&format!("bearer {good}"))).unwrap();
         assert!(lower.is_some());
@@ -208,6 +223,9 @@ mod tests {
         assert_eq!(authenticate(&t, register, &HeaderMap::new()).unwrap(), None);
         assert!(authenticate(&t, register, &headers("Bearer junk")).is_err());
         let login = "/kms.v1.Auth/Login";
-        assert_eq!(authenticate(&t, login, &headers("Bearer junk")).unwrap(), None);
+        assert_eq!(
+            authenticate(&t, login, &headers("Bearer junk")).unwrap(),
+            None
+        );
     }
 }

@@ -46,7 +46,9 @@ fn is_transient(err: &sea_orm::sqlx::Error) -> bool {
             let code = code.as_ref();
             code == "5"
                 || code == "6"
-                || code.parse::<u32>().is_ok_and(|c| c & 0xff == 5 || c & 0xff == 6)
+                || code
+                    .parse::<u32>()
+                    .is_ok_and(|c| c & 0xff == 5 || c & 0xff == 6)
                 || code.starts_with("08")
                 || code.starts_with("53")
                 || code.starts_with("57P")

@@ -4,8 +4,9 @@
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, Condition, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, TransactionTrait, sea_query::Expr,
+    ColumnTrait, Condition, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait,
+    sea_query::Expr,
 };
 
 use super::{
@@ -88,7 +89,10 @@ impl Store {
     }
 
     /// The live key of that name with its current secret.
-    pub async fn current_key(&self, service_name: &str) -> Result<Option<KeyWithSecret>, StoreError> {
+    pub async fn current_key(
+        &self,
+        service_name: &str,
+    ) -> Result<Option<KeyWithSecret>, StoreError> {
         let found = api_key_secret::Entity::find()
             .find_also_related(api_key::Entity)
             .filter(api_key::Column::ServiceName.eq(service_name))
@@ -155,7 +159,9 @@ impl Store {
             .await?
             .into_iter()
             .next()
-            .ok_or_else(|| StoreError::Other("rotated key vanished inside its transaction".into()))?;
+            .ok_or_else(|| {
+                StoreError::Other("rotated key vanished inside its transaction".into())
+            })?;
 
         // Secrets whose grace period is over are of no further use: drop them.
         let spent: Vec<i64> = api_key_secret::Entity::find()
@@ -198,7 +204,11 @@ impl Store {
 
     /// Revokes the live key of that name and destroys all its secrets. The key row
     /// stays as a tombstone. `false` when there is no such key.
-    pub async fn revoke_key(&self, service_name: &str, now: DateTime<Utc>) -> Result<bool, StoreError> {
+    pub async fn revoke_key(
+        &self,
+        service_name: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
         let txn = self.db.begin().await?;
         let revoked = api_key::Entity::update_many()
             .col_expr(api_key::Column::RevokedAt, Expr::value(Some(now)))

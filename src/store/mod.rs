@@ -9,7 +9,7 @@ mod users;
 use std::time::Duration;
 
 use sea_orm::{
-    ConnectOptions, ConnectionTrait as _, Database, DatabaseConnection, DbBackend,
+    ConnectOptions, Database, DatabaseConnection, DbBackend,
     sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous},
 };
 use sea_orm_migration::MigratorTrait;
@@ -49,7 +49,11 @@ pub fn redact_url(url: &str) -> String {
     match authority.rsplit_once('@') {
         Some((userinfo, host)) => {
             let user = userinfo.split_once(':').map_or(userinfo, |(u, _)| u);
-            let masked = if userinfo.contains(':') { format!("{user}:***") } else { user.to_owned() };
+            let masked = if userinfo.contains(':') {
+                format!("{user}:***")
+            } else {
+                user.to_owned()
+            };
             format!("{scheme}://{masked}@{host}{path}")
         }
         None => url.to_owned(),
@@ -137,9 +141,8 @@ fn create_sqlite_parent_dir(url: &str) -> Result<(), StoreError> {
     if let Some(parent) = opts.get_filename().parent()
         && !parent.as_os_str().is_empty()
     {
-        std::fs::create_dir_all(parent).map_err(|e| {
-            StoreError::Config(format!("cannot create {}: {e}", parent.display()))
-        })?;
+        std::fs::create_dir_all(parent)
+            .map_err(|e| StoreError::Config(format!("cannot create {}: {e}", parent.display())))?;
     }
     Ok(())
 }
@@ -150,8 +153,14 @@ mod tests {
 
     #[test]
     fn urls_lose_their_password() {
-        assert_eq!(redact_url("postgres://kms:s3cret@db:5432/kms"), "postgres://kms:***@db:5432/kms");
+        assert_eq!(
+            redact_url("postgres://kms:s3cret@db:5432/kms"),
+            "postgres://kms:***@db:5432/kms"
+        );
         assert_eq!(redact_url("postgres://kms@db/kms"), "postgres://kms@db/kms");
-        assert_eq!(redact_url("sqlite://kms-data/kms.db?mode=rwc"), "sqlite://kms-data/kms.db?mode=rwc");
+        assert_eq!(
+            redact_url("sqlite://kms-data/kms.db?mode=rwc"),
+            "sqlite://kms-data/kms.db?mode=rwc"
+        );
     }
 }

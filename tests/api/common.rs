@@ -1,0 +1,309 @@
+//! The test harness: a server per test, on SQLite or PostgreSQL.
+
+use std::time::Duration;
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use kms::{
+    config::{BootstrapAdmin, Config, JwtSecret},
+    crypto::sealing::MasterKey,
+    domain::token::Claims,
+    proto::kms::v1::{self as pb, auth_client::AuthClient, keys_client::KeysClient},
+    server::App,
+    store::StoreOptions,
+};
+use sea_orm::{ConnectionTrait, Database};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+use tonic::{Code, Request, transport::Channel};
+use zeroize::Zeroizing;
+
+pub const JWT_SECRET: &[u8] = b"test-jwt-secret-test-jwt-secret-0123456789";
+pub const ADMIN: &str = "root";
+pub const ADMIN_PASSWORD: &str = "root-password-1234";
+
+/// Runs a test body once per backend: `sqlite` always, `postgres` when
+/// KMS_TEST_POSTGRES_URL is set.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::common::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                match $crate::common::Backend::postgres() {
+                    Some(backend) => super::$name(backend).await,
+                    None => eprintln!("KMS_TEST_POSTGRES_URL not set: PostgreSQL run skipped"),
+                }
+            }
+        }
+    )*};
+}
+
+#[derive(Debug, Clone)]
+pub enum Backend {
+    Sqlite,
+    Postgres(String),
+}
+
+impl Backend {
+    pub fn postgres() -> Option<Self> {
+        std::env::var("KMS_TEST_POSTGRES_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .map(Self::Postgres)
+    }
+}
+
+/// A database of its own: a temporary SQLite file, or a fresh PostgreSQL schema
+/// (dropped when the test ends).
+pub struct TestDb {
+    pub url: String,
+    _dir: tempfile::TempDir,
+    pg_schema: Option<(String, String)>,
+}
+
+impl TestDb {
+    pub async fn new(backend: &Backend) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        match backend {
+            Backend::Sqlite => Self {
+                url: format!("sqlite://{}?mode=rwc", dir.path().join("kms.db").display()),
+                _dir: dir,
+                pg_schema: None,
+            },
+            Backend::Postgres(base) => {
+                let schema = format!("t_{}", hex_id());
+                let db = Database::connect(base.as_str())
+                    .await
+                    .expect("PostgreSQL from KMS_TEST_POSTGRES_URL is unreachable");
+                db.execute_unprepared(&format!("CREATE SCHEMA {schema}"))
+                    .await
+                    .unwrap();
+                db.close().await.unwrap();
+                let sep = if base.contains('?') { '&' } else { '?' };
+                Self {
+                    url: format!("{base}{sep}options=-c%20search_path%3D{schema}"),
+                    _dir: dir,
+                    pg_schema: Some((base.clone(), schema)),
+                }
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some((base, schema)) = self.pg_schema.take() {
+            // Drop runs inside the test's runtime: clean up on a thread of our own.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    if let Ok(db) = Database::connect(base.as_str()).await {
+                        let _ = db
+                            .execute_unprepared(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
+                            .await;
+                        let _ = db.close().await;
+                    }
+                });
+            })
+            .join();
+        }
+    }
+}
+
+pub fn hex_id() -> String {
+    let bytes: [u8; 8] = kms::crypto::random::bytes().unwrap();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn test_config(db_url: &str) -> Config {
+    Config {
+        database: StoreOptions {
+            url: db_url.to_owned(),
+            max_connections: 8,
+        },
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        master_key: MasterKey::generate().unwrap(),
+        jwt_secret: JwtSecret::new(JWT_SECRET.to_vec()).unwrap(),
+        access_token_ttl_seconds: 3600,
+        jwt_issuer: "kms".into(),
+        jwt_audience: "kms".into(),
+        allow_registration: true,
+        password_min_length: 12,
+        bootstrap_admin: Some(BootstrapAdmin {
+            username: ADMIN.into(),
+            password: Some(Zeroizing::new(ADMIN_PASSWORD.into())),
+        }),
+        password_hash_concurrency: 2,
+        dev: false,
+    }
+}
+
+pub struct TestServer {
+    pub channel: Channel,
+    shutdown: Option<oneshot::Sender<()>>,
+    handle: Option<JoinHandle<()>>,
+    _db: TestDb,
+}
+
+impl TestServer {
+    pub async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, |_| {}).await
+    }
+
+    pub async fn start_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Self {
+        let db = TestDb::new(&backend).await;
+        let mut config = test_config(&db.url);
+        tweak(&mut config);
+        let app = App::build(&config).await.expect("server builds");
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel::<()>();
+        let handle = tokio::spawn(async move {
+            app.serve(listener, async {
+                let _ = rx.await;
+            })
+            .await
+            .expect("server runs");
+        });
+        let channel = Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_timeout(Duration::from_secs(5))
+            .connect()
+            .await
+            .expect("server accepts connections");
+        Self {
+            channel,
+            shutdown: Some(tx),
+            handle: Some(handle),
+            _db: db,
+        }
+    }
+
+    pub fn db_url(&self) -> &str {
+        &self._db.url
+    }
+
+    pub fn auth(&self) -> AuthClient<Channel> {
+        AuthClient::new(self.channel.clone())
+    }
+
+    pub fn keys(&self) -> KeysClient<Channel> {
+        KeysClient::new(self.channel.clone())
+    }
+
+    pub async fn login(&self, username: &str, password: &str) -> String {
+        self.auth()
+            .login(pb::LoginRequest {
+                username: username.into(),
+                password: password.into(),
+            })
+            .await
+            .unwrap_or_else(|s| panic!("login {username}: {s:?}"))
+            .into_inner()
+            .access_token
+    }
+
+    pub async fn admin_token(&self) -> String {
+        self.login(ADMIN, ADMIN_PASSWORD).await
+    }
+
+    /// Registers a `user`-role account and returns its token.
+    pub async fn user_token(&self, username: &str) -> String {
+        let password = format!("{username}-password-123");
+        self.auth()
+            .register(pb::RegisterRequest {
+                username: username.into(),
+                password: password.clone(),
+                roles: vec![],
+            })
+            .await
+            .unwrap();
+        self.login(username, &password).await
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(handle) = self.handle.take() {
+            handle.await.unwrap();
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A request carrying `authorization: Bearer <token>`.
+pub fn authed<T>(message: T, token: &str) -> Request<T> {
+    let mut req = Request::new(message);
+    req.metadata_mut()
+        .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    req
+}
+
+pub fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+/// Claims as the server would issue them, for forging tokens.
+pub fn claims(sub: &str, roles: &[&str], iat: i64, ttl: i64) -> Claims {
+    Claims {
+        sub: sub.into(),
+        roles: roles.iter().map(|r| (*r).to_owned()).collect(),
+        iat,
+        nbf: iat,
+        exp: iat + ttl,
+        iss: "kms".into(),
+        aud: "kms".into(),
+        jti: hex_id(),
+    }
+}
+
+pub fn sign(claims: &Claims, secret: &[u8]) -> String {
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .unwrap()
+}
+
+/// An unsigned token with `alg: none` claiming the given roles.
+pub fn alg_none_token(claims: &Claims) -> String {
+    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+    let body = URL_SAFE_NO_PAD.encode(serde_json::to_vec(claims).unwrap());
+    format!("{header}.{body}.")
+}
+
+/// Asserts a status code, and that the message mentions `needle` (a field name).
+#[track_caller]
+pub fn assert_status<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    code: Code,
+    needle: &str,
+) {
+    match result {
+        Ok(v) => panic!("expected {code:?}, got Ok({v:?})"),
+        Err(s) => {
+            assert_eq!(s.code(), code, "status: {s:?}");
+            assert!(
+                s.message().contains(needle),
+                "message {:?} should mention {needle:?}",
+                s.message()
+            );
+        }
+    }
+}

@@ -1,0 +1,13 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+//! Integration tests through the real gRPC surface: each test starts the server
+//! in-process on 127.0.0.1:0 with a fresh database and talks to it with the generated
+//! clients. Every behaviour test runs on SQLite, and on PostgreSQL when
+//! KMS_TEST_POSTGRES_URL is set (each test in its own schema).
+//!
+//! One test binary on purpose: each file in tests/ links the whole crate again.
+
+mod auth;
+mod cli;
+mod common;
+mod keys;
