@@ -98,12 +98,18 @@ impl MigrationTrait for Migration {
             )
             .await?;
 
+        // ListKeys orders by service_name: byte order on every backend (SQLite's
+        // default), not PostgreSQL's locale collation, so pages come out alike.
+        let mut service_name = string_len(ApiKeys::ServiceName, 64);
+        if manager.get_database_backend() == sea_orm::DbBackend::Postgres {
+            service_name.extra("COLLATE \"C\"");
+        }
         manager
             .create_table(
                 Table::create()
                     .table(ApiKeys::Table)
                     .col(big_pk_auto(ApiKeys::Id))
-                    .col(string_len(ApiKeys::ServiceName, 64))
+                    .col(service_name)
                     .col(text(ApiKeys::Description))
                     .col(big_integer(ApiKeys::TtlSeconds))
                     .col(timestamp_with_time_zone(ApiKeys::CreatedAt))

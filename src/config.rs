@@ -32,6 +32,7 @@ pub const KNOWN_ENV: &[&str] = &[
     "KMS_MASTER_KEY",
     "KMS_MASTER_KEY_FILE",
     "KMS_JWT_SECRET",
+    "KMS_JWT_SECRET_FILE",
     "KMS_ACCESS_TOKEN_TTL_SECONDS",
     "KMS_JWT_ISSUER",
     "KMS_JWT_AUDIENCE",
@@ -95,8 +96,9 @@ pub struct UserCreateArgs {
     /// A role to grant; repeat for several. Without any: `user`.
     #[arg(long = "role")]
     pub roles: Vec<String>,
-    #[arg(long, env = "KMS_PASSWORD_MIN_LENGTH", default_value_t = 12)]
-    pub password_min_length: usize,
+    /// Shortest accepted password, in bytes.
+    #[arg(long, env = "KMS_PASSWORD_MIN_LENGTH", default_value_t = 12, value_parser = clap::value_parser!(u64).range(8..=1024))]
+    pub password_min_length: u64,
 }
 
 #[derive(Debug, Args)]
@@ -119,6 +121,10 @@ pub struct ServeArgs {
     /// The HS256 secret that signs access tokens (at least 32 bytes).
     #[arg(long, env = "KMS_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+    /// A file holding the JWT secret (instead of KMS_JWT_SECRET); surrounding
+    /// whitespace is ignored.
+    #[arg(long, env = "KMS_JWT_SECRET_FILE")]
+    pub jwt_secret_file: Option<PathBuf>,
     /// Lifetime of access tokens, in seconds.
     #[arg(long, env = "KMS_ACCESS_TOKEN_TTL_SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(i64).range(1..=31_536_000))]
     pub access_token_ttl_seconds: i64,
@@ -217,13 +223,18 @@ impl ServeArgs {
             (None, Some(path)) => Some(read_master_key_file(path)?),
             (None, None) => None,
         };
-        let mut jwt_secret = self
-            .jwt_secret
-            .as_ref()
-            .map(|s| JwtSecret::new(s.as_bytes().to_vec()))
-            .transpose()?;
+        let mut jwt_secret = match (&self.jwt_secret, &self.jwt_secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError(
+                    "set KMS_JWT_SECRET or KMS_JWT_SECRET_FILE, not both".into(),
+                ));
+            }
+            (Some(s), None) => Some(JwtSecret::new(s.as_bytes().to_vec())?),
+            (None, Some(path)) => Some(read_jwt_secret_file(path)?),
+            (None, None) => None,
+        };
 
-        let mut bootstrap_admin = match (
+        let bootstrap_admin = match (
             &self.bootstrap_admin_username,
             &self.bootstrap_admin_password,
         ) {
@@ -231,7 +242,20 @@ impl ServeArgs {
                 username: username.clone(),
                 password: Some(Zeroizing::new(password.clone())),
             }),
-            _ => None,
+            // Dev mode fills in either half: username `admin`, a generated password.
+            (username, password) if self.dev => Some(BootstrapAdmin {
+                username: username
+                    .clone()
+                    .unwrap_or_else(|| DEV_ADMIN_USERNAME.to_owned()),
+                password: password.clone().map(Zeroizing::new),
+            }),
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError(
+                    "KMS_BOOTSTRAP_ADMIN_USERNAME and KMS_BOOTSTRAP_ADMIN_PASSWORD must be set together"
+                        .into(),
+                ));
+            }
         };
 
         if self.dev {
@@ -252,17 +276,8 @@ impl ServeArgs {
                     let secret = random::bytes::<48>().map_err(|e| ConfigError(e.to_string()))?;
                     write_private_file(&path, STANDARD.encode(secret).as_bytes())?;
                 }
-                let text = fs::read_to_string(&path)
-                    .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
-                jwt_secret = Some(JwtSecret::new(text.trim().as_bytes().to_vec())?);
+                jwt_secret = Some(read_jwt_secret_file(&path)?);
             }
-            bootstrap_admin.get_or_insert_with(|| BootstrapAdmin {
-                username: self
-                    .bootstrap_admin_username
-                    .clone()
-                    .unwrap_or_else(|| DEV_ADMIN_USERNAME.to_owned()),
-                password: None,
-            });
         }
 
         let (master_key, jwt_secret) = match (master_key, jwt_secret) {
@@ -273,7 +288,7 @@ impl ServeArgs {
                     missing.push("a master key (KMS_MASTER_KEY: base64 of 32 random bytes, e.g. `openssl rand -base64 32`, or KMS_MASTER_KEY_FILE: a file holding it)");
                 }
                 if j.is_none() {
-                    missing.push("a JWT signing secret (KMS_JWT_SECRET: at least 32 bytes, e.g. `openssl rand -base64 48`)");
+                    missing.push("a JWT signing secret (KMS_JWT_SECRET: at least 32 bytes, e.g. `openssl rand -base64 48`, or KMS_JWT_SECRET_FILE: a file holding it)");
                 }
                 return Err(ConfigError(format!(
                     "refusing to start without {}. For a local trial with generated secrets, run `kms serve --dev`.",
@@ -321,6 +336,16 @@ fn read_master_key_file(path: &Path) -> Result<MasterKey, ConfigError> {
         ))
     })?);
     parse_master_key(&text, &format!("the master key file {}", path.display()))
+}
+
+fn read_jwt_secret_file(path: &Path) -> Result<JwtSecret, ConfigError> {
+    let text = Zeroizing::new(fs::read_to_string(path).map_err(|e| {
+        ConfigError(format!(
+            "cannot read JWT secret file {}: {e}",
+            path.display()
+        ))
+    })?);
+    JwtSecret::new(text.trim().as_bytes().to_vec())
 }
 
 fn ensure_private_dir(dir: &Path) -> Result<(), ConfigError> {
@@ -374,6 +399,7 @@ mod tests {
         a.master_key = None;
         a.master_key_file = None;
         a.jwt_secret = None;
+        a.jwt_secret_file = None;
         let err = a.resolve().unwrap_err().to_string();
         assert!(
             err.contains("KMS_MASTER_KEY") && err.contains("KMS_JWT_SECRET"),
@@ -413,6 +439,7 @@ mod tests {
         a.master_key = None;
         a.master_key_file = None;
         a.jwt_secret = None;
+        a.jwt_secret_file = None;
         a.bootstrap_admin_password = None;
         let first = a.resolve().unwrap();
         assert!(first.bootstrap_admin.as_ref().unwrap().password.is_none());
@@ -426,6 +453,7 @@ mod tests {
         b.master_key = None;
         b.master_key_file = None;
         b.jwt_secret = None;
+        b.jwt_secret_file = None;
         let second = b.resolve().unwrap();
         assert_eq!(first.master_key.expose(), second.master_key.expose());
         assert_eq!(first.jwt_secret.expose(), second.jwt_secret.expose());

@@ -118,7 +118,8 @@ async fn create_user(args: UserCreateArgs) -> Result<(), String> {
         unused_tokens,
         AuthSettings {
             allow_registration: false,
-            password_min_bytes: args.password_min_length,
+            password_min_bytes: usize::try_from(args.password_min_length)
+                .map_err(|_| "KMS_PASSWORD_MIN_LENGTH is out of range".to_owned())?,
         },
     );
     let user = auth

@@ -1,4 +1,5 @@
-//! Logging. `RUST_LOG` filters (default `info`). Dependencies that could print request
+//! Logging, to stderr (stdout carries only what the CLI prints for a person, such as
+//! the one-time bootstrap password). `RUST_LOG` filters (default `info`). Dependencies that could print request
 //! headers or SQL parameters at debug level are held at `warn` unless named explicitly.
 
 use std::io::IsTerminal;
@@ -32,6 +33,7 @@ pub fn init() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        .with_ansi(std::io::stdout().is_terminal())
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
         .try_init();
 }

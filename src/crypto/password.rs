@@ -87,14 +87,21 @@ impl PasswordHasherPool {
         &self,
         job: impl FnOnce() -> Result<T, CryptoError> + Send + 'static,
     ) -> Result<T, CryptoError> {
-        let _permit = self
+        // The permit travels with the job: if the caller gives up (the RPC is
+        // cancelled), the hash still runs to completion holding its permit, so the
+        // bound on concurrent hashes (and their memory) holds.
+        let permit = self
             .permits
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|_| CryptoError::PoolClosed)?;
-        tokio::task::spawn_blocking(job)
-            .await
-            .map_err(|_| CryptoError::PoolClosed)?
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            job()
+        })
+        .await
+        .map_err(|_| CryptoError::PoolClosed)?
     }
 
     pub async fn hash(&self, password: Zeroizing<String>) -> Result<String, CryptoError> {

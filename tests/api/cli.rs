@@ -1,2 +1,496 @@
 //! The `kms` binary itself: dev mode, refusal without secrets, migrate, user create,
-//! and no secret in any line it prints.
+//! `.env`, and no secret in any line it prints.
+
+use std::{
+    path::Path,
+    process::Stdio,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use base64::{Engine, engine::general_purpose::STANDARD};
+use kms::proto::kms::v1::{self as pb, auth_client::AuthClient, keys_client::KeysClient};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncRead, BufReader},
+    process::{Child, Command},
+};
+use tonic::transport::Channel;
+
+use crate::common::authed;
+
+const KMS: &str = env!("CARGO_BIN_EXE_kms");
+
+/// A `kms` process with every line it prints collected.
+struct Running {
+    child: Child,
+    output: Arc<Mutex<Vec<String>>>,
+}
+
+fn command(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
+    let mut cmd = Command::new(KMS);
+    // A clean environment: nothing from the developer's or CI's KMS_* variables.
+    cmd.env_clear()
+        .current_dir(dir)
+        .args(args)
+        .env("RUST_LOG", "trace")
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    cmd
+}
+
+fn collect(stream: impl AsyncRead + Unpin + Send + 'static, output: Arc<Mutex<Vec<String>>>) {
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stream).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            output.lock().unwrap().push(line);
+        }
+    });
+}
+
+impl Running {
+    fn spawn(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut child = command(dir, args, env).spawn().expect("kms starts");
+        let output = Arc::new(Mutex::new(Vec::new()));
+        collect(child.stdout.take().unwrap(), output.clone());
+        collect(child.stderr.take().unwrap(), output.clone());
+        Self { child, output }
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.output.lock().unwrap().clone()
+    }
+
+    /// Waits for a printed line containing `needle` and returns it.
+    async fn wait_for(&self, needle: &str) -> String {
+        for _ in 0..300 {
+            if let Some(line) = self.lines().into_iter().find(|l| l.contains(needle)) {
+                return line;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no line with {needle:?} in:\n{}", self.lines().join("\n"));
+    }
+
+    async fn channel(&self) -> Channel {
+        let line = self.wait_for("gRPC listening").await;
+        let addr = line.rsplit("addr=").next().unwrap().trim();
+        Channel::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
+    /// SIGTERM, then the exit status and everything printed.
+    async fn terminate(mut self) -> (bool, Vec<String>) {
+        let pid = self.child.id().unwrap().to_string();
+        let killed = Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap();
+        assert!(killed.success());
+        let status = tokio::time::timeout(Duration::from_secs(15), self.child.wait())
+            .await
+            .expect("kms exits after SIGTERM")
+            .unwrap();
+        // Let the readers drain the pipes.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        (status.success(), self.lines())
+    }
+}
+
+async fn login(auth: &mut AuthClient<Channel>, username: &str, password: &str) -> String {
+    auth.login(pb::LoginRequest {
+        username: username.into(),
+        password: password.into(),
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .access_token
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_server_runs_a_full_flow_without_logging_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Running::spawn(
+        dir.path(),
+        &["serve", "--dev"],
+        &[("KMS_GRPC_ADDR", "127.0.0.1:0")],
+    );
+    let channel = server.channel().await;
+    let banner = server.wait_for("password: ").await;
+    let admin_password = banner
+        .rsplit("password: ")
+        .next()
+        .unwrap()
+        .trim()
+        .to_owned();
+    assert!(admin_password.len() >= 20);
+    server.wait_for("DEVELOPMENT MODE").await;
+
+    let mut auth = AuthClient::new(channel.clone());
+    let mut keys = KeysClient::new(channel);
+    let admin_token = login(&mut auth, "admin", &admin_password).await;
+    let user_password = "user-password-that-must-not-leak";
+    auth.register(pb::RegisterRequest {
+        username: "peer".into(),
+        password: user_password.into(),
+        roles: vec![],
+    })
+    .await
+    .unwrap();
+    let user_token = login(&mut auth, "peer", user_password).await;
+    let wrong_password = "wrong-password-that-must-not-leak";
+    assert!(
+        auth.login(pb::LoginRequest {
+            username: "peer".into(),
+            password: wrong_password.into(),
+        })
+        .await
+        .is_err()
+    );
+    // A rejected registration carries a password too.
+    let short_password = "short-pw";
+    assert!(
+        auth.register(pb::RegisterRequest {
+            username: "x".into(),
+            password: short_password.into(),
+            roles: vec![],
+        })
+        .await
+        .is_err()
+    );
+    let imported = "imported-secret-that-must-not-leak-0123";
+    let created = keys
+        .create_key(authed(
+            pb::CreateKeyRequest {
+                service_name: "billing".into(),
+                api_key: None,
+                description: "d".into(),
+                ttl_seconds: 0,
+            },
+            &admin_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    keys.create_key(authed(
+        pb::CreateKeyRequest {
+            service_name: "legacy".into(),
+            api_key: Some(imported.into()),
+            description: String::new(),
+            ttl_seconds: 0,
+        },
+        &admin_token,
+    ))
+    .await
+    .unwrap();
+    keys.get_key(authed(
+        pb::GetKeyRequest {
+            service_name: "billing".into(),
+        },
+        &admin_token,
+    ))
+    .await
+    .unwrap();
+    let rotated = keys
+        .rotate_key(authed(
+            pb::RotateKeyRequest {
+                service_name: "billing".into(),
+                grace_period_seconds: 60,
+            },
+            &admin_token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    for key in [
+        &created.api_key,
+        &rotated.api_key,
+        &imported.to_owned(),
+        &"kms_bogus".to_owned(),
+    ] {
+        keys.verify_key(authed(
+            pb::VerifyKeyRequest {
+                api_key: key.clone(),
+            },
+            &user_token,
+        ))
+        .await
+        .unwrap();
+    }
+    auth.validate_token(pb::ValidateTokenRequest {
+        token: user_token.clone(),
+    })
+    .await
+    .unwrap();
+    keys.list_keys(authed(
+        pb::ListKeysRequest {
+            page_size: 0,
+            page_token: String::new(),
+        },
+        &admin_token,
+    ))
+    .await
+    .unwrap();
+    keys.revoke_key(authed(
+        pb::RevokeKeyRequest {
+            service_name: "billing".into(),
+        },
+        &admin_token,
+    ))
+    .await
+    .unwrap();
+    // A denied call with a token.
+    assert!(
+        keys.get_key(authed(
+            pb::GetKeyRequest {
+                service_name: "legacy".into()
+            },
+            &user_token
+        ))
+        .await
+        .is_err()
+    );
+
+    let master_key = std::fs::read_to_string(dir.path().join("kms-data/master.key")).unwrap();
+    let jwt_secret = std::fs::read_to_string(dir.path().join("kms-data/jwt.secret")).unwrap();
+    let (clean_exit, lines) = server.terminate().await;
+    assert!(
+        clean_exit,
+        "SIGTERM should stop the server cleanly:\n{}",
+        lines.join("\n")
+    );
+    let all = lines.join("\n");
+    assert!(
+        all.contains("login failed"),
+        "the flow should have been logged at trace level:\n{all}"
+    );
+    let secrets = [
+        user_password,
+        wrong_password,
+        short_password,
+        imported,
+        &created.api_key,
+        &rotated.api_key,
+        &admin_token,
+        &user_token,
+        master_key.trim(),
+        jwt_secret.trim(),
+    ];
+    for secret in secrets {
+        assert!(
+            !all.contains(secret),
+            "a secret reached the output: {secret:.12}..."
+        );
+    }
+    // The one-time admin password is printed exactly once, in the banner.
+    assert_eq!(all.matches(admin_password.as_str()).count(), 1);
+    // Token signatures and key bodies, in part, must not show either.
+    let signature = admin_token.rsplit('.').next().unwrap();
+    assert!(!all.contains(signature));
+    assert!(!all.contains(&created.api_key[12..30]));
+
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for file in ["master.key", "jwt.secret", "kms.db"] {
+            let mode = std::fs::metadata(dir.path().join("kms-data").join(file))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{file}");
+        }
+    }
+
+    // A restart reuses the secrets and does not create or print another admin password.
+    let again = Running::spawn(
+        dir.path(),
+        &["serve", "--dev"],
+        &[("KMS_GRPC_ADDR", "127.0.0.1:0")],
+    );
+    let mut auth = AuthClient::new(again.channel().await);
+    login(&mut auth, "admin", &admin_password).await;
+    let (_, lines) = again.terminate().await;
+    assert!(!lines.iter().any(|l| l.contains("password: ")), "{lines:?}");
+}
+
+#[tokio::test]
+async fn serve_without_secrets_refuses_and_names_what_is_missing() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = command(dir.path(), &["serve"], &[]).output().await.unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for needle in ["KMS_MASTER_KEY", "KMS_JWT_SECRET", "--dev"] {
+        assert!(stderr.contains(needle), "{needle} missing from: {stderr}");
+    }
+    // Nothing was created.
+    assert!(!dir.path().join("kms-data").exists());
+
+    let out = command(
+        dir.path(),
+        &["serve"],
+        &[
+            ("KMS_MASTER_KEY", "dG9vLXNob3J0"),
+            ("KMS_JWT_SECRET", &"j".repeat(32)),
+        ],
+    )
+    .output()
+    .await
+    .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("KMS_MASTER_KEY must be base64 of exactly 32 bytes"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("dG9vLXNob3J0"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_user_create_and_configured_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite://{}?mode=rwc", dir.path().join("prod.db").display());
+    let db = [("KMS_DATABASE_URL", db_url.as_str())];
+
+    let out = command(dir.path(), &["migrate"], &db)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let ops_password = "ops-password-from-stdin";
+    let mut create = command(
+        dir.path(),
+        &[
+            "user",
+            "create",
+            "--username",
+            "ops",
+            "--role",
+            "admin",
+            "--role",
+            "ops",
+        ],
+        &db,
+    )
+    .spawn()
+    .unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut stdin = create.stdin.take().unwrap();
+        stdin
+            .write_all(format!("{ops_password}\n").as_bytes())
+            .await
+            .unwrap();
+    }
+    let out = create.wait_with_output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(ops_password));
+    // The same name again is refused.
+    let mut again = command(dir.path(), &["user", "create", "--username", "ops"], &db)
+        .spawn()
+        .unwrap();
+    {
+        use tokio::io::AsyncWriteExt;
+        again
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"another-password-1\n")
+            .await
+            .unwrap();
+    }
+    assert!(!again.wait_with_output().await.unwrap().status.success());
+
+    // Secrets from a .env file in the working directory; the environment wins over it.
+    let master = STANDARD.encode([42u8; 32]);
+    std::fs::write(
+        dir.path().join(".env"),
+        format!("KMS_MASTER_KEY={master}\nKMS_JWT_SECRET=dotenv-secret-dotenv-secret-dotenv-secret\nKMS_GRPC_ADDR=127.0.0.1:1\n"),
+    )
+    .unwrap();
+    let server = Running::spawn(
+        dir.path(),
+        &["serve"],
+        &[
+            db[0],
+            ("KMS_GRPC_ADDR", "127.0.0.1:0"),
+            ("KMS_TYPO_VARIABLE", "x"),
+        ],
+    );
+    let channel = server.channel().await;
+    server.wait_for("KMS_TYPO_VARIABLE").await;
+    let mut auth = AuthClient::new(channel.clone());
+    let token = login(&mut auth, "ops", ops_password).await;
+    let v = auth
+        .validate_token(pb::ValidateTokenRequest {
+            token: token.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(v.roles, vec!["admin", "ops"]);
+    KeysClient::new(channel)
+        .create_key(authed(
+            pb::CreateKeyRequest {
+                service_name: "svc".into(),
+                api_key: None,
+                description: String::new(),
+                ttl_seconds: 0,
+            },
+            &token,
+        ))
+        .await
+        .unwrap();
+    let (clean_exit, lines) = server.terminate().await;
+    assert!(clean_exit, "{}", lines.join("\n"));
+    assert!(!lines.iter().any(|l| l.contains("DEVELOPMENT MODE")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bootstrap_admin_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_url = format!("sqlite://{}?mode=rwc", dir.path().join("b.db").display());
+    let master = STANDARD.encode([7u8; 32]);
+    let env = [
+        ("KMS_DATABASE_URL", db_url.as_str()),
+        ("KMS_GRPC_ADDR", "127.0.0.1:0"),
+        ("KMS_MASTER_KEY", master.as_str()),
+        (
+            "KMS_JWT_SECRET",
+            "bootstrap-test-secret-bootstrap-test-secret",
+        ),
+        ("KMS_BOOTSTRAP_ADMIN_USERNAME", "boss"),
+        ("KMS_BOOTSTRAP_ADMIN_PASSWORD", "boss-password-from-env"),
+    ];
+    let server = Running::spawn(dir.path(), &["serve"], &env);
+    let mut auth = AuthClient::new(server.channel().await);
+    let token = login(&mut auth, "boss", "boss-password-from-env").await;
+    let v = auth
+        .validate_token(pb::ValidateTokenRequest { token })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(v.roles.contains(&"admin".to_owned()));
+    let (_, lines) = server.terminate().await;
+    let all = lines.join("\n");
+    assert!(!all.contains("boss-password-from-env"));
+    assert!(
+        !all.contains("password: "),
+        "a configured password is not printed"
+    );
+}

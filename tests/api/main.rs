@@ -10,4 +10,5 @@
 mod auth;
 mod cli;
 mod common;
+mod faults;
 mod keys;
