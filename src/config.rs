@@ -42,6 +42,15 @@ pub const KNOWN_ENV: &[&str] = &[
     "KMS_PASSWORD_MIN_LENGTH",
     "KMS_DATA_DIR",
     "KMS_TEST_POSTGRES_URL",
+    "KMS_HTTP_ADDR",
+    "KMS_TLS_CERT",
+    "KMS_TLS_KEY",
+    "KMS_TLS_CLIENT_CA",
+    "KMS_SHUTDOWN_GRACE_SECONDS",
+    "KMS_MAX_REQUEST_BYTES",
+    "KMS_REQUEST_TIMEOUT_SECONDS",
+    "KMS_MAX_CONCURRENT_REQUESTS",
+    "KMS_LOG_FORMAT",
 ];
 
 #[derive(Debug, Parser)]
@@ -57,9 +66,18 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Apply pending database migrations and exit.
     Migrate(DatabaseArgs),
+    /// Exit 0 when the server's HTTP `/health` answers 200 (for container HEALTHCHECKs).
+    Healthcheck(HealthcheckArgs),
     /// Manage users directly in the database (operator recovery path).
     #[command(subcommand)]
     User(UserCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    /// The server's HTTP listener (a 0.0.0.0 address is asked on 127.0.0.1).
+    #[arg(long, env = "KMS_HTTP_ADDR", default_value = "127.0.0.1:8003")]
+    pub http_addr: SocketAddr,
 }
 
 #[derive(Debug, Subcommand)]
@@ -146,6 +164,30 @@ pub struct ServeArgs {
     /// Where --dev keeps its generated secrets.
     #[arg(long, env = "KMS_DATA_DIR", default_value = "kms-data")]
     pub data_dir: PathBuf,
+    /// Address of the HTTP listener (`/health`, `/metrics`).
+    #[arg(long, env = "KMS_HTTP_ADDR", default_value = "127.0.0.1:8003")]
+    pub http_addr: SocketAddr,
+    /// PEM certificate chain: serve gRPC over TLS (with KMS_TLS_KEY).
+    #[arg(long, env = "KMS_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of that certificate.
+    #[arg(long, env = "KMS_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA bundle: require client certificates signed by it (mutual TLS).
+    #[arg(long, env = "KMS_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// After SIGTERM/SIGINT, how long in-flight calls may take to finish.
+    #[arg(long, env = "KMS_SHUTDOWN_GRACE_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=3600))]
+    pub shutdown_grace_seconds: u64,
+    /// Largest accepted request message, in bytes.
+    #[arg(long, env = "KMS_MAX_REQUEST_BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(1024..=16_777_216))]
+    pub max_request_bytes: u64,
+    /// Longest a unary call may run before it is answered DEADLINE_EXCEEDED.
+    #[arg(long, env = "KMS_REQUEST_TIMEOUT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub request_timeout_seconds: u64,
+    /// Calls served at once; more are answered RESOURCE_EXHAUSTED at once.
+    #[arg(long, env = "KMS_MAX_CONCURRENT_REQUESTS", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub max_concurrent_requests: u64,
 }
 
 /// The JWT signing secret. `Debug` prints nothing of it.
@@ -189,6 +231,43 @@ impl std::fmt::Debug for BootstrapAdmin {
     }
 }
 
+/// TLS material, read at start so that a bad path fails before serving.
+#[derive(Clone)]
+pub struct TlsFiles {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Zeroizing<Vec<u8>>,
+    /// Set: clients must present a certificate signed by this CA.
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for TlsFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsFiles")
+            .field("mutual", &self.client_ca_pem.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Limits that keep one client from taking the server down.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_request_bytes: usize,
+    pub request_timeout: std::time::Duration,
+    pub max_concurrent_requests: usize,
+    pub shutdown_grace: std::time::Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_request_bytes: 64 * 1024,
+            request_timeout: std::time::Duration::from_secs(30),
+            max_concurrent_requests: 1024,
+            shutdown_grace: std::time::Duration::from_secs(10),
+        }
+    }
+}
+
 /// Everything `serve` needs, resolved and checked.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -205,6 +284,9 @@ pub struct Config {
     /// Concurrent argon2 computations at most (each holds 19 MiB while it runs).
     pub password_hash_concurrency: usize,
     pub dev: bool,
+    pub http_addr: SocketAddr,
+    pub tls: Option<TlsFiles>,
+    pub limits: Limits,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -297,6 +379,37 @@ impl ServeArgs {
             }
         };
 
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => Some(TlsFiles {
+                cert_pem: read_file("KMS_TLS_CERT", cert)?,
+                key_pem: Zeroizing::new(read_file("KMS_TLS_KEY", key)?),
+                client_ca_pem: self
+                    .tls_client_ca
+                    .as_deref()
+                    .map(|ca| read_file("KMS_TLS_CLIENT_CA", ca))
+                    .transpose()?,
+            }),
+            (None, None) if self.tls_client_ca.is_some() => {
+                return Err(ConfigError(
+                    "KMS_TLS_CLIENT_CA needs KMS_TLS_CERT and KMS_TLS_KEY".into(),
+                ));
+            }
+            (None, None) => None,
+            _ => {
+                return Err(ConfigError(
+                    "KMS_TLS_CERT and KMS_TLS_KEY must be set together".into(),
+                ));
+            }
+        };
+        let out_of_range = |name: &str| ConfigError(format!("{name} is out of range"));
+        let limits = Limits {
+            max_request_bytes: usize::try_from(self.max_request_bytes)
+                .map_err(|_| out_of_range("KMS_MAX_REQUEST_BYTES"))?,
+            request_timeout: std::time::Duration::from_secs(self.request_timeout_seconds),
+            max_concurrent_requests: usize::try_from(self.max_concurrent_requests)
+                .map_err(|_| out_of_range("KMS_MAX_CONCURRENT_REQUESTS"))?,
+            shutdown_grace: std::time::Duration::from_secs(self.shutdown_grace_seconds),
+        };
         let password_min_length = usize::try_from(self.password_min_length)
             .map_err(|_| ConfigError("KMS_PASSWORD_MIN_LENGTH is out of range".into()))?;
         Ok(Config {
@@ -312,6 +425,9 @@ impl ServeArgs {
             bootstrap_admin,
             password_hash_concurrency: default_hash_concurrency(),
             dev: self.dev,
+            http_addr: self.http_addr,
+            tls,
+            limits,
         })
     }
 }
@@ -319,6 +435,10 @@ impl ServeArgs {
 /// One argon2 job per core keeps the cores busy without queuing memory behind them.
 pub fn default_hash_concurrency() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+fn read_file(name: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
+    fs::read(path).map_err(|e| ConfigError(format!("{name}: cannot read {}: {e}", path.display())))
 }
 
 fn parse_master_key(b64: &str, name: &str) -> Result<MasterKey, ConfigError> {

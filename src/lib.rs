@@ -8,6 +8,8 @@ pub mod config;
 pub mod crypto;
 pub mod domain;
 pub mod grpc;
+pub mod health;
+pub mod http;
 #[path = "../migrations/mod.rs"]
 pub mod migrations;
 pub mod proto;

@@ -4,11 +4,13 @@ use std::{io::Read, process::ExitCode};
 
 use clap::Parser;
 use kms::{
-    config::{Cli, Command, DatabaseArgs, UserCommand, UserCreateArgs, unknown_env_vars},
+    config::{
+        Cli, Command, DatabaseArgs, HealthcheckArgs, UserCommand, UserCreateArgs, unknown_env_vars,
+    },
     crypto::password::PasswordHasherPool,
     domain::auth::{AuthService, AuthSettings, NewUser},
     domain::token::TokenAuthority,
-    server::{App, shutdown_signal},
+    server::{App, Listeners, shutdown_signal},
     store::Store,
     telemetry,
 };
@@ -50,6 +52,7 @@ async fn run(command: Command) -> Result<(), String> {
     match command {
         Command::Serve(args) => serve(*args).await,
         Command::Migrate(args) => migrate(args).await,
+        Command::Healthcheck(args) => healthcheck(args).await,
         Command::User(UserCommand::Create(args)) => create_user(args).await,
     }
 }
@@ -73,16 +76,45 @@ async fn serve(args: kms::config::ServeArgs) -> Result<(), String> {
             password.as_str()
         );
     }
-    let listener = tokio::net::TcpListener::bind(config.grpc_addr)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e}", config.grpc_addr))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    tracing::info!(%addr, "gRPC listening");
-    app.serve(listener, shutdown_signal())
+    let grpc = bind(config.grpc_addr).await?;
+    let http = bind(config.http_addr).await?;
+    let tls = if config.tls.is_some() {
+        "TLS"
+    } else {
+        "plaintext"
+    };
+    tracing::info!(transport = tls, addr = %local_addr(&grpc)?, "gRPC listening");
+    tracing::info!(addr = %local_addr(&http)?, "HTTP listening (/health, /metrics)");
+    let listeners = Listeners {
+        grpc,
+        http: Some(http),
+    };
+    app.serve(listeners, shutdown_signal())
         .await
         .map_err(|e| e.to_string())?;
     tracing::info!("stopped");
     Ok(())
+}
+
+async fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, String> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))
+}
+
+fn local_addr(listener: &tokio::net::TcpListener) -> Result<std::net::SocketAddr, String> {
+    listener.local_addr().map_err(|e| e.to_string())
+}
+
+async fn healthcheck(args: HealthcheckArgs) -> Result<(), String> {
+    let mut addr = args.http_addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    match kms::http::http_get(addr, "/health").await? {
+        (200, _) => Ok(()),
+        (status, body) => Err(format!("unhealthy: HTTP {status} {}", body.trim())),
+    }
 }
 
 async fn migrate(args: DatabaseArgs) -> Result<(), String> {

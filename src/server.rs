@@ -2,12 +2,14 @@
 
 use std::{future::Future, sync::Arc};
 
-use tokio::net::TcpListener;
+use envoy_types::ext_authz::v3::pb::AuthorizationServer;
+use tokio::{net::TcpListener, sync::watch};
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use zeroize::Zeroizing;
 
 use crate::{
-    config::Config,
+    config::{Config, Limits, TlsFiles},
     crypto::{password::PasswordHasherPool, random, sealing::Sealer},
     domain::{
         self,
@@ -15,14 +17,17 @@ use crate::{
         keys::KeyService,
         token::TokenAuthority,
     },
-    grpc::{AuthApi, AuthLayer, KeysApi},
-    proto::kms::v1::{auth_server::AuthServer, keys_server::KeysServer},
+    grpc::{AuthApi, AuthLayer, ExtAuthz, KeysApi, ObserveLayer},
+    health::DbHealth,
+    http::HttpState,
+    proto::{
+        FILE_DESCRIPTOR_SET,
+        kms::v1::{auth_server::AuthServer, keys_server::KeysServer},
+    },
     store::{Store, redact_url},
+    telemetry::Metrics,
 };
 
-/// Largest request message accepted. KMS requests are small; a bigger one is an error
-/// or an attack, refused before it is decoded.
-pub const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// Length of a generated bootstrap admin password (base62, about 143 bits).
 const BOOTSTRAP_PASSWORD_LEN: usize = 24;
 
@@ -49,6 +54,9 @@ pub struct App {
     auth: AuthService,
     keys: KeyService,
     tokens: Arc<TokenAuthority>,
+    metrics: Metrics,
+    tls: Option<TlsFiles>,
+    limits: Limits,
     pub created_admin: Option<CreatedAdmin>,
 }
 
@@ -87,11 +95,15 @@ impl App {
             Some(admin) => bootstrap(&auth, admin).await?,
             None => None,
         };
+        let metrics = Metrics::new().map_err(|e| StartError::Serve(format!("metrics: {e}")))?;
         Ok(Self {
             store,
             auth,
             keys,
             tokens,
+            metrics,
+            tls: config.tls.clone(),
+            limits: config.limits.clone(),
             created_admin,
         })
     }
@@ -100,28 +112,133 @@ impl App {
         &self.store
     }
 
-    /// Serves on `listener` until `shutdown` completes, then lets in-flight calls
-    /// finish and closes the database pool.
+    /// Serves until `shutdown` completes: then the listeners stop accepting, health
+    /// turns NOT_SERVING, in-flight calls get `limits.shutdown_grace` to finish, and
+    /// the database pool is closed.
     pub async fn serve(
         self,
-        listener: TcpListener,
+        listeners: Listeners,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), StartError> {
-        let auth =
-            AuthServer::new(AuthApi::new(self.auth)).max_decoding_message_size(MAX_REQUEST_BYTES);
-        let keys =
-            KeysServer::new(KeysApi::new(self.keys)).max_decoding_message_size(MAX_REQUEST_BYTES);
-        tonic::transport::Server::builder()
-            .layer(AuthLayer::new(self.tokens))
+        let limits = self.limits.clone();
+        let max = limits.max_request_bytes;
+        let (stop_tx, stop_rx) = watch::channel(false);
+
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        let db_health = DbHealth::new(true);
+        let monitor = tokio::spawn(crate::health::monitor(
+            self.store.clone(),
+            reporter,
+            db_health.clone(),
+            stop_rx.clone(),
+        ));
+
+        let reflection_v1 = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .map_err(|e| StartError::Serve(format!("reflection: {e}")))?;
+        // grpcurl releases still in wide use speak only v1alpha.
+        let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .build_v1alpha()
+            .map_err(|e| StartError::Serve(format!("reflection: {e}")))?;
+
+        let auth = AuthServer::new(AuthApi::new(self.auth, self.metrics.clone()))
+            .max_decoding_message_size(max);
+        let keys = KeysServer::new(KeysApi::new(self.keys.clone(), self.metrics.clone()))
+            .max_decoding_message_size(max);
+        let ext_authz = AuthorizationServer::new(ExtAuthz::new(self.tokens.clone(), self.keys))
+            .max_decoding_message_size(max);
+
+        let layers = tower::ServiceBuilder::new()
+            .layer(ObserveLayer::new(
+                self.metrics.clone(),
+                limits.max_concurrent_requests,
+                limits.request_timeout,
+            ))
+            .layer(AuthLayer::new(self.tokens));
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = &self.tls {
+            let mut tls_config = ServerTlsConfig::new()
+                .identity(Identity::from_pem(&tls.cert_pem, tls.key_pem.as_slice()));
+            if let Some(ca) = &tls.client_ca_pem {
+                tls_config = tls_config.client_ca_root(Certificate::from_pem(ca));
+            }
+            builder = builder
+                .tls_config(tls_config)
+                .map_err(|e| StartError::Serve(format!("TLS configuration: {e}")))?;
+        }
+        let grpc = builder
+            .layer(layers)
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .add_service(auth)
             .add_service(keys)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-            .await
-            .map_err(|e| StartError::Serve(e.to_string()))?;
+            .add_service(ext_authz)
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listeners.grpc),
+                wait_for(stop_rx.clone()),
+            );
+
+        let http = listeners.http.map(|listener| {
+            let app = crate::http::router(HttpState {
+                health: db_health.clone(),
+                metrics: self.metrics.clone(),
+                store: self.store.clone(),
+            });
+            let stop = stop_rx.clone();
+            tokio::spawn(async move {
+                if let Err(e) = axum::serve(listener, app)
+                    .with_graceful_shutdown(wait_for(stop))
+                    .await
+                {
+                    tracing::error!(error = %e, "HTTP listener failed");
+                }
+            })
+        });
+
+        // The signal flips `stop`; everything above watches it.
+        let signal = async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        };
+        let grace = async {
+            wait_for(stop_rx.clone()).await;
+            tokio::time::sleep(limits.shutdown_grace).await;
+        };
+        tokio::pin!(grpc);
+        let outcome = tokio::select! {
+            result = &mut grpc => result.map_err(|e| StartError::Serve(e.to_string())),
+            ((), ()) = async { tokio::join!(signal, grace) } => {
+                tracing::warn!(grace = ?limits.shutdown_grace, "shutdown grace period over; closing the remaining connections");
+                Ok(())
+            }
+        };
+        let _ = monitor.await;
+        if let Some(http) = http {
+            let _ = http.await;
+        }
         if let Err(e) = self.store.close().await {
             tracing::warn!(error = %e, "closing the database pool failed");
         }
-        Ok(())
+        outcome
+    }
+}
+
+/// The listeners a server runs on: gRPC, and optionally the HTTP side.
+pub struct Listeners {
+    pub grpc: TcpListener,
+    pub http: Option<TcpListener>,
+}
+
+async fn wait_for(mut stop: watch::Receiver<bool>) {
+    while !*stop.borrow_and_update() {
+        if stop.changed().await.is_err() {
+            return;
+        }
     }
 }
 

@@ -238,6 +238,14 @@ impl KeyService {
 
     /// Any authenticated caller may verify. Every kind of bad key is `Ok(None)`.
     pub async fn verify(&self, _caller: &Caller, presented: &str) -> Result<Option<VerifiedKey>> {
+        self.check_presented_key(presented).await
+    }
+
+    /// The check behind `verify`, for a transport that authenticated its peer some
+    /// other way (Envoy's ext_authz: mTLS or network policy, no KMS token). Every kind
+    /// of bad key is `Ok(None)`; `Err` means the check itself could not be made (the
+    /// database is down), which is never an answer about the key.
+    pub async fn check_presented_key(&self, presented: &str) -> Result<Option<VerifiedKey>> {
         if presented.is_empty() || presented.len() > validate::IMPORTED_KEY_MAX {
             return Ok(None);
         }

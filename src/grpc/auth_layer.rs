@@ -42,6 +42,12 @@ const NO_TOKEN_REQUIRED: &[(&str, Access)] = &[
         "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
         Access::Public,
     ),
+    // Envoy's ext_authz filter: the sidecar asks us to authenticate the requests it
+    // carries, not itself, so the call holds no KMS token of its own. Unlike VerifyKey,
+    // anyone who reaches this method can test API keys without a token: protect the
+    // port with mTLS (KMS_TLS_CLIENT_CA) or a network policy that admits only the
+    // sidecars.
+    ("/envoy.service.auth.v3.Authorization/Check", Access::Public),
 ];
 
 pub fn access(path: &str) -> Access {
@@ -65,16 +71,23 @@ fn bearer(headers: &HeaderMap) -> Result<Option<&str>, Status> {
     let value = value
         .to_str()
         .map_err(|_| Status::unauthenticated("malformed authorization header"))?;
+    bearer_token(value).map(Some).ok_or_else(|| {
+        Status::unauthenticated("authorization header must be 'Bearer <access token>'")
+    })
+}
+
+/// The token in an `authorization` header value of the form `Bearer <token>`; `None`
+/// for any other scheme or an empty token. Shared with ext_authz, which reads the
+/// same header from Envoy's CheckRequest.
+pub(super) fn bearer_token(value: &str) -> Option<&str> {
     match value.split_once(' ') {
         // The scheme is case-insensitive (RFC 6750 section 2.1, RFC 9110 section 11.1).
         Some((scheme, token))
             if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
         {
-            Ok(Some(token.trim()))
+            Some(token.trim())
         }
-        _ => Err(Status::unauthenticated(
-            "authorization header must be 'Bearer <access token>'",
-        )),
+        _ => None,
     }
 }
 
@@ -151,6 +164,8 @@ where
         match authenticate(&self.tokens, req.uri().path(), req.headers()) {
             Ok(caller) => {
                 if let Some(caller) = caller {
+                    // The observe layer's span for this call shows who made it.
+                    tracing::Span::current().record("subject", caller.subject.as_str());
                     req.extensions_mut().insert(caller);
                 }
                 Box::pin(inner.call(req))

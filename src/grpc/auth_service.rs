@@ -6,20 +6,22 @@ use zeroize::Zeroizing;
 use super::convert::timestamp;
 use crate::{
     domain::{
-        Caller,
+        Caller, Error as DomainError,
         auth::{AuthService, NewUser},
         token::TOKEN_TYPE,
     },
     proto::kms::v1::{self as pb, auth_server::Auth},
+    telemetry::Metrics,
 };
 
 pub struct AuthApi {
     service: AuthService,
+    metrics: Metrics,
 }
 
 impl AuthApi {
-    pub fn new(service: AuthService) -> Self {
-        Self { service }
+    pub fn new(service: AuthService, metrics: Metrics) -> Self {
+        Self { service, metrics }
     }
 }
 
@@ -53,10 +55,18 @@ impl Auth for AuthApi {
         request: Request<pb::LoginRequest>,
     ) -> Result<Response<pb::LoginResponse>, Status> {
         let req = request.into_inner();
-        let issued = self
+        let result = self
             .service
             .login(&req.username, Zeroizing::new(req.password))
-            .await?;
+            .await;
+        self.metrics.login(match &result {
+            Ok(_) => "success",
+            Err(DomainError::Unauthenticated(_)) => "failure",
+            Err(DomainError::InvalidArgument { .. }) => "invalid",
+            Err(_) => "error",
+        });
+        let issued = result?;
+        self.metrics.token_issued("access");
         Ok(Response::new(pb::LoginResponse {
             access_token: issued.token,
             token_type: TOKEN_TYPE.to_owned(),

@@ -9,15 +9,17 @@ use super::{
 use crate::{
     domain::keys::{CreateKey, KeyService},
     proto::kms::v1::{self as pb, keys_server::Keys},
+    telemetry::Metrics,
 };
 
 pub struct KeysApi {
     service: KeyService,
+    metrics: Metrics,
 }
 
 impl KeysApi {
-    pub fn new(service: KeyService) -> Self {
-        Self { service }
+    pub fn new(service: KeyService, metrics: Metrics) -> Self {
+        Self { service, metrics }
     }
 }
 
@@ -101,11 +103,12 @@ impl Keys for KeysApi {
         request: Request<pb::VerifyKeyRequest>,
     ) -> Result<Response<pb::VerifyKeyResponse>, Status> {
         let caller = caller(&request)?;
-        let response = match self
+        let verified = self
             .service
             .verify(&caller, &request.get_ref().api_key)
-            .await?
-        {
+            .await?;
+        self.metrics.verification(verified.is_some());
+        let response = match verified {
             Some(found) => pb::VerifyKeyResponse {
                 valid: true,
                 service_name: found.service_name,

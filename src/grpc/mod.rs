@@ -1,12 +1,17 @@
 //! The gRPC transport: thin handlers that read the caller, call the domain and map the
-//! result, plus the layer that authenticates bearer tokens.
+//! result, plus the layer that authenticates bearer tokens and the Envoy ext_authz
+//! service that authenticates HTTP requests for sidecars.
 
 pub mod auth_layer;
 mod auth_service;
 mod convert;
+mod ext_authz;
 mod keys_service;
+pub mod observe;
 mod status;
 
 pub use auth_layer::AuthLayer;
 pub use auth_service::AuthApi;
+pub use ext_authz::ExtAuthz;
 pub use keys_service::KeysApi;
+pub use observe::ObserveLayer;

@@ -4,8 +4,8 @@
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, Condition, DatabaseTransaction, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    TransactionTrait,
+    ColumnTrait, Condition, DatabaseTransaction, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, TransactionTrait,
     sea_query::Expr,
 };
 
@@ -227,6 +227,14 @@ impl Store {
             .await?;
         txn.commit().await?;
         Ok(true)
+    }
+
+    /// Keys not revoked (expired ones included).
+    pub async fn count_live_keys(&self) -> Result<u64, StoreError> {
+        Ok(api_key::Entity::find()
+            .filter(api_key::Column::RevokedAt.is_null())
+            .count(&self.db)
+            .await?)
     }
 
     /// The secret with this digest and its key, whatever their state.

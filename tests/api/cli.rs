@@ -33,6 +33,8 @@ fn command(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Command {
         .current_dir(dir)
         .args(args)
         .env("RUST_LOG", "trace")
+        // Tests run in parallel: never the fixed default HTTP port.
+        .env("KMS_HTTP_ADDR", "127.0.0.1:0")
         .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

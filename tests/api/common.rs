@@ -5,11 +5,11 @@ use std::time::Duration;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use kms::{
-    config::{BootstrapAdmin, Config, JwtSecret},
+    config::{BootstrapAdmin, Config, JwtSecret, Limits},
     crypto::sealing::MasterKey,
     domain::token::Claims,
     proto::kms::v1::{self as pb, auth_client::AuthClient, keys_client::KeysClient},
-    server::App,
+    server::{App, Listeners},
     store::StoreOptions,
 };
 use sea_orm::{ConnectionTrait, Database};
@@ -142,10 +142,15 @@ pub fn test_config(db_url: &str) -> Config {
         }),
         password_hash_concurrency: 2,
         dev: false,
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        tls: None,
+        limits: Limits::default(),
     }
 }
 
 pub struct TestServer {
+    pub addr: std::net::SocketAddr,
+    pub http_addr: std::net::SocketAddr,
     pub channel: Channel,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<()>>,
@@ -158,27 +163,46 @@ impl TestServer {
     }
 
     pub async fn start_with(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::start_inner(backend, tweak, false).await
+    }
+
+    pub async fn start_with_tls(backend: Backend, tweak: impl FnOnce(&mut Config)) -> Self {
+        Self::start_inner(backend, tweak, true).await
+    }
+
+    async fn start_inner(backend: Backend, tweak: impl FnOnce(&mut Config), tls: bool) -> Self {
         let db = TestDb::new(&backend).await;
         let mut config = test_config(&db.url);
         tweak(&mut config);
         let app = App::build(&config).await.expect("server builds");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let http_addr = http.local_addr().unwrap();
         let (tx, rx) = oneshot::channel::<()>();
+        let listeners = Listeners {
+            grpc: listener,
+            http: Some(http),
+        };
         let handle = tokio::spawn(async move {
-            app.serve(listener, async {
+            app.serve(listeners, async {
                 let _ = rx.await;
             })
             .await
             .expect("server runs");
         });
+        // A TLS server gets a lazy plaintext channel: its tests build their own.
         let channel = Channel::from_shared(format!("http://{addr}"))
             .unwrap()
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
-            .await
-            .expect("server accepts connections");
+            .connect_timeout(Duration::from_secs(5));
+        let channel = if tls {
+            channel.connect_lazy()
+        } else {
+            channel.connect().await.expect("server accepts connections")
+        };
         Self {
+            addr,
+            http_addr,
             channel,
             shutdown: Some(tx),
             handle: Some(handle),

@@ -133,14 +133,22 @@ async fn concurrent_registrations_make_one_account(backend: Backend) {
 
 /// A TCP proxy to PostgreSQL that can be cut (every connection dropped, new ones
 /// refused) and restored on the same port.
-struct Proxy {
+pub struct Proxy {
     port: u16,
     cut: Arc<Notify>,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Proxy {
-    async fn start(port: u16, upstream: String) -> Self {
+    /// A proxy to the PostgreSQL of `base`: (proxy, the URL through it, upstream).
+    pub async fn in_front_of(base: &str) -> (Self, String, String) {
+        let url = url_parts::Parts::parse(base);
+        let proxy = Self::start(0, url.host_port.clone()).await;
+        let proxied = url.with_host_port(&format!("127.0.0.1:{}", proxy.port));
+        (proxy, proxied, url.host_port)
+    }
+
+    pub async fn start(port: u16, upstream: String) -> Self {
         let listener = TcpListener::bind(("127.0.0.1", port)).await.unwrap();
         let port = listener.local_addr().unwrap().port();
         let cut = Arc::new(Notify::new());
@@ -166,7 +174,7 @@ impl Proxy {
         Self { port, cut, task }
     }
 
-    async fn cut(self) -> u16 {
+    pub async fn cut(self) -> u16 {
         self.cut.notify_one();
         self.task.await.unwrap();
         self.port
@@ -212,6 +220,16 @@ async fn unreachable_database_answers_unavailable_then_recovers() {
             username: crate::common::ADMIN.into(),
             password: crate::common::ADMIN_PASSWORD.into(),
         })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    // ext_authz cannot check an API key either: a gRPC error for Envoy's
+    // failure_mode_allow to decide, never an allow or a denial.
+    let err = crate::ext_authz::client(server.channel.clone())
+        .check(crate::ext_authz::check_request(&[(
+            "x-api-key",
+            "some-api-key-some-api-key-some-api-key",
+        )]))
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unavailable, "{err:?}");

@@ -10,5 +10,7 @@
 mod auth;
 mod cli;
 mod common;
+mod ext_authz;
 mod faults;
 mod keys;
+mod ops;

@@ -1,10 +1,17 @@
-//! Logging, to stderr (stdout carries only what the CLI prints for a person, such as
-//! the one-time bootstrap password). `RUST_LOG` filters (default `info`). Dependencies that could print request
-//! headers or SQL parameters at debug level are held at `warn` unless named explicitly.
+//! Logging and metrics.
+//!
+//! Logs go to stderr (stdout carries only what the CLI prints for a person, such as the
+//! one-time bootstrap password). `RUST_LOG` filters (default `info`); `KMS_LOG_FORMAT=json`
+//! switches to JSON lines. Dependencies that could print request headers or SQL
+//! parameters at debug level are held at `warn` unless named explicitly.
+
+pub mod metrics;
 
 use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
+
+pub use metrics::Metrics;
 
 const DEFAULT_FILTER: &str = "info";
 /// Appended to every filter: these crates log frames, headers or statements at
@@ -16,6 +23,7 @@ const QUIET: &[&str] = &[
     "sqlx=warn",
     "sea_orm=warn",
     "rustls=warn",
+    "axum=warn",
 ];
 
 pub fn init() {
@@ -29,11 +37,17 @@ pub fn init() {
             filter = filter.add_directive(d);
         }
     }
-    // A second init (tests) is harmless: the first subscriber stays.
-    let _ = tracing_subscriber::fmt()
+    let json = std::env::var("KMS_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    // A second init (tests) is harmless: the first subscriber stays.
+    let _ = if json {
+        builder.json().with_current_span(true).try_init()
+    } else {
+        builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .try_init()
+    };
 }

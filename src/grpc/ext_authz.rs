@@ -1,0 +1,392 @@
+//! `envoy.service.auth.v3.Authorization/Check`: Envoy's (or Istio's) ext_authz filter
+//! asks whether an HTTP request may pass, and the KMS answers from the request's
+//! `authorization: Bearer <access token>` or `x-api-key: <API key>` header.
+//!
+//! A bad credential is an answer, not an error: Envoy gets an OK gRPC call carrying a
+//! denial (HTTP 401 with `www-authenticate`). Only a check that could not be made (the
+//! database is down) is a gRPC error, so that Envoy's `failure_mode_allow` decides.
+
+use std::sync::Arc;
+
+use envoy_types::{
+    ext_authz::v3::{
+        CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
+        pb::{Authorization, CheckRequest, CheckResponse, HeaderAppendAction, HttpStatusCode},
+    },
+    pb::envoy::service::auth::v3::attribute_context::HttpRequest,
+};
+use tonic::{Request, Response, Status};
+
+use super::auth_layer::bearer_token;
+use crate::domain::{Caller, keys::KeyService, token::TokenAuthority};
+
+/// Headers the upstream may trust because the sidecar sets or strips them on every
+/// allowed request; a client's own copies never get through.
+pub const SUBJECT_HEADER: &str = "x-kms-subject";
+pub const ROLES_HEADER: &str = "x-kms-roles";
+pub const SERVICE_HEADER: &str = "x-kms-service";
+const AUTHORIZATION_HEADER: &str = "authorization";
+const API_KEY_HEADER: &str = "x-api-key";
+const WWW_AUTHENTICATE: &str = "www-authenticate";
+const OVERWRITE: Option<HeaderAppendAction> = Some(HeaderAppendAction::OverwriteIfExistsOrAdd);
+
+/// Who an allowed request is from.
+#[derive(Debug, PartialEq, Eq)]
+enum Principal {
+    User(Caller),
+    Service { service_name: String },
+}
+
+/// Why a request is refused. The reason goes into the rpc status, which Envoy may log;
+/// it never contains the credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Denial {
+    /// Neither header, or not an HTTP request at all.
+    Missing,
+    /// A credential header sent twice, or not UTF-8: refused, never guessed at.
+    Ambiguous,
+    /// `authorization` with another scheme than Bearer, or no token.
+    Malformed,
+    InvalidToken,
+    InvalidKey,
+}
+
+impl Denial {
+    fn reason(self) -> &'static str {
+        match self {
+            Self::Missing => {
+                "missing credentials: send 'authorization: Bearer <token>' or 'x-api-key'"
+            }
+            Self::Ambiguous => "a credential header is repeated or not UTF-8",
+            Self::Malformed => "authorization header must be 'Bearer <access token>'",
+            Self::InvalidToken => "invalid or expired access token",
+            Self::InvalidKey => "invalid, expired or revoked API key",
+        }
+    }
+
+    /// The challenge, with RFC 6750 section 3.1 error codes where a bearer token was
+    /// sent; none when no credential was (as that section asks).
+    fn challenge(self) -> &'static str {
+        match self {
+            Self::Malformed => r#"Bearer realm="kms", error="invalid_request""#,
+            Self::InvalidToken => r#"Bearer realm="kms", error="invalid_token""#,
+            Self::Missing | Self::Ambiguous | Self::InvalidKey => r#"Bearer realm="kms""#,
+        }
+    }
+}
+
+/// The credential a request presents.
+#[derive(Debug, PartialEq, Eq)]
+enum Credential<'a> {
+    Bearer(&'a str),
+    ApiKey(&'a str),
+}
+
+/// The one value of header `name` (matched case-insensitively). Envoy sends either the
+/// `headers` map (lower-case keys, repeats joined with ',') or, with
+/// `encode_raw_headers`, `header_map` (one entry per occurrence, bytes in `raw_value`).
+fn header<'a>(http: &'a HttpRequest, name: &str) -> Result<Option<&'a str>, Denial> {
+    let mut found = None;
+    match http.header_map.as_ref().filter(|m| !m.headers.is_empty()) {
+        Some(map) => {
+            for h in map
+                .headers
+                .iter()
+                .filter(|h| h.key.eq_ignore_ascii_case(name))
+            {
+                let value = if h.raw_value.is_empty() {
+                    h.value.as_str()
+                } else {
+                    std::str::from_utf8(&h.raw_value).map_err(|_| Denial::Ambiguous)?
+                };
+                if found.replace(value).is_some() {
+                    return Err(Denial::Ambiguous);
+                }
+            }
+        }
+        None => {
+            for (_, value) in http
+                .headers
+                .iter()
+                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            {
+                if found.replace(value.as_str()).is_some() {
+                    return Err(Denial::Ambiguous);
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Picks the credential to check. An `authorization` header, when sent, decides alone:
+/// a bad one is refused even beside a good API key (a credential that fails must not
+/// silently downgrade the request to another identity, the rule Register follows for
+/// its optional token), and a good one makes an API key beside it irrelevant: the key
+/// is not looked up, only stripped. So exactly one identity reaches the upstream.
+fn credential(http: Option<&HttpRequest>) -> Result<Credential<'_>, Denial> {
+    let Some(http) = http else {
+        return Err(Denial::Missing);
+    };
+    if let Some(value) = header(http, AUTHORIZATION_HEADER)? {
+        return bearer_token(value)
+            .map(Credential::Bearer)
+            .ok_or(Denial::Malformed);
+    }
+    match header(http, API_KEY_HEADER)? {
+        Some(key) => Ok(Credential::ApiKey(key)),
+        None => Err(Denial::Missing),
+    }
+}
+
+/// OK, with the identity for the upstream. Each `x-kms-*` header is either set
+/// (overwriting a client's copy) or removed, never left as the client sent it; and
+/// `x-api-key` is always removed, so the secret stops at the sidecar. No header is in
+/// both lists, so the result does not depend on the order Envoy applies them in.
+fn allow(principal: &Principal) -> CheckResponse {
+    let mut ok = OkHttpResponseBuilder::new();
+    match principal {
+        Principal::User(caller) => {
+            ok.add_header(SUBJECT_HEADER, caller.subject.as_str(), OVERWRITE, false);
+            // Roles are [a-z0-9_-], so a comma cannot appear inside one.
+            let roles = caller.roles.iter().collect::<Vec<_>>().join(",");
+            if roles.is_empty() {
+                ok.remove_header(ROLES_HEADER);
+            } else {
+                ok.add_header(ROLES_HEADER, roles, OVERWRITE, false);
+            }
+            ok.remove_header(SERVICE_HEADER);
+        }
+        Principal::Service { service_name } => {
+            ok.add_header(SERVICE_HEADER, service_name.as_str(), OVERWRITE, false);
+            ok.remove_header(SUBJECT_HEADER).remove_header(ROLES_HEADER);
+        }
+    }
+    ok.remove_header(API_KEY_HEADER);
+    let mut response = CheckResponse::with_status(Status::ok(""));
+    response.set_http_response(ok);
+    response
+}
+
+/// Denied: HTTP 401 with a challenge for the client, UNAUTHENTICATED for Envoy.
+fn deny(denial: Denial) -> CheckResponse {
+    let mut denied = DeniedHttpResponseBuilder::new();
+    denied
+        .set_http_status(HttpStatusCode::Unauthorized)
+        .add_header(WWW_AUTHENTICATE, denial.challenge(), OVERWRITE, false);
+    let mut response = CheckResponse::with_status(Status::unauthenticated(denial.reason()));
+    response.set_http_response(denied);
+    response
+}
+
+pub struct ExtAuthz {
+    tokens: Arc<TokenAuthority>,
+    keys: KeyService,
+}
+
+impl ExtAuthz {
+    pub fn new(tokens: Arc<TokenAuthority>, keys: KeyService) -> Self {
+        Self { tokens, keys }
+    }
+
+    /// `Err` only when the check could not be made; every bad credential is a `Denial`.
+    async fn decide(
+        &self,
+        http: Option<&HttpRequest>,
+    ) -> Result<Result<Principal, Denial>, Status> {
+        Ok(match credential(http) {
+            Ok(Credential::Bearer(token)) => self
+                .tokens
+                .verify(token)
+                .map(|claims| Principal::User(claims.caller()))
+                .map_err(|_| Denial::InvalidToken),
+            Ok(Credential::ApiKey(key)) => self
+                .keys
+                .check_presented_key(key)
+                .await?
+                .map(|found| Principal::Service {
+                    service_name: found.service_name,
+                })
+                .ok_or(Denial::InvalidKey),
+            Err(denial) => Err(denial),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Authorization for ExtAuthz {
+    async fn check(
+        &self,
+        request: Request<CheckRequest>,
+    ) -> Result<Response<CheckResponse>, Status> {
+        let check = request.into_inner();
+        let http = check
+            .attributes
+            .as_ref()
+            .and_then(|a| a.request.as_ref())
+            .and_then(|r| r.http.as_ref());
+        let response = match self.decide(http).await? {
+            Ok(principal) => {
+                tracing::debug!(?principal, "ext_authz: allowed");
+                allow(&principal)
+            }
+            Err(denial) => {
+                tracing::debug!(reason = denial.reason(), "ext_authz: denied");
+                deny(denial)
+            }
+        };
+        Ok(Response::new(response))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use envoy_types::{
+        ext_authz::v3::pb::{HeaderValue, HttpResponse},
+        pb::envoy::config::core::v3::HeaderMap,
+    };
+
+    use super::*;
+    use crate::domain::Roles;
+
+    fn http(headers: &[(&str, &str)]) -> HttpRequest {
+        HttpRequest {
+            headers: headers
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    fn raw(headers: &[(&str, &[u8])]) -> HttpRequest {
+        HttpRequest {
+            header_map: Some(HeaderMap {
+                headers: headers
+                    .iter()
+                    .map(|(k, v)| HeaderValue {
+                        key: (*k).to_owned(),
+                        value: String::new(),
+                        raw_value: v.to_vec(),
+                    })
+                    .collect(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn headers_come_from_the_map_or_the_raw_list() {
+        let map = http(&[("authorization", "Bearer t"), ("x-api-key", "k")]);
+        assert_eq!(header(&map, "authorization"), Ok(Some("Bearer t")));
+        assert_eq!(header(&map, "X-Api-Key"), Ok(Some("k")));
+        assert_eq!(header(&map, "cookie"), Ok(None));
+        let list = raw(&[("Authorization", b"Bearer t")]);
+        assert_eq!(header(&list, "authorization"), Ok(Some("Bearer t")));
+    }
+
+    #[test]
+    fn repeated_or_non_utf8_credentials_are_ambiguous() {
+        let twice = raw(&[("x-api-key", b"a"), ("x-api-key", b"b")]);
+        assert_eq!(header(&twice, "x-api-key"), Err(Denial::Ambiguous));
+        let cases = http(&[("authorization", "Bearer a"), ("Authorization", "Bearer b")]);
+        assert_eq!(header(&cases, "authorization"), Err(Denial::Ambiguous));
+        let binary = raw(&[("x-api-key", b"\xff\xfe")]);
+        assert_eq!(header(&binary, "x-api-key"), Err(Denial::Ambiguous));
+    }
+
+    #[test]
+    fn the_authorization_header_decides_when_present() {
+        let both = http(&[("authorization", "Bearer t"), ("x-api-key", "k")]);
+        assert_eq!(credential(Some(&both)), Ok(Credential::Bearer("t")));
+        let basic = http(&[("authorization", "Basic dTpw"), ("x-api-key", "k")]);
+        assert_eq!(credential(Some(&basic)), Err(Denial::Malformed));
+        let key = http(&[("x-api-key", "k")]);
+        assert_eq!(credential(Some(&key)), Ok(Credential::ApiKey("k")));
+        assert_eq!(credential(Some(&http(&[]))), Err(Denial::Missing));
+        assert_eq!(credential(None), Err(Denial::Missing));
+        // An ambiguous key is refused even though a token would have decided.
+        let twice = raw(&[("x-api-key", b"a"), ("x-api-key", b"b")]);
+        assert_eq!(credential(Some(&twice)), Err(Denial::Ambiguous));
+    }
+
+    fn ok_parts(response: &CheckResponse) -> (Vec<(String, String, i32)>, Vec<String>) {
+        assert_eq!(response.status.as_ref().map(|s| s.code), Some(0));
+        match &response.http_response {
+            Some(HttpResponse::OkResponse(ok)) => (
+                ok.headers
+                    .iter()
+                    .filter_map(|h| h.header.as_ref().map(|v| (v, h.append_action)))
+                    .map(|(v, action)| (v.key.clone(), v.value.clone(), action))
+                    .collect(),
+                ok.headers_to_remove.clone(),
+            ),
+            other => panic!("expected an OK response, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn allow_sets_or_strips_every_identity_header() {
+        let overwrite = HeaderAppendAction::OverwriteIfExistsOrAdd as i32;
+        let user = Principal::User(Caller {
+            subject: "alice".into(),
+            roles: Roles::from_iter(["user".to_owned(), "admin".to_owned()]),
+        });
+        let (set, removed) = ok_parts(&allow(&user));
+        assert_eq!(
+            set,
+            vec![
+                ("x-kms-subject".into(), "alice".into(), overwrite),
+                ("x-kms-roles".into(), "admin,user".into(), overwrite),
+            ]
+        );
+        assert_eq!(removed, vec!["x-kms-service", "x-api-key"]);
+
+        let no_roles = Principal::User(Caller {
+            subject: "bob".into(),
+            roles: Roles::default(),
+        });
+        let (set, removed) = ok_parts(&allow(&no_roles));
+        assert_eq!(set.len(), 1);
+        assert_eq!(removed, vec!["x-kms-roles", "x-kms-service", "x-api-key"]);
+
+        let service = Principal::Service {
+            service_name: "billing".into(),
+        };
+        let (set, removed) = ok_parts(&allow(&service));
+        assert_eq!(
+            set,
+            vec![("x-kms-service".into(), "billing".into(), overwrite)]
+        );
+        assert_eq!(removed, vec!["x-kms-subject", "x-kms-roles", "x-api-key"]);
+    }
+
+    #[test]
+    fn deny_is_a_401_with_a_challenge() {
+        for denial in [
+            Denial::Missing,
+            Denial::Ambiguous,
+            Denial::Malformed,
+            Denial::InvalidToken,
+            Denial::InvalidKey,
+        ] {
+            let response = deny(denial);
+            let status = response.status.as_ref().map(|s| s.code);
+            assert_eq!(status, Some(tonic::Code::Unauthenticated as i32));
+            let Some(HttpResponse::DeniedResponse(denied)) = &response.http_response else {
+                panic!("expected a denial: {response:?}");
+            };
+            assert_eq!(denied.status.as_ref().map(|s| s.code), Some(401));
+            let challenge = denied
+                .headers
+                .iter()
+                .filter_map(|h| h.header.as_ref())
+                .find(|h| h.key == "www-authenticate")
+                .map(|h| h.value.as_str());
+            assert!(
+                challenge.is_some_and(|c| c.starts_with(r#"Bearer realm="kms""#)),
+                "{challenge:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,321 @@
+//! The outermost layer: every call gets a tracing span (method, subject), the
+//! go-grpc-prometheus metrics, a server-side deadline, and a slot under the global
+//! concurrency limit. Over the limit a call is answered RESOURCE_EXHAUSTED at once
+//! instead of queueing without bound.
+
+use std::{
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::{Duration, Instant},
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tonic::{Code, Status, body::Body};
+use tower::{Layer, Service};
+use tracing::{Instrument, Span, field::Empty};
+
+use crate::telemetry::Metrics;
+
+/// Methods exempt from the concurrency limit: health probes must answer under load,
+/// or orchestrators restart a server that is merely busy.
+const UNLIMITED: &[&str] = &[
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+];
+
+/// Services whose names are used as metric labels as they are; any other path is
+/// labelled `unknown`, so a client cannot mint label values.
+const KNOWN_SERVICES: &[&str] = &[
+    "kms.v1.Auth",
+    "kms.v1.Keys",
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
+    "envoy.service.auth.v3.Authorization",
+];
+
+#[derive(Clone)]
+pub struct ObserveLayer {
+    metrics: Metrics,
+    slots: Arc<Semaphore>,
+    deadline: Duration,
+}
+
+impl ObserveLayer {
+    pub fn new(metrics: Metrics, max_concurrent_calls: usize, deadline: Duration) -> Self {
+        Self {
+            metrics,
+            slots: Arc::new(Semaphore::new(max_concurrent_calls.max(1))),
+            deadline,
+        }
+    }
+}
+
+impl<S> Layer<S> for ObserveLayer {
+    type Service = Observe<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Observe {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Observe<S> {
+    inner: S,
+    layer: ObserveLayer,
+}
+
+/// go-grpc-prometheus labels of a method, bounded to known services.
+fn labels(path: &str) -> (&'static str, String, String) {
+    let (service, method) = path
+        .trim_start_matches('/')
+        .split_once('/')
+        .unwrap_or(("unknown", "unknown"));
+    if !KNOWN_SERVICES.contains(&service) {
+        return ("unary", "unknown".into(), "unknown".into());
+    }
+    let kind = match path {
+        "/grpc.health.v1.Health/Watch" => "server_stream",
+        p if p.contains("ServerReflection/") => "bidi_stream",
+        _ => "unary",
+    };
+    (kind, service.to_owned(), method.to_owned())
+}
+
+/// Go's names for the codes (`codes.Code.String()`), as go-grpc-prometheus exports.
+pub fn code_label(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "Canceled",
+        Code::Unknown => "Unknown",
+        Code::InvalidArgument => "InvalidArgument",
+        Code::DeadlineExceeded => "DeadlineExceeded",
+        Code::NotFound => "NotFound",
+        Code::AlreadyExists => "AlreadyExists",
+        Code::PermissionDenied => "PermissionDenied",
+        Code::ResourceExhausted => "ResourceExhausted",
+        Code::FailedPrecondition => "FailedPrecondition",
+        Code::Aborted => "Aborted",
+        Code::OutOfRange => "OutOfRange",
+        Code::Unimplemented => "Unimplemented",
+        Code::Internal => "Internal",
+        Code::Unavailable => "Unavailable",
+        Code::DataLoss => "DataLoss",
+        Code::Unauthenticated => "Unauthenticated",
+    }
+}
+
+fn status_code(headers: &HeaderMap) -> Option<Code> {
+    headers
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<i32>().ok())
+        .map(Code::from)
+}
+
+/// One call's bookkeeping, completed exactly once: when its status is known, or when
+/// the response is dropped unfinished (the client went away).
+struct CallRecord {
+    metrics: Metrics,
+    labels: (&'static str, String, String),
+    started: Instant,
+    span: Span,
+    _slot: Option<OwnedSemaphorePermit>,
+    done: bool,
+}
+
+impl CallRecord {
+    fn finish(&mut self, code: Code) {
+        if self.done {
+            return;
+        }
+        self.done = true;
+        let (kind, service, method) = (&self.labels.0, &self.labels.1, &self.labels.2);
+        let elapsed = self.started.elapsed();
+        self.metrics
+            .grpc_handled
+            .with_label_values(&[kind, service.as_str(), method.as_str(), code_label(code)])
+            .inc();
+        self.metrics
+            .grpc_handling_seconds
+            .with_label_values(&[kind, service.as_str(), method.as_str()])
+            .observe(elapsed.as_secs_f64());
+        let _in_span = self.span.enter();
+        let latency_ms = elapsed.as_secs_f64() * 1000.0;
+        let code = code_label(code);
+        match code {
+            "Internal" | "Unknown" | "DataLoss" | "Unavailable" => {
+                tracing::warn!(code, latency_ms, "call failed");
+            }
+            _ => tracing::info!(code, latency_ms, "call finished"),
+        }
+    }
+}
+
+impl Drop for CallRecord {
+    fn drop(&mut self) {
+        self.finish(Code::Cancelled);
+    }
+}
+
+/// The response body, watched for the trailers that carry the final status.
+struct ObservedBody {
+    inner: Body,
+    record: CallRecord,
+}
+
+impl HttpBody for ObservedBody {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(code) = frame.trailers_ref().and_then(status_code) {
+                    this.record.finish(code);
+                }
+            }
+            Poll::Ready(Some(Err(status))) => this.record.finish(status.code()),
+            Poll::Ready(None) => this.record.finish(Code::Unknown),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
+
+impl<S, B> Service<Request<B>> for Observe<S>
+where
+    S: Service<Request<B>, Response = Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let path = req.uri().path();
+        let labels = labels(path);
+        let metrics = self.layer.metrics.clone();
+        metrics
+            .grpc_started
+            .with_label_values(&[labels.0, labels.1.as_str(), labels.2.as_str()])
+            .inc();
+        let span = tracing::info_span!("rpc", method = %path, subject = Empty);
+        let unlimited = UNLIMITED.contains(&path);
+        let slot = if unlimited {
+            None
+        } else {
+            match self.layer.slots.clone().try_acquire_owned() {
+                Ok(slot) => Some(slot),
+                Err(_) => {
+                    let mut record = CallRecord {
+                        metrics,
+                        labels,
+                        started: Instant::now(),
+                        span,
+                        _slot: None,
+                        done: false,
+                    };
+                    record.finish(Code::ResourceExhausted);
+                    let status = Status::resource_exhausted(
+                        "the server is at its concurrency limit; retry with backoff",
+                    );
+                    return Box::pin(async move { Ok(status.into_http()) });
+                }
+            }
+        };
+        let mut record = CallRecord {
+            metrics,
+            labels,
+            started: Instant::now(),
+            span: span.clone(),
+            _slot: slot,
+            done: false,
+        };
+        // Streams (health Watch, reflection) live as long as the client wants.
+        let deadline = (!unlimited && record.labels.0 == "unary").then_some(self.layer.deadline);
+        let future = span.in_scope(|| inner.call(req)).instrument(span);
+        Box::pin(async move {
+            let response = match deadline {
+                Some(limit) => match tokio::time::timeout(limit, future).await {
+                    Ok(result) => result?,
+                    Err(_) => {
+                        record.finish(Code::DeadlineExceeded);
+                        return Ok(Status::deadline_exceeded(
+                            "the call took longer than the server allows",
+                        )
+                        .into_http());
+                    }
+                },
+                None => future.await?,
+            };
+            if let Some(code) = status_code(response.headers()) {
+                // Trailers-only response: the status is already known.
+                record.finish(code);
+                return Ok(response);
+            }
+            let (parts, body) = response.into_parts();
+            Ok(Response::from_parts(
+                parts,
+                Body::new(ObservedBody {
+                    inner: body,
+                    record,
+                }),
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_bounded() {
+        assert_eq!(
+            labels("/kms.v1.Keys/GetKey"),
+            ("unary", "kms.v1.Keys".into(), "GetKey".into())
+        );
+        assert_eq!(labels("/grpc.health.v1.Health/Watch").0, "server_stream");
+        assert_eq!(
+            labels("/evil.Service/AAAA"),
+            ("unary", "unknown".into(), "unknown".into())
+        );
+        assert_eq!(labels("garbage").1, "unknown");
+    }
+
+    #[test]
+    fn go_code_names() {
+        assert_eq!(code_label(Code::Cancelled), "Canceled");
+        assert_eq!(code_label(Code::Unauthenticated), "Unauthenticated");
+    }
+}
