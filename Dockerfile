@@ -33,8 +33,14 @@ COPY --from=builder /usr/local/bin/kms /usr/local/bin/kms
 # KMS_DATABASE_URL for PostgreSQL. With the default SQLite URL the database lives in
 # /var/lib/kms/kms-data/: mount a volume there to keep it.
 WORKDIR /var/lib/kms
-ENV KMS_GRPC_ADDR=0.0.0.0:50051
-EXPOSE 50051
+ENV KMS_GRPC_ADDR=0.0.0.0:50051 \
+    KMS_HTTP_ADDR=0.0.0.0:8003
+# 50051: gRPC (Auth, Keys, health, reflection, ext_authz). 8003: HTTP /health, /metrics.
+EXPOSE 50051 8003
+# `kms healthcheck` asks the HTTP /health endpoint (503 while the database is down);
+# the slim image has no curl, and needs none.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=10s --retries=3 \
+    CMD ["kms", "healthcheck"]
 # Numeric, so that Kubernetes' runAsNonRoot can check it; 10001 is the kms user above.
 USER 10001:10001
 ENTRYPOINT ["kms"]

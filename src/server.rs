@@ -149,8 +149,12 @@ impl App {
             .max_decoding_message_size(max);
         let keys = KeysServer::new(KeysApi::new(self.keys.clone(), self.metrics.clone()))
             .max_decoding_message_size(max);
-        let ext_authz = AuthorizationServer::new(ExtAuthz::new(self.tokens.clone(), self.keys))
-            .max_decoding_message_size(max);
+        let ext_authz = AuthorizationServer::new(ExtAuthz::new(
+            self.tokens.clone(),
+            self.keys,
+            self.metrics.clone(),
+        ))
+        .max_decoding_message_size(max);
 
         let layers = tower::ServiceBuilder::new()
             .layer(ObserveLayer::new(

@@ -18,7 +18,10 @@ use envoy_types::{
 use tonic::{Request, Response, Status};
 
 use super::auth_layer::bearer_token;
-use crate::domain::{Caller, keys::KeyService, token::TokenAuthority};
+use crate::{
+    domain::{Caller, keys::KeyService, token::TokenAuthority},
+    telemetry::Metrics,
+};
 
 /// Headers the upstream may trust because the sidecar sets or strips them on every
 /// allowed request; a client's own copies never get through.
@@ -182,11 +185,16 @@ fn deny(denial: Denial) -> CheckResponse {
 pub struct ExtAuthz {
     tokens: Arc<TokenAuthority>,
     keys: KeyService,
+    metrics: Metrics,
 }
 
 impl ExtAuthz {
-    pub fn new(tokens: Arc<TokenAuthority>, keys: KeyService) -> Self {
-        Self { tokens, keys }
+    pub fn new(tokens: Arc<TokenAuthority>, keys: KeyService, metrics: Metrics) -> Self {
+        Self {
+            tokens,
+            keys,
+            metrics,
+        }
     }
 
     /// `Err` only when the check could not be made; every bad credential is a `Denial`.
@@ -200,14 +208,15 @@ impl ExtAuthz {
                 .verify(token)
                 .map(|claims| Principal::User(claims.caller()))
                 .map_err(|_| Denial::InvalidToken),
-            Ok(Credential::ApiKey(key)) => self
-                .keys
-                .check_presented_key(key)
-                .await?
-                .map(|found| Principal::Service {
-                    service_name: found.service_name,
-                })
-                .ok_or(Denial::InvalidKey),
+            Ok(Credential::ApiKey(key)) => {
+                let found = self.keys.check_presented_key(key).await?;
+                self.metrics.verification(found.is_some());
+                found
+            }
+            .map(|found| Principal::Service {
+                service_name: found.service_name,
+            })
+            .ok_or(Denial::InvalidKey),
             Err(denial) => Err(denial),
         })
     }
