@@ -51,6 +51,7 @@ pub const KNOWN_ENV: &[&str] = &[
     "KMS_REQUEST_TIMEOUT_SECONDS",
     "KMS_MAX_CONCURRENT_REQUESTS",
     "KMS_LOG_FORMAT",
+    "KMS_EXT_AUTHZ",
 ];
 
 #[derive(Debug, Parser)]
@@ -185,6 +186,12 @@ pub struct ServeArgs {
     /// Longest a unary call may run before it is answered DEADLINE_EXCEEDED.
     #[arg(long, env = "KMS_REQUEST_TIMEOUT_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub request_timeout_seconds: u64,
+    /// Serve Envoy's ext_authz Check on the gRPC port. It needs no KMS token (the
+    /// sidecar asks about the requests it sees), so it tells whoever can reach the
+    /// port whether a key or token is valid: turn it off where no mesh uses it, or
+    /// restrict the port with mTLS (KMS_TLS_CLIENT_CA) or network policy.
+    #[arg(long, env = "KMS_EXT_AUTHZ", default_value = "true", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub ext_authz: bool,
     /// Calls served at once; more are answered RESOURCE_EXHAUSTED at once.
     #[arg(long, env = "KMS_MAX_CONCURRENT_REQUESTS", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_concurrent_requests: u64,
@@ -287,6 +294,8 @@ pub struct Config {
     pub http_addr: SocketAddr,
     pub tls: Option<TlsFiles>,
     pub limits: Limits,
+    /// Serve `envoy.service.auth.v3.Authorization/Check`.
+    pub ext_authz: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -428,6 +437,7 @@ impl ServeArgs {
             http_addr: self.http_addr,
             tls,
             limits,
+            ext_authz: self.ext_authz,
         })
     }
 }

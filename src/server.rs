@@ -57,6 +57,7 @@ pub struct App {
     metrics: Metrics,
     tls: Option<TlsFiles>,
     limits: Limits,
+    ext_authz: bool,
     pub created_admin: Option<CreatedAdmin>,
 }
 
@@ -104,6 +105,7 @@ impl App {
             metrics,
             tls: config.tls.clone(),
             limits: config.limits.clone(),
+            ext_authz: config.ext_authz,
             created_admin,
         })
     }
@@ -149,12 +151,14 @@ impl App {
             .max_decoding_message_size(max);
         let keys = KeysServer::new(KeysApi::new(self.keys.clone(), self.metrics.clone()))
             .max_decoding_message_size(max);
-        let ext_authz = AuthorizationServer::new(ExtAuthz::new(
-            self.tokens.clone(),
-            self.keys,
-            self.metrics.clone(),
-        ))
-        .max_decoding_message_size(max);
+        let ext_authz = self.ext_authz.then(|| {
+            AuthorizationServer::new(ExtAuthz::new(
+                self.tokens.clone(),
+                self.keys.clone(),
+                self.metrics.clone(),
+            ))
+            .max_decoding_message_size(max)
+        });
 
         let layers = tower::ServiceBuilder::new()
             .layer(ObserveLayer::new(
@@ -181,7 +185,7 @@ impl App {
             .add_service(reflection_v1alpha)
             .add_service(auth)
             .add_service(keys)
-            .add_service(ext_authz)
+            .add_optional_service(ext_authz)
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(listeners.grpc),
                 wait_for(stop_rx.clone()),

@@ -41,9 +41,16 @@ pub fn checksum_ok(key: &str) -> bool {
     crate::crypto::digest::ct_eq(checksum(head).as_bytes(), sum.as_bytes())
 }
 
-/// The non-secret start of a key shown beside it in lists.
+/// The non-secret start of a key shown beside it in lists: 12 characters of a KMS key
+/// (`kms_` + 8 of its 43 random ones); of an imported key, whose secret part may be as
+/// short as 32 characters, at most a quarter of it and never more than 8.
 pub fn display_prefix(key: &str) -> String {
-    key.chars().take(DISPLAY_PREFIX_LEN).collect()
+    let shown = if claims_kms_format(key) {
+        DISPLAY_PREFIX_LEN
+    } else {
+        (key.chars().count() / 4).min(8)
+    };
+    key.chars().take(shown).collect()
 }
 
 #[cfg(test)]
@@ -70,6 +77,13 @@ mod tests {
         assert!(!checksum_ok(&k[..k.len() - 1]));
         assert!(!checksum_ok(""));
         assert!(!checksum_ok("kms_"));
+    }
+
+    #[test]
+    fn imported_keys_show_little() {
+        assert_eq!(display_prefix(&"a".repeat(32)), "a".repeat(8));
+        assert_eq!(display_prefix(&"b".repeat(256)), "b".repeat(8));
+        assert_eq!(display_prefix("short"), "s");
     }
 
     #[test]

@@ -78,6 +78,19 @@ impl Store {
             Err(StoreError::Conflict) => return Ok(Err(CreateConflict::ServiceName)),
             other => other?,
         };
+        // A rotated-out secret whose grace is over may linger until its key's next
+        // rotation; it must not make an import of the same secret look taken.
+        // (Time is compared here, not in SQL: SQLite keeps timestamps as text.)
+        if let Some(lingering) = api_key_secret::Entity::find()
+            .filter(api_key_secret::Column::Digest.eq(new.secret.digest.clone()))
+            .one(&txn)
+            .await?
+            && lingering.retires_at.is_some_and(|t| t <= now)
+        {
+            api_key_secret::Entity::delete_by_id(lingering.id)
+                .exec(&txn)
+                .await?;
+        }
         match insert_secret(&txn, key.id, new.secret, now).await {
             Err(StoreError::Conflict) => Ok(Err(CreateConflict::Secret)),
             Err(e) => Err(e),
@@ -163,20 +176,35 @@ impl Store {
                 StoreError::Other("rotated key vanished inside its transaction".into())
             })?;
 
-        // Secrets whose grace period is over are of no further use: drop them.
-        let spent: Vec<i64> = api_key_secret::Entity::find()
+        // Every secret so far lived under the old expiry; renewing the key must not
+        // revive one that expired, nor stretch one past it. Cap them all at it.
+        let cap = |t: DateTime<Utc>| locked.expires_at.map_or(t, |expiry| t.min(expiry));
+        let retired = api_key_secret::Entity::find()
             .filter(api_key_secret::Column::ApiKeyId.eq(key.id))
             .filter(api_key_secret::Column::RetiresAt.is_not_null())
             .all(&txn)
-            .await?
-            .into_iter()
-            .filter(|s| s.retires_at.is_some_and(|t| t <= now))
-            .map(|s| s.id)
-            .collect();
+            .await?;
+        let mut spent = Vec::new();
+        for secret in retired {
+            let Some(retires_at) = secret.retires_at else {
+                continue;
+            };
+            let capped = cap(retires_at);
+            if capped <= now {
+                // Grace over: of no further use.
+                spent.push(secret.id);
+            } else if capped != retires_at {
+                api_key_secret::Entity::update_many()
+                    .col_expr(api_key_secret::Column::RetiresAt, Expr::value(capped))
+                    .filter(api_key_secret::Column::Id.eq(secret.id))
+                    .exec(&txn)
+                    .await?;
+            }
+        }
         let current = Condition::all()
             .add(api_key_secret::Column::ApiKeyId.eq(key.id))
             .add(api_key_secret::Column::RetiresAt.is_null());
-        match rotation.old_retires_at {
+        match rotation.old_retires_at.map(cap).filter(|t| *t > now) {
             Some(retires_at) => {
                 api_key_secret::Entity::update_many()
                     .col_expr(api_key_secret::Column::RetiresAt, Expr::value(retires_at))
@@ -184,6 +212,7 @@ impl Store {
                     .exec(&txn)
                     .await?;
             }
+            // No grace, or the key had already expired: the old secret ends now.
             None => {
                 api_key_secret::Entity::delete_many()
                     .filter(current)

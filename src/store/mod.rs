@@ -68,6 +68,14 @@ pub struct Store {
 impl Store {
     pub async fn connect(options: &StoreOptions) -> Result<Self, StoreError> {
         let url = options.url.as_str();
+        if !["sqlite:", "postgres://", "postgresql://"]
+            .iter()
+            .any(|scheme| url.starts_with(scheme))
+        {
+            return Err(StoreError::Config(
+                "KMS_DATABASE_URL must start with sqlite:// or postgres://".into(),
+            ));
+        }
         if url.starts_with("sqlite:") {
             create_sqlite_parent_dir(url)?;
         }
@@ -86,7 +94,17 @@ impl Store {
                     .busy_timeout(SQLITE_BUSY_TIMEOUT)
                     .foreign_keys(true)
             });
-        let db = Database::connect(opts).await.map_err(StoreError::from)?;
+        // Driver errors may quote the URL, password and all: never pass that on.
+        let db = Database::connect(opts).await.map_err(|e| {
+            let message = e.to_string().replace(url, &redact_url(url));
+            match StoreError::from(e) {
+                StoreError::Unavailable(_) if message.contains("cannot be parsed") => {
+                    StoreError::Config(message)
+                }
+                StoreError::Unavailable(_) => StoreError::Unavailable(message),
+                _ => StoreError::Other(message),
+            }
+        })?;
         if url.starts_with("sqlite:") {
             restrict_sqlite_files(url);
         }
@@ -149,7 +167,27 @@ fn create_sqlite_parent_dir(url: &str) -> Result<(), StoreError> {
 
 #[cfg(test)]
 mod tests {
-    use super::redact_url;
+    use super::{Store, StoreError, StoreOptions, redact_url};
+
+    #[tokio::test]
+    async fn connection_errors_never_carry_the_password() {
+        for url in [
+            "postgres://kms:SECRETPW@[bad/x",
+            "postgres://kms:SECRETPW@127.0.0.1:1/kms",
+            "mysql://kms:SECRETPW@h/x",
+        ] {
+            let options = StoreOptions {
+                url: url.into(),
+                max_connections: 1,
+            };
+            let err = Store::connect(&options).await.unwrap_err();
+            let text = format!("{err} {err:?}");
+            assert!(!text.contains("SECRETPW"), "{text}");
+            if url.starts_with("mysql") {
+                assert!(matches!(err, StoreError::Config(_)));
+            }
+        }
+    }
 
     #[test]
     fn urls_lose_their_password() {
@@ -158,6 +196,10 @@ mod tests {
             "postgres://kms:***@db:5432/kms"
         );
         assert_eq!(redact_url("postgres://kms@db/kms"), "postgres://kms@db/kms");
+        assert_eq!(
+            redact_url("postgres://kms:p%40ss@db/kms"),
+            "postgres://kms:***@db/kms"
+        );
         assert_eq!(
             redact_url("sqlite://kms-data/kms.db?mode=rwc"),
             "sqlite://kms-data/kms.db?mode=rwc"

@@ -145,6 +145,7 @@ pub fn test_config(db_url: &str) -> Config {
         http_addr: "127.0.0.1:0".parse().unwrap(),
         tls: None,
         limits: Limits::default(),
+        ext_authz: true,
     }
 }
 

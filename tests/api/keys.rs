@@ -265,7 +265,8 @@ async fn create_imports_and_validates(backend: Backend) {
         .unwrap()
         .into_inner();
     assert_eq!(created.api_key, legacy);
-    assert_eq!(created.key_prefix, "legacy-01234");
+    // Imported keys show at most 8 characters (a quarter of the shortest import).
+    assert_eq!(created.key_prefix, "legacy-0");
     assert!(verifies(&server, &admin, legacy).await.valid);
 
     let bad: &[String] = &[
@@ -679,5 +680,82 @@ async fn secrets_are_not_stored_in_plain_text(backend: Backend) {
         assert!(!dump.contains(secret), "{secret} stored in plain text");
     }
     assert!(dump.contains("argon2id"));
+    server.stop().await;
+}
+
+both_backends!(
+    rotation_never_revives_or_stretches_an_expired_secret,
+    a_spent_secret_can_be_imported_again
+);
+
+async fn rotation_never_revives_or_stretches_an_expired_secret(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let admin = server.admin_token().await;
+    let mut keys = server.keys();
+    let with_ttl = |name: &str, ttl| {
+        let mut req = create(name);
+        req.ttl_seconds = ttl;
+        req
+    };
+    let expired = keys
+        .create_key(authed(with_ttl("expired", 1), &admin))
+        .await
+        .unwrap()
+        .into_inner();
+    let living = keys
+        .create_key(authed(with_ttl("living", 4), &admin))
+        .await
+        .unwrap()
+        .into_inner();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    // Rotating an expired key: a new secret, but the expired one stays dead.
+    let renewed = keys
+        .rotate_key(authed(rotate("expired", 3600), &admin))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(verifies(&server, &admin, &renewed.api_key).await.valid);
+    assert!(!verifies(&server, &admin, &expired.api_key).await.valid);
+
+    // Rotating a living key with a long grace: the old secret ends at the old expiry.
+    let rotated = keys
+        .rotate_key(authed(rotate("living", 3600), &admin))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(verifies(&server, &admin, &living.api_key).await.valid);
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    assert!(
+        !verifies(&server, &admin, &living.api_key).await.valid,
+        "the grace outlived the TTL"
+    );
+    assert!(verifies(&server, &admin, &rotated.api_key).await.valid);
+    server.stop().await;
+}
+
+async fn a_spent_secret_can_be_imported_again(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let admin = server.admin_token().await;
+    let mut keys = server.keys();
+    let secret = "a-secret-that-moves-between-services-01";
+    let mut req = create("first-home");
+    req.api_key = Some(secret.into());
+    keys.create_key(authed(req, &admin)).await.unwrap();
+    keys.rotate_key(authed(rotate("first-home", 1), &admin))
+        .await
+        .unwrap();
+    let mut req = create("second-home");
+    req.api_key = Some(secret.into());
+    // Still in its grace period: taken.
+    assert_status(
+        keys.create_key(authed(req.clone(), &admin)).await,
+        Code::AlreadyExists,
+        "api_key",
+    );
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    keys.create_key(authed(req, &admin)).await.unwrap();
+    let v = verifies(&server, &admin, secret).await;
+    assert_eq!((v.valid, v.service_name.as_str()), (true, "second-home"));
     server.stop().await;
 }

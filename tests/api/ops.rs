@@ -394,3 +394,17 @@ async fn tls_and_mutual_tls() {
     assert!(!validate(channel).await.unwrap().valid);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ext_authz_can_be_switched_off() {
+    let server = TestServer::start_with(Backend::Sqlite, |c| c.ext_authz = false).await;
+    let err = crate::ext_authz::client(server.channel.clone())
+        .check(crate::ext_authz::check_request(&[(
+            "x-api-key",
+            "whatever-key-whatever-key-whatever-key",
+        )]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+    server.stop().await;
+}
