@@ -1,6 +1,6 @@
 //! The `kms` command line: `serve`, `migrate`, `user create`.
 
-use std::{io::Read, process::ExitCode};
+use std::{io::Read, process::ExitCode, time::Duration};
 
 use clap::Parser;
 use kms::{
@@ -111,7 +111,10 @@ async fn healthcheck(args: HealthcheckArgs) -> Result<(), String> {
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }
-    match kms::http::http_get(addr, "/health").await? {
+    let answer = tokio::time::timeout(Duration::from_secs(3), kms::http::http_get(addr, "/health"))
+        .await
+        .map_err(|_| format!("no answer from {addr} within 3 s"))??;
+    match answer {
         (200, _) => Ok(()),
         (status, body) => Err(format!("unhealthy: HTTP {status} {}", body.trim())),
     }

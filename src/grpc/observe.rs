@@ -27,15 +27,23 @@ const UNLIMITED: &[&str] = &[
     "/grpc.health.v1.Health/Watch",
 ];
 
-/// Services whose names are used as metric labels as they are; any other path is
+/// Methods whose names are used as metric labels as they are; any other path is
 /// labelled `unknown`, so a client cannot mint label values.
-const KNOWN_SERVICES: &[&str] = &[
-    "kms.v1.Auth",
-    "kms.v1.Keys",
-    "grpc.health.v1.Health",
-    "grpc.reflection.v1.ServerReflection",
-    "grpc.reflection.v1alpha.ServerReflection",
-    "envoy.service.auth.v3.Authorization",
+const KNOWN_METHODS: &[&str] = &[
+    "/kms.v1.Auth/Register",
+    "/kms.v1.Auth/Login",
+    "/kms.v1.Auth/ValidateToken",
+    "/kms.v1.Keys/CreateKey",
+    "/kms.v1.Keys/GetKey",
+    "/kms.v1.Keys/ListKeys",
+    "/kms.v1.Keys/RotateKey",
+    "/kms.v1.Keys/RevokeKey",
+    "/kms.v1.Keys/VerifyKey",
+    "/grpc.health.v1.Health/Check",
+    "/grpc.health.v1.Health/Watch",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    "/envoy.service.auth.v3.Authorization/Check",
 ];
 
 #[derive(Clone)]
@@ -74,13 +82,14 @@ pub struct Observe<S> {
 
 /// go-grpc-prometheus labels of a method, bounded to known services.
 fn labels(path: &str) -> (&'static str, String, String) {
-    let (service, method) = path
+    let known = KNOWN_METHODS.contains(&path);
+    let Some((service, method)) = path
         .trim_start_matches('/')
         .split_once('/')
-        .unwrap_or(("unknown", "unknown"));
-    if !KNOWN_SERVICES.contains(&service) {
+        .filter(|_| known)
+    else {
         return ("unary", "unknown".into(), "unknown".into());
-    }
+    };
     let kind = match path {
         "/grpc.health.v1.Health/Watch" => "server_stream",
         p if p.contains("ServerReflection/") => "bidi_stream",
@@ -311,6 +320,7 @@ mod tests {
             ("unary", "unknown".into(), "unknown".into())
         );
         assert_eq!(labels("garbage").1, "unknown");
+        assert_eq!(labels("/kms.v1.Keys/Zzz123").2, "unknown");
     }
 
     #[test]
