@@ -5,6 +5,7 @@ use sea_orm_migration::prelude::*;
 
 mod m20261125_000001_initial;
 mod m20261125_000002_one_current_secret;
+mod m20261125_000003_signing_keys;
 
 pub struct Migrator;
 
@@ -14,6 +15,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261125_000001_initial::Migration),
             Box::new(m20261125_000002_one_current_secret::Migration),
+            Box::new(m20261125_000003_signing_keys::Migration),
         ]
     }
 }

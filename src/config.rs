@@ -1,6 +1,10 @@
 //! Configuration: defaults, then `.env` and `KMS_*` environment variables, then flags
 //! (clap resolves flag > environment > default; `.env` only fills variables the
 //! environment lacks). Secrets are held in wrappers whose `Debug` prints nothing.
+//! The original HTTP service's variable names are fallbacks for some of these
+//! (`legacy`): a `KMS_*` name or flag wins over them, a default loses.
+
+mod legacy;
 
 use std::{
     fs,
@@ -15,11 +19,14 @@ use zeroize::Zeroizing;
 
 use crate::{
     crypto::{random, sealing::MasterKey},
-    domain::token::MIN_HS256_SECRET_BYTES,
+    domain::token::{MIN_HS256_SECRET_BYTES, SigningAlgorithm},
     store::StoreOptions,
 };
 
+pub use legacy::{LegacyEnv, translate_database_url};
+
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://kms-data/kms.db?mode=rwc";
+const DEFAULT_ACCESS_TOKEN_TTL_SECONDS: i64 = 3600;
 const MASTER_KEY_FILE: &str = "master.key";
 const JWT_SECRET_FILE: &str = "jwt.secret";
 const DEV_ADMIN_USERNAME: &str = "admin";
@@ -33,6 +40,7 @@ pub const KNOWN_ENV: &[&str] = &[
     "KMS_MASTER_KEY_FILE",
     "KMS_JWT_SECRET",
     "KMS_JWT_SECRET_FILE",
+    "KMS_JWT_ALGORITHM",
     "KMS_ACCESS_TOKEN_TTL_SECONDS",
     "KMS_JWT_ISSUER",
     "KMS_JWT_AUDIENCE",
@@ -69,6 +77,9 @@ pub enum Command {
     Migrate(DatabaseArgs),
     /// Exit 0 when the server's HTTP `/health` answers 200 (for container HEALTHCHECKs).
     Healthcheck(HealthcheckArgs),
+    /// Manage token signing keys (takes the same configuration as `serve`).
+    #[command(subcommand)]
+    SigningKey(SigningKeyCommand),
     /// Manage users directly in the database (operator recovery path).
     #[command(subcommand)]
     User(UserCommand),
@@ -82,6 +93,12 @@ pub struct HealthcheckArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum SigningKeyCommand {
+    /// Sign new tokens with a new key; the old one verifies until its tokens expire.
+    Rotate(Box<ServeArgs>),
+}
+
+#[derive(Debug, Subcommand)]
 pub enum UserCommand {
     /// Create a user; the password is read from standard input.
     Create(UserCreateArgs),
@@ -89,9 +106,10 @@ pub enum UserCommand {
 
 #[derive(Debug, Args)]
 pub struct DatabaseArgs {
-    /// Database URL: sqlite://PATH?mode=rwc or postgres://USER@HOST/DB.
-    #[arg(long, env = "KMS_DATABASE_URL", default_value = DEFAULT_DATABASE_URL, hide_env_values = true)]
-    pub database_url: String,
+    /// Database URL: sqlite://PATH?mode=rwc or postgres://USER@HOST/DB [default:
+    /// DATABASE_URL of the original service, else sqlite://kms-data/kms.db?mode=rwc].
+    #[arg(long, env = "KMS_DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
     /// Largest number of pooled database connections.
     #[arg(long, env = "KMS_DATABASE_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub database_max_connections: u32,
@@ -99,8 +117,18 @@ pub struct DatabaseArgs {
 
 impl DatabaseArgs {
     pub fn store_options(&self) -> StoreOptions {
+        self.store_options_with(&LegacyEnv::from_process())
+    }
+
+    pub fn store_options_with(&self, legacy: &LegacyEnv) -> StoreOptions {
+        let url = match &self.database_url {
+            Some(url) => url.clone(),
+            None => legacy
+                .database_url()
+                .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned()),
+        };
         StoreOptions {
-            url: self.database_url.clone(),
+            url,
             max_connections: self.database_max_connections,
         }
     }
@@ -144,9 +172,15 @@ pub struct ServeArgs {
     /// whitespace is ignored.
     #[arg(long, env = "KMS_JWT_SECRET_FILE")]
     pub jwt_secret_file: Option<PathBuf>,
-    /// Lifetime of access tokens, in seconds.
-    #[arg(long, env = "KMS_ACCESS_TOKEN_TTL_SECONDS", default_value_t = 3600, value_parser = clap::value_parser!(i64).range(1..=31_536_000))]
-    pub access_token_ttl_seconds: i64,
+    /// Token signing: EdDSA (Ed25519 keys kept sealed in the database, published as
+    /// JWKS) or HS256 (the shared KMS_JWT_SECRET) [default: EdDSA; HS256 when the
+    /// original service's SECRET_KEY or ALGORITHM is set].
+    #[arg(long, env = "KMS_JWT_ALGORITHM")]
+    pub jwt_algorithm: Option<SigningAlgorithm>,
+    /// Lifetime of access tokens, in seconds [default: 3600, or the original service's
+    /// ACCESS_TOKEN_EXPIRE_MINUTES].
+    #[arg(long, env = "KMS_ACCESS_TOKEN_TTL_SECONDS", value_parser = clap::value_parser!(i64).range(1..=31_536_000))]
+    pub access_token_ttl_seconds: Option<i64>,
     #[arg(long, env = "KMS_JWT_ISSUER", default_value = "kms")]
     pub jwt_issuer: String,
     #[arg(long, env = "KMS_JWT_AUDIENCE", default_value = "kms")]
@@ -281,7 +315,10 @@ pub struct Config {
     pub database: StoreOptions,
     pub grpc_addr: SocketAddr,
     pub master_key: MasterKey,
-    pub jwt_secret: JwtSecret,
+    /// How access tokens are signed.
+    pub jwt_algorithm: SigningAlgorithm,
+    /// The HS256 secret; required when `jwt_algorithm` is HS256, unused otherwise.
+    pub jwt_secret: Option<JwtSecret>,
     pub access_token_ttl_seconds: i64,
     pub jwt_issuer: String,
     pub jwt_audience: String,
@@ -304,6 +341,11 @@ pub struct ConfigError(pub String);
 
 impl ServeArgs {
     pub fn resolve(self) -> Result<Config, ConfigError> {
+        self.resolve_with(&LegacyEnv::from_process())
+    }
+
+    /// `resolve` with the original service's variables given, for tests.
+    pub fn resolve_with(self, legacy: &LegacyEnv) -> Result<Config, ConfigError> {
         let mut master_key = match (&self.master_key, &self.master_key_file) {
             (Some(_), Some(_)) => {
                 return Err(ConfigError(
@@ -312,7 +354,7 @@ impl ServeArgs {
             }
             (Some(b64), None) => Some(parse_master_key(b64, "KMS_MASTER_KEY")?),
             (None, Some(path)) => Some(read_master_key_file(path)?),
-            (None, None) => None,
+            (None, None) => legacy.master_key()?,
         };
         let mut jwt_secret = match (&self.jwt_secret, &self.jwt_secret_file) {
             (Some(_), Some(_)) => {
@@ -322,7 +364,7 @@ impl ServeArgs {
             }
             (Some(s), None) => Some(JwtSecret::new(s.as_bytes().to_vec())?),
             (None, Some(path)) => Some(read_jwt_secret_file(path)?),
-            (None, None) => None,
+            (None, None) => legacy.jwt_secret()?,
         };
 
         let bootstrap_admin = match (
@@ -349,8 +391,19 @@ impl ServeArgs {
             }
         };
 
+        let jwt_algorithm = match self.jwt_algorithm {
+            Some(algorithm) => algorithm,
+            None => legacy.jwt_algorithm()?.unwrap_or(SigningAlgorithm::EdDsa),
+        };
+        let access_token_ttl_seconds = match self.access_token_ttl_seconds {
+            Some(seconds) => seconds,
+            None => legacy
+                .access_token_ttl_seconds()?
+                .unwrap_or(DEFAULT_ACCESS_TOKEN_TTL_SECONDS),
+        };
+        let hs256 = jwt_algorithm == SigningAlgorithm::Hs256;
         if self.dev {
-            if master_key.is_none() || jwt_secret.is_none() {
+            if master_key.is_none() || (hs256 && jwt_secret.is_none()) {
                 ensure_private_dir(&self.data_dir)?;
             }
             if master_key.is_none() {
@@ -361,7 +414,7 @@ impl ServeArgs {
                 }
                 master_key = Some(read_master_key_file(&path)?);
             }
-            if jwt_secret.is_none() {
+            if hs256 && jwt_secret.is_none() {
                 let path = self.data_dir.join(JWT_SECRET_FILE);
                 if !path.exists() {
                     let secret = random::bytes::<48>().map_err(|e| ConfigError(e.to_string()))?;
@@ -371,18 +424,27 @@ impl ServeArgs {
             }
         }
 
-        let (master_key, jwt_secret) = match (master_key, jwt_secret) {
-            (Some(m), Some(j)) => (m, j),
-            (m, j) => {
+        // The master key is always needed; the JWT secret only for HS256 (EdDSA keys
+        // are generated and kept, sealed, in the database).
+        let master_missing = master_key.is_none();
+        let secret_missing = hs256 && jwt_secret.is_none();
+        let master_key = match master_key {
+            Some(m) if !secret_missing => m,
+            _ => {
                 let mut missing = Vec::new();
-                if m.is_none() {
+                if master_missing {
                     missing.push("a master key (KMS_MASTER_KEY: base64 of 32 random bytes, e.g. `openssl rand -base64 32`, or KMS_MASTER_KEY_FILE: a file holding it)");
                 }
-                if j.is_none() {
-                    missing.push("a JWT signing secret (KMS_JWT_SECRET: at least 32 bytes, e.g. `openssl rand -base64 48`, or KMS_JWT_SECRET_FILE: a file holding it)");
+                if secret_missing {
+                    missing.push("a JWT signing secret for KMS_JWT_ALGORITHM=HS256 (KMS_JWT_SECRET: at least 32 bytes, e.g. `openssl rand -base64 48`, or KMS_JWT_SECRET_FILE: a file holding it)");
                 }
+                let note = if hs256 {
+                    ""
+                } else {
+                    " (KMS_JWT_SECRET is needed only with KMS_JWT_ALGORITHM=HS256: the default EdDSA signing keys are generated and stored sealed in the database)"
+                };
                 return Err(ConfigError(format!(
-                    "refusing to start without {}. For a local trial with generated secrets, run `kms serve --dev`.",
+                    "refusing to start without {}{note}. For a local trial with generated secrets, run `kms serve --dev`.",
                     missing.join(" and ")
                 )));
             }
@@ -422,11 +484,12 @@ impl ServeArgs {
         let password_min_length = usize::try_from(self.password_min_length)
             .map_err(|_| ConfigError("KMS_PASSWORD_MIN_LENGTH is out of range".into()))?;
         Ok(Config {
-            database: self.database.store_options(),
+            database: self.database.store_options_with(legacy),
             grpc_addr: self.grpc_addr,
             master_key,
+            jwt_algorithm,
             jwt_secret,
-            access_token_ttl_seconds: self.access_token_ttl_seconds,
+            access_token_ttl_seconds,
             jwt_issuer: self.jwt_issuer,
             jwt_audience: self.jwt_audience,
             allow_registration: self.allow_registration,
@@ -574,10 +637,13 @@ mod tests {
         let first = a.resolve().unwrap();
         assert!(first.bootstrap_admin.as_ref().unwrap().password.is_none());
         #[cfg(unix)]
-        for name in [MASTER_KEY_FILE, JWT_SECRET_FILE] {
+        {
             use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(data.join(name)).unwrap().permissions().mode();
-            assert_eq!(mode & 0o777, 0o600, "{name}");
+            let mode = fs::metadata(data.join(MASTER_KEY_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
         }
         let mut b = args(&["--dev", "--data-dir", data_s]);
         b.master_key = None;
@@ -586,7 +652,49 @@ mod tests {
         b.jwt_secret_file = None;
         let second = b.resolve().unwrap();
         assert_eq!(first.master_key.expose(), second.master_key.expose());
-        assert_eq!(first.jwt_secret.expose(), second.jwt_secret.expose());
+        // EdDSA by default: no JWT secret file is made or needed.
+        assert!(first.jwt_secret.is_none() && !data.join(JWT_SECRET_FILE).exists());
+
+        // With HS256, dev mode generates the shared secret too, once, owner-only.
+        let hs256 = || {
+            let mut c = args(&["--dev", "--data-dir", data_s, "--jwt-algorithm", "HS256"]);
+            c.master_key = None;
+            c.master_key_file = None;
+            c.jwt_secret = None;
+            c.jwt_secret_file = None;
+            c.resolve().unwrap()
+        };
+        let (one, two) = (hs256(), hs256());
+        assert_eq!(
+            one.jwt_secret.as_ref().unwrap().expose(),
+            two.jwt_secret.as_ref().unwrap().expose()
+        );
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = fs::metadata(data.join(JWT_SECRET_FILE))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+    }
+
+    #[test]
+    fn only_hs256_needs_the_jwt_secret() {
+        let key = STANDARD.encode([3u8; 32]);
+        let mut a = args(&["--master-key", &key]);
+        a.master_key_file = None;
+        a.jwt_secret = None;
+        a.jwt_secret_file = None;
+        assert_eq!(a.resolve().unwrap().jwt_algorithm, SigningAlgorithm::EdDsa);
+        let mut b = args(&["--master-key", &key, "--jwt-algorithm", "HS256"]);
+        b.master_key_file = None;
+        b.jwt_secret = None;
+        b.jwt_secret_file = None;
+        let err = b.resolve().unwrap_err().to_string();
+        assert!(err.contains("KMS_JWT_SECRET"), "{err}");
+        assert!(Cli::try_parse_from(["kms", "serve", "--jwt-algorithm", "RS256"]).is_err());
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! KMS: a gRPC key-management server. API keys for services (`kms.v1.Keys`) and users
 //! with JWT access tokens (`kms.v1.Auth`), on SQLite or PostgreSQL.
 //!
-//! Layers, with data flowing one way: `grpc` (transport) -> `domain` (rules) ->
+//! Layers, with data flowing one way: `grpc` and `http` (transports) -> `domain` (rules) ->
 //! `store` (SeaORM). `crypto` holds the primitives; `server` assembles everything.
 
+pub mod bearer;
 pub mod config;
 pub mod crypto;
 pub mod domain;

@@ -5,11 +5,14 @@ use std::{io::Read, process::ExitCode, time::Duration};
 use clap::Parser;
 use kms::{
     config::{
-        Cli, Command, DatabaseArgs, HealthcheckArgs, UserCommand, UserCreateArgs, unknown_env_vars,
+        Cli, Command, DatabaseArgs, HealthcheckArgs, SigningKeyCommand, UserCommand,
+        UserCreateArgs, unknown_env_vars,
     },
     crypto::password::PasswordHasherPool,
+    crypto::sealing::Sealer,
     domain::auth::{AuthService, AuthSettings, NewUser},
-    domain::token::TokenAuthority,
+    domain::signing::SigningKeys,
+    domain::token::{SigningAlgorithm, TokenAuthority},
     server::{App, Listeners, shutdown_signal},
     store::Store,
     telemetry,
@@ -53,6 +56,7 @@ async fn run(command: Command) -> Result<(), String> {
         Command::Serve(args) => serve(*args).await,
         Command::Migrate(args) => migrate(args).await,
         Command::Healthcheck(args) => healthcheck(args).await,
+        Command::SigningKey(SigningKeyCommand::Rotate(args)) => rotate_signing_key(*args).await,
         Command::User(UserCommand::Create(args)) => create_user(args).await,
     }
 }
@@ -84,7 +88,7 @@ async fn serve(args: kms::config::ServeArgs) -> Result<(), String> {
         "plaintext"
     };
     tracing::info!(transport = tls, addr = %local_addr(&grpc)?, "gRPC listening");
-    tracing::info!(addr = %local_addr(&http)?, "HTTP listening (/health, /metrics)");
+    tracing::info!(addr = %local_addr(&http)?, "HTTP listening (REST API, /health, /metrics, /openapi.json)");
     let listeners = Listeners {
         grpc,
         http: Some(http),
@@ -118,6 +122,29 @@ async fn healthcheck(args: HealthcheckArgs) -> Result<(), String> {
         (200, _) => Ok(()),
         (status, body) => Err(format!("unhealthy: HTTP {status} {}", body.trim())),
     }
+}
+
+async fn rotate_signing_key(args: kms::config::ServeArgs) -> Result<(), String> {
+    let config = args.resolve().map_err(|e| e.to_string())?;
+    if config.jwt_algorithm != SigningAlgorithm::EdDsa {
+        return Err(
+            "KMS_JWT_ALGORITHM=HS256 has no signing keys: rotate KMS_JWT_SECRET instead".into(),
+        );
+    }
+    let store = Store::connect(&config.database)
+        .await
+        .map_err(|e| e.to_string())?;
+    store.migrate().await.map_err(|e| e.to_string())?;
+    let signing = SigningKeys::new(
+        store,
+        Sealer::new(&config.master_key),
+        config.jwt_algorithm,
+        config.access_token_ttl_seconds,
+    );
+    signing.load_or_create().await.map_err(|e| e.to_string())?;
+    let kid = signing.rotate_stored().await.map_err(|e| e.to_string())?;
+    println!("new signing key {kid}; running servers switch to it within 30 s");
+    Ok(())
 }
 
 async fn migrate(args: DatabaseArgs) -> Result<(), String> {

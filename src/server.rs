@@ -15,7 +15,8 @@ use crate::{
         self,
         auth::{AuthService, AuthSettings},
         keys::KeyService,
-        token::TokenAuthority,
+        signing::SigningKeys,
+        token::{SigningAlgorithm, TokenAuthority},
     },
     grpc::{AuthApi, AuthLayer, ExtAuthz, KeysApi, ObserveLayer},
     health::DbHealth,
@@ -72,12 +73,8 @@ impl App {
             .map_err(|e| StartError::Database(format!("migration failed: {e}")))?;
         tracing::info!(database = %redact_url(&config.database.url), "database ready");
 
-        let tokens = Arc::new(TokenAuthority::hs256(
-            config.jwt_secret.expose(),
-            &config.jwt_issuer,
-            &config.jwt_audience,
-            config.access_token_ttl_seconds,
-        ));
+        let sealer = Sealer::new(&config.master_key);
+        let (tokens, signing) = token_authority(config, &store, &sealer).await?;
         let hasher = PasswordHasherPool::new(config.password_hash_concurrency)
             .await
             .map_err(|e| StartError::Bootstrap(e.to_string()))?;
@@ -89,8 +86,9 @@ impl App {
                 allow_registration: config.allow_registration,
                 password_min_bytes: config.password_min_length,
             },
-        );
-        let keys = KeyService::new(store.clone(), Sealer::new(&config.master_key));
+        )
+        .with_signing_keys(signing.clone());
+        let keys = KeyService::new(store.clone(), sealer);
 
         let created_admin = match &config.bootstrap_admin {
             Some(admin) => bootstrap(&auth, admin).await?,
@@ -128,6 +126,13 @@ impl App {
 
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let db_health = DbHealth::new(true);
+        if let Some(signing) = self.auth.signing_keys() {
+            tokio::spawn(refresh_signing_keys(
+                signing.clone(),
+                self.tokens.clone(),
+                stop_rx.clone(),
+            ));
+        }
         let monitor = tokio::spawn(crate::health::monitor(
             self.store.clone(),
             reporter,
@@ -147,7 +152,7 @@ impl App {
             .build_v1alpha()
             .map_err(|e| StartError::Serve(format!("reflection: {e}")))?;
 
-        let auth = AuthServer::new(AuthApi::new(self.auth, self.metrics.clone()))
+        let auth = AuthServer::new(AuthApi::new(self.auth.clone(), self.metrics.clone()))
             .max_decoding_message_size(max);
         let keys = KeysServer::new(KeysApi::new(self.keys.clone(), self.metrics.clone()))
             .max_decoding_message_size(max);
@@ -166,7 +171,7 @@ impl App {
                 limits.max_concurrent_requests,
                 limits.request_timeout,
             ))
-            .layer(AuthLayer::new(self.tokens));
+            .layer(AuthLayer::new(self.tokens.clone()));
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = &self.tls {
             let mut tls_config = ServerTlsConfig::new()
@@ -196,6 +201,11 @@ impl App {
                 health: db_health.clone(),
                 metrics: self.metrics.clone(),
                 store: self.store.clone(),
+                // The same services and token authority as gRPC: one set of rules.
+                auth: self.auth,
+                keys: self.keys,
+                tokens: self.tokens,
+                max_request_bytes: max,
             });
             let stop = stop_rx.clone();
             tokio::spawn(async move {
@@ -246,6 +256,58 @@ async fn wait_for(mut stop: watch::Receiver<bool>) {
     while !*stop.borrow_and_update() {
         if stop.changed().await.is_err() {
             return;
+        }
+    }
+}
+
+/// How often signing keys are re-read, to pick up rotations made by other replicas
+/// and drop keys whose tokens have all expired.
+const SIGNING_KEY_REFRESH: std::time::Duration = std::time::Duration::from_secs(30);
+
+async fn token_authority(
+    config: &Config,
+    store: &Store,
+    sealer: &Sealer,
+) -> Result<(Arc<TokenAuthority>, Option<SigningKeys>), StartError> {
+    let (issuer, audience, ttl) = (
+        config.jwt_issuer.as_str(),
+        config.jwt_audience.as_str(),
+        config.access_token_ttl_seconds,
+    );
+    match config.jwt_algorithm {
+        SigningAlgorithm::Hs256 => {
+            let secret = config.jwt_secret.as_ref().ok_or_else(|| {
+                StartError::Bootstrap("KMS_JWT_ALGORITHM=HS256 needs KMS_JWT_SECRET".into())
+            })?;
+            let tokens = TokenAuthority::hs256(secret.expose(), issuer, audience, ttl);
+            Ok((Arc::new(tokens), None))
+        }
+        SigningAlgorithm::EdDsa => {
+            let signing =
+                SigningKeys::new(store.clone(), sealer.clone(), config.jwt_algorithm, ttl);
+            let keys = signing
+                .load_or_create()
+                .await
+                .map_err(|e| StartError::Bootstrap(format!("signing keys: {e:?}")))?;
+            let tokens = TokenAuthority::asymmetric(&keys, issuer, audience, ttl)
+                .map_err(|e| StartError::Bootstrap(format!("signing keys: {e}")))?;
+            Ok((Arc::new(tokens), Some(signing)))
+        }
+    }
+}
+
+async fn refresh_signing_keys(
+    signing: SigningKeys,
+    tokens: Arc<TokenAuthority>,
+    mut stop: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(SIGNING_KEY_REFRESH) => {}
+        }
+        if let Err(e) = signing.refresh(&tokens).await {
+            tracing::warn!(error = %e, "signing keys could not be refreshed");
         }
     }
 }

@@ -2,9 +2,11 @@
 //! Nothing here knows about requests, users or databases.
 
 pub mod digest;
+pub mod kdf;
 pub mod password;
 pub mod random;
 pub mod sealing;
+pub mod signing;
 
 /// A failure inside a primitive. Never carries secret material.
 #[derive(Debug, thiserror::Error)]

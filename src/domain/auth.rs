@@ -8,6 +8,7 @@ use zeroize::Zeroizing;
 use super::{
     Caller, Error, Result, Roles,
     caller::{ROLE_ADMIN, ROLE_USER},
+    signing::SigningKeys,
     token::{Claims, IssuedToken, TokenAuthority},
     validate,
 };
@@ -43,6 +44,8 @@ pub struct AuthService {
     hasher: PasswordHasherPool,
     tokens: Arc<TokenAuthority>,
     settings: AuthSettings,
+    /// Asymmetric signing keys (EdDSA); `None` with the HS256 shared secret.
+    signing: Option<SigningKeys>,
 }
 
 impl AuthService {
@@ -57,6 +60,34 @@ impl AuthService {
             hasher,
             tokens,
             settings,
+            signing: None,
+        }
+    }
+
+    pub fn with_signing_keys(mut self, signing: Option<SigningKeys>) -> Self {
+        self.signing = signing;
+        self
+    }
+
+    pub fn signing_keys(&self) -> Option<&SigningKeys> {
+        self.signing.as_ref()
+    }
+
+    /// The public keys that verify tokens (empty with HS256: nothing is public).
+    pub fn jwks(&self) -> jsonwebtoken::jwk::JwkSet {
+        self.tokens.jwks()
+    }
+
+    /// Admin: sign new tokens with a new key. The old key keeps verifying until every
+    /// token it signed has expired. Returns the new `kid`.
+    pub async fn rotate_signing_key(&self, caller: &Caller) -> Result<String> {
+        super::require_admin(caller)?;
+        match &self.signing {
+            Some(signing) => signing.rotate_for(caller, &self.tokens).await,
+            None => Err(Error::FailedPrecondition(
+                "tokens are signed with the HS256 shared secret: rotate KMS_JWT_SECRET instead"
+                    .into(),
+            )),
         }
     }
 

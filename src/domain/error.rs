@@ -15,6 +15,9 @@ pub enum Error {
     NotFound(String),
     #[error("{0}")]
     AlreadyExists(String),
+    /// The call is valid but the system is not in a state that allows it.
+    #[error("{0}")]
+    FailedPrecondition(String),
     #[error("the database is unavailable, try again later")]
     Unavailable,
     #[error("internal error")]

@@ -8,7 +8,7 @@ use std::{
     task::{Context, Poll},
 };
 
-use http::{HeaderMap, Request, Response, header::AUTHORIZATION};
+use http::{HeaderMap, Request, Response};
 use tonic::{Status, body::Body};
 use tower::{Layer, Service};
 
@@ -32,6 +32,8 @@ const NO_TOKEN_REQUIRED: &[(&str, Access)] = &[
     ("/kms.v1.Auth/Login", Access::Public),
     ("/kms.v1.Auth/ValidateToken", Access::Public),
     ("/kms.v1.Auth/Register", Access::Optional),
+    // Public keys: publishing them is their purpose.
+    ("/kms.v1.Auth/GetJwks", Access::Public),
     ("/grpc.health.v1.Health/Check", Access::Public),
     ("/grpc.health.v1.Health/Watch", Access::Public),
     (
@@ -57,42 +59,12 @@ pub fn access(path: &str) -> Access {
         .map_or(Access::Required, |(_, access)| *access)
 }
 
-/// Extracts the token from `authorization: Bearer <token>`. `Ok(None)`: no header.
-fn bearer(headers: &HeaderMap) -> Result<Option<&str>, Status> {
-    let mut values = headers.get_all(AUTHORIZATION).iter();
-    let Some(value) = values.next() else {
-        return Ok(None);
-    };
-    if values.next().is_some() {
-        return Err(Status::unauthenticated(
-            "more than one authorization header",
-        ));
-    }
-    let value = value
-        .to_str()
-        .map_err(|_| Status::unauthenticated("malformed authorization header"))?;
-    bearer_token(value).map(Some).ok_or_else(|| {
-        Status::unauthenticated("authorization header must be 'Bearer <access token>'")
-    })
-}
-
-/// The token in an `authorization` header value of the form `Bearer <token>`; `None`
-/// for any other scheme or an empty token. Shared with ext_authz, which reads the
-/// same header from Envoy's CheckRequest.
-pub(super) fn bearer_token(value: &str) -> Option<&str> {
-    match value.split_once(' ') {
-        // The scheme is case-insensitive (RFC 6750 section 2.1, RFC 9110 section 11.1).
-        Some((scheme, token))
-            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
-        {
-            Some(token.trim())
-        }
-        _ => None,
-    }
-}
+/// Shared with ext_authz, which reads the same header from Envoy's CheckRequest.
+pub(super) use crate::bearer::bearer_token;
 
 /// Decides a request: `Ok(Some(caller))` to pass with an identity, `Ok(None)` to pass
-/// anonymously, `Err` to answer at once.
+/// anonymously, `Err` to answer at once. The header is read by `crate::bearer`, as
+/// for the REST API.
 pub fn authenticate(
     tokens: &TokenAuthority,
     path: &str,
@@ -102,11 +74,8 @@ pub fn authenticate(
     if access == Access::Public {
         return Ok(None);
     }
-    match bearer(headers)? {
-        Some(token) => tokens
-            .verify(token)
-            .map(|claims| Some(claims.caller()))
-            .map_err(|_| Status::unauthenticated("invalid or expired access token")),
+    match crate::bearer::caller(tokens, headers).map_err(Status::unauthenticated)? {
+        Some(caller) => Ok(Some(caller)),
         None if access == Access::Optional => Ok(None),
         None => Err(Status::unauthenticated("missing bearer access token")),
     }
@@ -188,6 +157,7 @@ pub fn caller<T>(req: &tonic::Request<T>) -> Result<Caller, Status> {
 mod tests {
     use super::*;
     use crate::domain::Roles;
+    use http::header::AUTHORIZATION;
 
     fn tokens() -> TokenAuthority {
         TokenAuthority::hs256(b"0123456789abcdef0123456789abcdef", "kms", "kms", 60)

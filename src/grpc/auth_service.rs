@@ -3,7 +3,10 @@
 use tonic::{Request, Response, Status};
 use zeroize::Zeroizing;
 
-use super::convert::timestamp;
+use super::{
+    auth_layer::caller,
+    convert::{self, timestamp},
+};
 use crate::{
     domain::{
         Caller, Error as DomainError,
@@ -89,5 +92,25 @@ impl Auth for AuthApi {
             None => pb::ValidateTokenResponse::default(),
         };
         Ok(Response::new(response))
+    }
+
+    async fn get_jwks(
+        &self,
+        _request: Request<pb::GetJwksRequest>,
+    ) -> Result<Response<pb::GetJwksResponse>, Status> {
+        let set = self.service.jwks();
+        let jwks_json = serde_json::to_string(&set)
+            .map_err(|e| Status::from(DomainError::Internal(format!("JWKS encoding: {e}"))))?;
+        let keys = set.keys.iter().map(convert::jwk).collect();
+        Ok(Response::new(pb::GetJwksResponse { keys, jwks_json }))
+    }
+
+    async fn rotate_signing_key(
+        &self,
+        request: Request<pb::RotateSigningKeyRequest>,
+    ) -> Result<Response<pb::RotateSigningKeyResponse>, Status> {
+        let caller = caller(&request)?;
+        let kid = self.service.rotate_signing_key(&caller).await?;
+        Ok(Response::new(pb::RotateSigningKeyResponse { kid }))
     }
 }

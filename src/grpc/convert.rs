@@ -24,3 +24,17 @@ pub fn api_key(view: ApiKeyView) -> pb::ApiKey {
         expires_at: view.expires_at.map(timestamp),
     }
 }
+
+/// A JWK as protobuf; `jsonwebtoken`'s JSON form is the reference, so read it from there.
+pub fn jwk(key: &jsonwebtoken::jwk::Jwk) -> pb::Jwk {
+    let json = serde_json::to_value(key).unwrap_or_default();
+    let field = |name: &str| json[name].as_str().unwrap_or_default().to_owned();
+    pb::Jwk {
+        kty: field("kty"),
+        r#use: field("use"),
+        alg: field("alg"),
+        kid: field("kid"),
+        crv: field("crv"),
+        x: field("x"),
+    }
+}

@@ -33,6 +33,8 @@ const KNOWN_METHODS: &[&str] = &[
     "/kms.v1.Auth/Register",
     "/kms.v1.Auth/Login",
     "/kms.v1.Auth/ValidateToken",
+    "/kms.v1.Auth/GetJwks",
+    "/kms.v1.Auth/RotateSigningKey",
     "/kms.v1.Keys/CreateKey",
     "/kms.v1.Keys/GetKey",
     "/kms.v1.Keys/ListKeys",

@@ -12,6 +12,7 @@ impl From<Error> for Status {
             Error::PermissionDenied(msg) => Status::permission_denied(msg),
             Error::NotFound(msg) => Status::not_found(msg),
             Error::AlreadyExists(msg) => Status::already_exists(msg),
+            Error::FailedPrecondition(msg) => Status::failed_precondition(msg),
             Error::Unavailable => Status::unavailable(err.to_string()),
             Error::Internal(detail) => {
                 // The detail is for operators; the client gets nothing it could use.

@@ -4,6 +4,7 @@
 pub mod entities;
 mod error;
 mod keys;
+mod signing_keys;
 mod users;
 
 use std::time::Duration;
@@ -16,6 +17,7 @@ use sea_orm_migration::MigratorTrait;
 
 pub use error::StoreError;
 pub use keys::{CreateConflict, KeyWithSecret, NewKey, NewSecret, Rotation};
+pub use signing_keys::{NewSigningKey, StoredSigningKey};
 pub use users::StoredUser;
 
 use crate::migrations::Migrator;

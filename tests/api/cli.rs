@@ -76,6 +76,12 @@ impl Running {
         panic!("no line with {needle:?} in:\n{}", self.lines().join("\n"));
     }
 
+    /// The HTTP listener's address, from its log line.
+    async fn http_addr(&self) -> std::net::SocketAddr {
+        let line = self.wait_for("HTTP listening").await;
+        line.rsplit("addr=").next().unwrap().trim().parse().unwrap()
+    }
+
     async fn channel(&self) -> Channel {
         let line = self.wait_for("gRPC listening").await;
         // Plain text ends `addr=IP:PORT`; JSON lines carry `"addr":"IP:PORT"`.
@@ -267,7 +273,6 @@ async fn dev_server_runs_a_full_flow_without_logging_a_secret() {
     );
 
     let master_key = std::fs::read_to_string(dir.path().join("kms-data/master.key")).unwrap();
-    let jwt_secret = std::fs::read_to_string(dir.path().join("kms-data/jwt.secret")).unwrap();
     let (clean_exit, lines) = server.terminate().await;
     assert!(
         clean_exit,
@@ -289,7 +294,6 @@ async fn dev_server_runs_a_full_flow_without_logging_a_secret() {
         &admin_token,
         &user_token,
         master_key.trim(),
-        jwt_secret.trim(),
     ];
     for secret in secrets {
         assert!(
@@ -307,7 +311,7 @@ async fn dev_server_runs_a_full_flow_without_logging_a_secret() {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        for file in ["master.key", "jwt.secret", "kms.db"] {
+        for file in ["master.key", "kms.db"] {
             let mode = std::fs::metadata(dir.path().join("kms-data").join(file))
                 .unwrap()
                 .permissions()
@@ -316,14 +320,46 @@ async fn dev_server_runs_a_full_flow_without_logging_a_secret() {
         }
     }
 
-    // A restart reuses the secrets and does not create or print another admin password.
+    // The operator rotates the token signing key while the server is down.
+    let out = command(dir.path(), &["signing-key", "rotate", "--dev"], &[])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let new_kid = stdout
+        .split_whitespace()
+        .nth(3)
+        .expect("prints the new kid")
+        .trim_end_matches(';')
+        .to_owned();
+
+    // A restart reuses the secrets and the signing keys, and does not create or print
+    // another admin password.
     let again = Running::spawn(
         dir.path(),
         &["serve", "--dev"],
         &[("KMS_GRPC_ADDR", "127.0.0.1:0")],
     );
     let mut auth = AuthClient::new(again.channel().await);
-    login(&mut auth, "admin", &admin_password).await;
+    let fresh = login(&mut auth, "admin", &admin_password).await;
+    assert_eq!(
+        jsonwebtoken::decode_header(&fresh).unwrap().kid,
+        Some(new_kid)
+    );
+    // A token signed before the rotation (and the restart) is still good.
+    let v = auth
+        .validate_token(pb::ValidateTokenRequest {
+            token: admin_token.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(v.valid);
     let (_, lines) = again.terminate().await;
     assert!(!lines.iter().any(|l| l.contains("password: ")), "{lines:?}");
 }
@@ -719,4 +755,84 @@ async fn shutdown_grace_bounds_calls_that_never_end() {
         saw_not_serving |= update.status() == ServingStatus::NotServing;
     }
     assert!(saw_not_serving);
+}
+
+/// The original HTTP service's `.env` starts the KMS unchanged: its SQLAlchemy
+/// DATABASE_URL, SECRET_KEY (the HS256 secret, and the source of the derived master
+/// key), ALGORITHM and ACCESS_TOKEN_EXPIRE_MINUTES.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_original_services_env_file_starts_the_server() {
+    use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+    use serde_json::json;
+
+    use crate::http_client::Http;
+
+    let dir = tempfile::tempdir().unwrap();
+    let secret_key = "3f9a1c0e7b5d4a8f9e2c6b1d0a7f5e3c9b8d2a4f6e1c0b7a5d3f9e8c2b4a6d1f";
+    std::fs::write(
+        dir.path().join(".env"),
+        format!(
+            "# the original service\nDATABASE_URL=sqlite:///./kms.db\nSECRET_KEY=\"{secret_key}\"\nALGORITHM=HS256\nACCESS_TOKEN_EXPIRE_MINUTES=30\n"
+        ),
+    )
+    .unwrap();
+    // The operator adds only a first admin; every other setting comes from the .env.
+    let env = [
+        ("KMS_GRPC_ADDR", "127.0.0.1:0"),
+        ("KMS_BOOTSTRAP_ADMIN_USERNAME", "boss"),
+        ("KMS_BOOTSTRAP_ADMIN_PASSWORD", "boss-password-123"),
+    ];
+    let server = Running::spawn(dir.path(), &["serve"], &env);
+    let http = Http::new(server.http_addr().await);
+    server.wait_for("derived from SECRET_KEY").await;
+
+    let reply = http
+        .post("/register")
+        .json(json!({"username": "alice", "password": "alice-password-1", "roles": "user"}))
+        .send()
+        .await;
+    assert_eq!(reply.status, 201, "{reply:?}");
+    let token = http.login("alice", "alice-password-1").await;
+    // HS256 under SECRET_KEY, as before, so a gateway holding it can still check tokens;
+    // 30 minutes from ACCESS_TOKEN_EXPIRE_MINUTES.
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.set_audience(&["kms"]);
+    let claims = jsonwebtoken::decode::<serde_json::Value>(
+        &token,
+        &DecodingKey::from_secret(secret_key.as_bytes()),
+        &validation,
+    )
+    .unwrap()
+    .claims;
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(
+        claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap(),
+        1800
+    );
+    // sqlite:///./kms.db is ./kms.db, relative to the working directory.
+    assert!(dir.path().join("kms.db").exists());
+
+    let admin = http.login("boss", "boss-password-123").await;
+    let created = http
+        .post("/keys")
+        .bearer(&admin)
+        .json(json!({"service_name": "kept"}))
+        .send()
+        .await;
+    assert_eq!(created.status, 201);
+    let (clean_exit, lines) = server.terminate().await;
+    assert!(clean_exit, "{}", lines.join("\n"));
+    assert!(
+        !lines.join("\n").contains(secret_key),
+        "SECRET_KEY was logged"
+    );
+
+    // The derived master key is the same at the next start: the stored secret opens.
+    let again = Running::spawn(dir.path(), &["serve"], &env);
+    let http = Http::new(again.http_addr().await);
+    let admin = http.login("boss", "boss-password-123").await;
+    let reply = http.get("/keys/kept").bearer(&admin).send().await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.json(), created.json());
+    again.terminate().await;
 }

@@ -7,7 +7,7 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use kms::{
     config::{BootstrapAdmin, Config, JwtSecret, Limits},
     crypto::sealing::MasterKey,
-    domain::token::Claims,
+    domain::token::{Claims, SigningAlgorithm},
     proto::kms::v1::{self as pb, auth_client::AuthClient, keys_client::KeysClient},
     server::{App, Listeners},
     store::StoreOptions,
@@ -130,7 +130,10 @@ pub fn test_config(db_url: &str) -> Config {
         },
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         master_key: MasterKey::generate().unwrap(),
-        jwt_secret: JwtSecret::new(JWT_SECRET.to_vec()).unwrap(),
+        // The suite forges tokens (expired, other secret, alg none) with the shared
+        // secret; EdDSA, the default, has tests of its own (tests/api/signing.rs).
+        jwt_algorithm: SigningAlgorithm::Hs256,
+        jwt_secret: Some(JwtSecret::new(JWT_SECRET.to_vec()).unwrap()),
         access_token_ttl_seconds: 3600,
         jwt_issuer: "kms".into(),
         jwt_audience: "kms".into(),

@@ -12,5 +12,8 @@ mod cli;
 mod common;
 mod ext_authz;
 mod faults;
+mod http_client;
 mod keys;
 mod ops;
+mod rest;
+mod signing;

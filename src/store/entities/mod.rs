@@ -2,5 +2,6 @@
 
 pub mod api_key;
 pub mod api_key_secret;
+pub mod signing_key;
 pub mod user;
 pub mod user_role;

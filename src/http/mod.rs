@@ -1,5 +1,13 @@
-//! The small HTTP side, on its own listener: `GET /health` for load balancers and
-//! `GET /metrics` for Prometheus.
+//! The HTTP side, on its own listener: `GET /health` for load balancers, `GET /metrics`
+//! for Prometheus, the original HTTP key service's REST API (`rest`) and its OpenAPI
+//! document (`GET /openapi.json`).
+
+mod error;
+mod extract;
+mod openapi;
+mod rest;
+
+use std::sync::Arc;
 
 use axum::{
     Json, Router,
@@ -12,17 +20,32 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 
-use crate::{health::DbHealth, store::Store, telemetry::Metrics};
+use error::ApiError;
+
+use crate::{
+    domain::{auth::AuthService, keys::KeyService, token::TokenAuthority},
+    health::DbHealth,
+    store::Store,
+    telemetry::Metrics,
+};
 
 #[derive(Clone)]
 pub struct HttpState {
     pub health: DbHealth,
     pub metrics: Metrics,
     pub store: Store,
+    /// The services behind gRPC too: the REST API applies exactly their rules.
+    pub auth: AuthService,
+    pub keys: KeyService,
+    /// Verifies bearer tokens, the same authority that issues them on both APIs.
+    pub tokens: Arc<TokenAuthority>,
+    /// Largest accepted request body (KMS_MAX_REQUEST_BYTES, as for gRPC messages).
+    pub max_request_bytes: usize,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Health {
+    #[schema(example = "healthy")]
     status: &'static str,
 }
 
@@ -30,10 +53,31 @@ pub fn router(state: HttpState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
-        .fallback(|| async { (StatusCode::NOT_FOUND, "not found\n") })
+        .route("/.well-known/jwks.json", get(jwks))
+        .route("/openapi.json", get(openapi::document))
+        .merge(rest::router(state.max_request_bytes))
+        .fallback(|| async { ApiError::unknown_path() })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .with_state(state)
 }
 
+/// The public keys that verify access tokens (RFC 7517): a gateway validates KMS
+/// tokens locally from these, with any JWT library and no secret. Empty with HS256.
+async fn jwks(State(state): State<HttpState>) -> impl IntoResponse {
+    (
+        [(header::CACHE_CONTROL, "public, max-age=60")],
+        Json(state.tokens.jwks()),
+    )
+}
+
+/// Whether the database answers.
+#[utoipa::path(
+    get, path = "/health", tag = "operations",
+    responses(
+        (status = 200, description = "The database answers", body = Health),
+        (status = 503, description = "The database is unreachable", body = Health),
+    )
+)]
 async fn health(State(state): State<HttpState>) -> impl IntoResponse {
     if state.health.is_serving() {
         (StatusCode::OK, Json(Health { status: "healthy" }))
@@ -47,6 +91,11 @@ async fn health(State(state): State<HttpState>) -> impl IntoResponse {
     }
 }
 
+/// Prometheus metrics.
+#[utoipa::path(
+    get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"))
+)]
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
     // Gauges that are cheaper to read than to track live.
     if state.health.is_serving()

@@ -1,0 +1,149 @@
+//! Signing keys for access tokens, kept in the database so that every replica signs
+//! and verifies with the same set; private halves sealed under the master key.
+
+use chrono::{DateTime, Duration, Utc};
+use zeroize::Zeroizing;
+
+use super::{
+    Caller, Error, Result, require_admin,
+    token::{SigningAlgorithm, SigningKeyMaterial, TokenAuthority, public_jwk},
+};
+use crate::{
+    crypto::{sealing::Sealer, signing::generate_ed25519_pkcs8},
+    store::{NewSigningKey, Store, StoredSigningKey},
+};
+
+/// Associated data binding a sealed private key to its `kid`.
+fn aad(kid: &str) -> Vec<u8> {
+    format!("kms signing key {kid}").into_bytes()
+}
+
+#[derive(Debug, Clone)]
+pub struct SigningKeys {
+    store: Store,
+    sealer: Sealer,
+    algorithm: SigningAlgorithm,
+    /// Access token lifetime: how long a retired key must keep verifying.
+    token_ttl_seconds: i64,
+}
+
+impl SigningKeys {
+    pub fn new(
+        store: Store,
+        sealer: Sealer,
+        algorithm: SigningAlgorithm,
+        token_ttl_seconds: i64,
+    ) -> Self {
+        Self {
+            store,
+            sealer,
+            algorithm,
+            token_ttl_seconds,
+        }
+    }
+
+    fn generate(&self) -> Result<NewSigningKey> {
+        let private = generate_ed25519_pkcs8()?;
+        let jwk = public_jwk(&private)?;
+        let kid = jwk
+            .common
+            .key_id
+            .clone()
+            .ok_or_else(|| Error::Internal("a generated JWK has no kid".into()))?;
+        let public_jwk = serde_json::to_string(&jwk)
+            .map_err(|e| Error::Internal(format!("JWK encoding: {e}")))?;
+        Ok(NewSigningKey {
+            private_sealed: self.sealer.seal(&private, &aad(&kid))?,
+            kid,
+            algorithm: self.algorithm.name().to_owned(),
+            public_jwk,
+        })
+    }
+
+    fn open(&self, stored: &StoredSigningKey) -> Result<SigningKeyMaterial> {
+        let private = self
+            .sealer
+            .open(&stored.private_sealed, &aad(&stored.kid))
+            .map_err(|_| {
+                Error::Internal(format!(
+                    "signing key {} does not open with this master key",
+                    stored.kid
+                ))
+            })?;
+        Ok(SigningKeyMaterial {
+            kid: stored.kid.clone(),
+            algorithm: self.algorithm,
+            private_pkcs8: Zeroizing::new(private.to_vec()),
+            current: stored.retired_at.is_none(),
+            verify_until: stored.verify_until.map(|t| t.timestamp()),
+        })
+    }
+
+    /// Every key of this algorithm that signs or may still verify a token.
+    pub async fn load(&self) -> Result<Vec<SigningKeyMaterial>> {
+        let name = self.algorithm.name();
+        self.store
+            .signing_keys_in_use(Utc::now())
+            .await?
+            .iter()
+            .filter(|k| k.algorithm == name)
+            .map(|k| self.open(k))
+            .collect()
+    }
+
+    /// The keys, creating the first one when there is none.
+    pub async fn load_or_create(&self) -> Result<Vec<SigningKeyMaterial>> {
+        let keys = self.load().await?;
+        if keys.iter().any(|k| k.current) {
+            return Ok(keys);
+        }
+        if self
+            .store
+            .insert_first_signing_key(self.generate()?, Utc::now())
+            .await?
+        {
+            tracing::info!(
+                algorithm = self.algorithm.name(),
+                "first token signing key created"
+            );
+        }
+        // Ours, or the one another replica stored a moment earlier.
+        self.load().await
+    }
+
+    /// New tokens are signed with a new key at once; the old key keeps verifying
+    /// until every token it signed has expired. Returns the new `kid`.
+    pub async fn rotate(&self, tokens: &TokenAuthority) -> Result<String> {
+        let kid = self.rotate_stored().await?;
+        tokens.replace_keys(&self.load().await?)?;
+        Ok(kid)
+    }
+
+    /// The rotation in the database alone (`kms signing-key rotate`): running servers
+    /// take the new key at their next refresh.
+    pub async fn rotate_stored(&self) -> Result<String> {
+        let now = Utc::now();
+        let verify_until: DateTime<Utc> = now
+            + Duration::try_seconds(self.token_ttl_seconds)
+                .ok_or_else(|| Error::Internal("token lifetime out of range".into()))?;
+        let new = self.generate()?;
+        let kid = new.kid.clone();
+        self.store
+            .rotate_signing_key(new, now, verify_until)
+            .await?;
+        tracing::info!(%kid, "token signing key rotated");
+        Ok(kid)
+    }
+
+    /// The admin RPC.
+    pub async fn rotate_for(&self, caller: &Caller, tokens: &TokenAuthority) -> Result<String> {
+        require_admin(caller)?;
+        self.rotate(tokens).await
+    }
+
+    /// Picks up keys rotated by other replicas and drops keys no token needs.
+    pub async fn refresh(&self, tokens: &TokenAuthority) -> Result<()> {
+        tokens.replace_keys(&self.load().await?)?;
+        Ok(())
+    }
+}
