@@ -6,6 +6,7 @@ use sea_orm_migration::prelude::*;
 mod m20261125_000001_initial;
 mod m20261125_000002_one_current_secret;
 mod m20261125_000003_signing_keys;
+mod m20261125_000004_sessions;
 
 pub struct Migrator;
 
@@ -16,6 +17,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000001_initial::Migration),
             Box::new(m20261125_000002_one_current_secret::Migration),
             Box::new(m20261125_000003_signing_keys::Migration),
+            Box::new(m20261125_000004_sessions::Migration),
         ]
     }
 }

@@ -4,7 +4,10 @@
 
 use http::{HeaderMap, header::AUTHORIZATION};
 
-use crate::domain::{Caller, token::TokenAuthority};
+use crate::domain::{
+    Caller,
+    sessions::{AuthFailure, Authenticator},
+};
 
 /// The token in an `authorization` header value of the form `Bearer <token>`; `None`
 /// for any other scheme or an empty token.
@@ -39,26 +42,36 @@ pub fn from_headers(headers: &HeaderMap) -> Result<Option<&str>, &'static str> {
         .ok_or("authorization header must be 'Bearer <access token>'")
 }
 
+/// Why a sent bearer token did not yield a caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BearerError {
+    /// Malformed, invalid, expired or revoked: UNAUTHENTICATED / 401.
+    Rejected(&'static str),
+    /// The login behind the token could not be checked: UNAVAILABLE / 503.
+    Unavailable,
+}
+
 /// The caller named by the request's bearer token. `Ok(None)`: no token was sent,
-/// which each transport decides about. A token that is sent must verify: an expired
-/// or forged one is an error, never a silent anonymous call.
-pub fn caller(
-    tokens: &TokenAuthority,
+/// which each transport decides about. A token that is sent must verify, signature
+/// and login both: an expired, forged or logged-out one is an error, never a silent
+/// anonymous call.
+pub async fn caller(
+    authenticator: &Authenticator,
     headers: &HeaderMap,
-) -> Result<Option<Caller>, &'static str> {
-    match from_headers(headers)? {
-        Some(token) => tokens
-            .verify(token)
-            .map(|claims| Some(claims.caller()))
-            .map_err(|_| "invalid or expired access token"),
-        None => Ok(None),
+) -> Result<Option<Caller>, BearerError> {
+    let Some(token) = from_headers(headers).map_err(BearerError::Rejected)? else {
+        return Ok(None);
+    };
+    match authenticator.authenticate(token).await {
+        Ok(claims) => Ok(Some(claims.caller())),
+        Err(AuthFailure::Invalid) => Err(BearerError::Rejected("invalid or expired access token")),
+        Err(AuthFailure::Unavailable) => Err(BearerError::Unavailable),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::Roles;
 
     fn headers(values: &[&str]) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -83,20 +96,5 @@ mod tests {
         assert_eq!(from_headers(&headers(&["Bearer t"])), Ok(Some("t")));
         assert!(from_headers(&headers(&["Bearer a", "Bearer b"])).is_err());
         assert!(from_headers(&headers(&["Token t"])).is_err());
-    }
-
-    #[test]
-    fn a_sent_token_must_verify() {
-        let tokens = TokenAuthority::hs256(b"0123456789abcdef0123456789abcdef", "kms", "kms", 60);
-        let now = chrono::Utc::now().timestamp();
-        let good = tokens.issue("alice", &Roles::user(), now).unwrap().token;
-        let found = caller_of(&tokens, &[&format!("Bearer {good}")]).unwrap();
-        assert_eq!(found.unwrap().subject, "alice");
-        assert_eq!(caller_of(&tokens, &[]), Ok(None));
-        assert!(caller_of(&tokens, &["Bearer forged"]).is_err());
-    }
-
-    fn caller_of(tokens: &TokenAuthority, values: &[&str]) -> Result<Option<Caller>, &'static str> {
-        caller(tokens, &headers(values))
     }
 }

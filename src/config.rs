@@ -41,6 +41,7 @@ pub const KNOWN_ENV: &[&str] = &[
     "KMS_JWT_SECRET",
     "KMS_JWT_SECRET_FILE",
     "KMS_JWT_ALGORITHM",
+    "KMS_REFRESH_TOKEN_TTL_SECONDS",
     "KMS_ACCESS_TOKEN_TTL_SECONDS",
     "KMS_JWT_ISSUER",
     "KMS_JWT_AUDIENCE",
@@ -181,6 +182,9 @@ pub struct ServeArgs {
     /// ACCESS_TOKEN_EXPIRE_MINUTES].
     #[arg(long, env = "KMS_ACCESS_TOKEN_TTL_SECONDS", value_parser = clap::value_parser!(i64).range(1..=31_536_000))]
     pub access_token_ttl_seconds: Option<i64>,
+    /// Lifetime of a refresh token, in seconds (each refresh issues a new one).
+    #[arg(long, env = "KMS_REFRESH_TOKEN_TTL_SECONDS", default_value_t = 1_209_600, value_parser = clap::value_parser!(i64).range(60..=31_536_000))]
+    pub refresh_token_ttl_seconds: i64,
     #[arg(long, env = "KMS_JWT_ISSUER", default_value = "kms")]
     pub jwt_issuer: String,
     #[arg(long, env = "KMS_JWT_AUDIENCE", default_value = "kms")]
@@ -320,6 +324,7 @@ pub struct Config {
     /// The HS256 secret; required when `jwt_algorithm` is HS256, unused otherwise.
     pub jwt_secret: Option<JwtSecret>,
     pub access_token_ttl_seconds: i64,
+    pub refresh_token_ttl_seconds: i64,
     pub jwt_issuer: String,
     pub jwt_audience: String,
     pub allow_registration: bool,
@@ -490,6 +495,7 @@ impl ServeArgs {
             jwt_algorithm,
             jwt_secret,
             access_token_ttl_seconds,
+            refresh_token_ttl_seconds: self.refresh_token_ttl_seconds,
             jwt_issuer: self.jwt_issuer,
             jwt_audience: self.jwt_audience,
             allow_registration: self.allow_registration,

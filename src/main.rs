@@ -11,6 +11,7 @@ use kms::{
     crypto::password::PasswordHasherPool,
     crypto::sealing::Sealer,
     domain::auth::{AuthService, AuthSettings, NewUser},
+    domain::sessions::Authenticator,
     domain::signing::SigningKeys,
     domain::token::{SigningAlgorithm, TokenAuthority},
     server::{App, Listeners, shutdown_signal},
@@ -175,13 +176,14 @@ async fn create_user(args: UserCreateArgs) -> Result<(), String> {
     // Creating a user signs no token; this authority is never used to sign.
     let unused_tokens = std::sync::Arc::new(TokenAuthority::hs256(&[0; 32], "kms", "kms", 1));
     let auth = AuthService::new(
-        store,
+        store.clone(),
         hasher,
-        unused_tokens,
+        std::sync::Arc::new(Authenticator::new(unused_tokens, store)),
         AuthSettings {
             allow_registration: false,
             password_min_bytes: usize::try_from(args.password_min_length)
                 .map_err(|_| "KMS_PASSWORD_MIN_LENGTH is out of range".to_owned())?,
+            refresh_token_ttl_seconds: 60,
         },
     );
     let user = auth

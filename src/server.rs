@@ -15,6 +15,7 @@ use crate::{
         self,
         auth::{AuthService, AuthSettings},
         keys::KeyService,
+        sessions::Authenticator,
         signing::SigningKeys,
         token::{SigningAlgorithm, TokenAuthority},
     },
@@ -78,13 +79,15 @@ impl App {
         let hasher = PasswordHasherPool::new(config.password_hash_concurrency)
             .await
             .map_err(|e| StartError::Bootstrap(e.to_string()))?;
+        let authenticator = Arc::new(Authenticator::new(tokens.clone(), store.clone()));
         let auth = AuthService::new(
             store.clone(),
             hasher,
-            tokens.clone(),
+            authenticator,
             AuthSettings {
                 allow_registration: config.allow_registration,
                 password_min_bytes: config.password_min_length,
+                refresh_token_ttl_seconds: config.refresh_token_ttl_seconds,
             },
         )
         .with_signing_keys(signing.clone());
@@ -121,6 +124,7 @@ impl App {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), StartError> {
         let limits = self.limits.clone();
+        let authenticator = self.auth.authenticator().clone();
         let max = limits.max_request_bytes;
         let (stop_tx, stop_rx) = watch::channel(false);
 
@@ -158,7 +162,7 @@ impl App {
             .max_decoding_message_size(max);
         let ext_authz = self.ext_authz.then(|| {
             AuthorizationServer::new(ExtAuthz::new(
-                self.tokens.clone(),
+                self.auth.authenticator().clone(),
                 self.keys.clone(),
                 self.metrics.clone(),
             ))
@@ -171,7 +175,7 @@ impl App {
                 limits.max_concurrent_requests,
                 limits.request_timeout,
             ))
-            .layer(AuthLayer::new(self.tokens.clone()));
+            .layer(AuthLayer::new(self.auth.authenticator().clone()));
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = &self.tls {
             let mut tls_config = ServerTlsConfig::new()
@@ -204,7 +208,7 @@ impl App {
                 // The same services and token authority as gRPC: one set of rules.
                 auth: self.auth,
                 keys: self.keys,
-                tokens: self.tokens,
+                authenticator: authenticator.clone(),
                 max_request_bytes: max,
             });
             let stop = stop_rx.clone();

@@ -2,19 +2,25 @@
 
 use std::sync::Arc;
 
-use chrono::Utc;
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use chrono::{DateTime, Duration, Utc};
 use zeroize::Zeroizing;
 
 use super::{
     Caller, Error, Result, Roles,
     caller::{ROLE_ADMIN, ROLE_USER},
+    sessions::{AuthFailure, Authenticator},
     signing::SigningKeys,
     token::{Claims, IssuedToken, TokenAuthority},
     validate,
 };
 use crate::{
-    crypto::password::{PasswordHasherPool, Verification},
-    store::{Store, StoreError},
+    crypto::{
+        digest,
+        password::{PasswordHasherPool, Verification},
+        random,
+    },
+    store::{NewRefreshToken, RefreshOutcome, Store, StoreError, StoredUser},
 };
 
 const BAD_CREDENTIALS: &str = "incorrect username or password";
@@ -23,6 +29,18 @@ const BAD_CREDENTIALS: &str = "incorrect username or password";
 pub struct AuthSettings {
     pub allow_registration: bool,
     pub password_min_bytes: usize,
+    pub refresh_token_ttl_seconds: i64,
+}
+
+/// Recognisable by secret scanners, like API keys' `kms_`.
+const REFRESH_PREFIX: &str = "kmsr_";
+
+/// What Login and Refresh hand out.
+#[derive(Debug)]
+pub struct LoginTokens {
+    pub access: IssuedToken,
+    pub refresh_token: String,
+    pub refresh_expires_in: i64,
 }
 
 #[derive(Debug, Clone)]
@@ -42,7 +60,7 @@ pub struct RegisteredUser {
 pub struct AuthService {
     store: Store,
     hasher: PasswordHasherPool,
-    tokens: Arc<TokenAuthority>,
+    authenticator: Arc<Authenticator>,
     settings: AuthSettings,
     /// Asymmetric signing keys (EdDSA); `None` with the HS256 shared secret.
     signing: Option<SigningKeys>,
@@ -52,13 +70,13 @@ impl AuthService {
     pub fn new(
         store: Store,
         hasher: PasswordHasherPool,
-        tokens: Arc<TokenAuthority>,
+        authenticator: Arc<Authenticator>,
         settings: AuthSettings,
     ) -> Self {
         Self {
             store,
             hasher,
-            tokens,
+            authenticator,
             settings,
             signing: None,
         }
@@ -75,7 +93,7 @@ impl AuthService {
 
     /// The public keys that verify tokens (empty with HS256: nothing is public).
     pub fn jwks(&self) -> jsonwebtoken::jwk::JwkSet {
-        self.tokens.jwks()
+        self.tokens().jwks()
     }
 
     /// Admin: sign new tokens with a new key. The old key keeps verifying until every
@@ -83,7 +101,7 @@ impl AuthService {
     pub async fn rotate_signing_key(&self, caller: &Caller) -> Result<String> {
         super::require_admin(caller)?;
         match &self.signing {
-            Some(signing) => signing.rotate_for(caller, &self.tokens).await,
+            Some(signing) => signing.rotate_for(caller, self.tokens()).await,
             None => Err(Error::FailedPrecondition(
                 "tokens are signed with the HS256 shared secret: rotate KMS_JWT_SECRET instead"
                     .into(),
@@ -92,7 +110,11 @@ impl AuthService {
     }
 
     pub fn tokens(&self) -> &Arc<TokenAuthority> {
-        &self.tokens
+        self.authenticator.tokens()
+    }
+
+    pub fn authenticator(&self) -> &Arc<Authenticator> {
+        &self.authenticator
     }
 
     /// Register: without an admin caller only `["user"]` may be had, and only while
@@ -160,8 +182,8 @@ impl AuthService {
     }
 
     /// Login. Unknown user and wrong password give the same error after the same
-    /// argon2 work.
-    pub async fn login(&self, username: &str, password: Zeroizing<String>) -> Result<IssuedToken> {
+    /// argon2 work. Opens a session: an access token naming it and a refresh token.
+    pub async fn login(&self, username: &str, password: Zeroizing<String>) -> Result<LoginTokens> {
         validate::username(username)?;
         if password.is_empty() {
             return Err(Error::invalid("password", "must not be empty"));
@@ -177,12 +199,97 @@ impl AuthService {
         if needs_rehash {
             self.rehash(user.id, password).await;
         }
-        let roles: Roles = user.roles.into_iter().collect();
-        let issued = self
-            .tokens
-            .issue(&user.username, &roles, Utc::now().timestamp())?;
+        let now = Utc::now();
+        let session_id = URL_SAFE_NO_PAD.encode(random::bytes::<16>()?);
+        let (refresh_token, refresh) = self.new_refresh_token(now)?;
+        self.store
+            .create_session(&session_id, user.id, refresh, now)
+            .await?;
+        let tokens = self.issue(&user, &session_id, refresh_token, now)?;
         tracing::info!(%username, "login succeeded");
-        Ok(issued)
+        Ok(tokens)
+    }
+
+    fn new_refresh_token(
+        &self,
+        now: DateTime<Utc>,
+    ) -> Result<(Zeroizing<String>, NewRefreshToken)> {
+        let token = Zeroizing::new(format!("{REFRESH_PREFIX}{}", random::base62(43)?));
+        let ttl = Duration::try_seconds(self.settings.refresh_token_ttl_seconds)
+            .ok_or_else(|| Error::Internal("refresh token lifetime out of range".into()))?;
+        let stored = NewRefreshToken {
+            digest: digest::sha256(token.as_bytes()).to_vec(),
+            expires_at: now + ttl,
+        };
+        Ok((token, stored))
+    }
+
+    fn issue(
+        &self,
+        user: &StoredUser,
+        session_id: &str,
+        refresh_token: Zeroizing<String>,
+        now: DateTime<Utc>,
+    ) -> Result<LoginTokens> {
+        let roles: Roles = user.roles.iter().cloned().collect();
+        let access = self.authenticator.tokens().issue(
+            &user.username,
+            &roles,
+            session_id,
+            user.token_version,
+            now.timestamp(),
+        )?;
+        Ok(LoginTokens {
+            access,
+            refresh_token: refresh_token.to_string(),
+            refresh_expires_in: self.settings.refresh_token_ttl_seconds,
+        })
+    }
+
+    /// Exchanges a refresh token for new tokens; the presented one is spent. A spent
+    /// token presented again revokes its whole login (reuse detection).
+    pub async fn refresh(&self, presented: &str) -> Result<LoginTokens> {
+        if presented.is_empty() {
+            return Err(Error::invalid("refresh_token", "must not be empty"));
+        }
+        let invalid = Error::Unauthenticated("invalid or expired refresh token");
+        if presented.len() > 256 {
+            return Err(invalid);
+        }
+        let now = Utc::now();
+        let (refresh_token, successor) = self.new_refresh_token(now)?;
+        let digest = digest::sha256(presented.as_bytes());
+        match self
+            .store
+            .exchange_refresh_token(&digest, successor, now)
+            .await?
+        {
+            RefreshOutcome::Exchanged { session_id, user } => {
+                self.issue(&user, &session_id, refresh_token, now)
+            }
+            RefreshOutcome::Reused {
+                session_id,
+                username,
+            } => {
+                self.authenticator.forget_session(&session_id);
+                tracing::warn!(%username, "refresh token reused: the login is revoked");
+                Err(Error::Unauthenticated(
+                    "refresh token already used: the login is revoked, log in again",
+                ))
+            }
+            RefreshOutcome::Invalid => Err(invalid),
+        }
+    }
+
+    /// Ends the caller's login: its refresh tokens and every access token issued
+    /// under it are refused from now on.
+    pub async fn logout(&self, caller: &Caller) -> Result<()> {
+        self.store
+            .revoke_session(&caller.session_id, Utc::now())
+            .await?;
+        self.authenticator.forget_session(&caller.session_id);
+        tracing::info!(username = %caller.subject, "logged out");
+        Ok(())
     }
 
     /// Upgrades a hash made with older parameters. Best effort: the login succeeds
@@ -202,9 +309,13 @@ impl AuthService {
         }
     }
 
-    /// Introspection: `None` for every kind of bad token.
-    pub fn validate_token(&self, token: &str) -> Option<Claims> {
-        self.tokens.verify(token).ok()
+    /// Introspection: `None` for every kind of bad token, revoked ones included.
+    pub async fn validate_token(&self, token: &str) -> Result<Option<Claims>> {
+        match self.authenticator.authenticate(token).await {
+            Ok(claims) => Ok(Some(claims)),
+            Err(AuthFailure::Invalid) => Ok(None),
+            Err(AuthFailure::Unavailable) => Err(Error::Unavailable),
+        }
     }
 
     /// Creates the bootstrap admin unless an admin exists. `Ok(true)` when created.

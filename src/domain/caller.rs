@@ -47,6 +47,8 @@ impl FromIterator<String> for Roles {
 pub struct Caller {
     pub subject: String,
     pub roles: Roles,
+    /// The login the caller's token belongs to (its `sid`).
+    pub session_id: String,
 }
 
 impl Caller {

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod caller;
 pub mod error;
 pub mod keys;
+pub mod sessions;
 pub mod signing;
 pub mod token;
 pub mod validate;

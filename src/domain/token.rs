@@ -33,6 +33,10 @@ pub struct Claims {
     pub iss: String,
     pub aud: String,
     pub jti: String,
+    /// The login (session) the token belongs to: logout revokes it.
+    pub sid: String,
+    /// The user's token version at issue: role and password changes bump it.
+    pub ver: i64,
 }
 
 impl Claims {
@@ -40,6 +44,7 @@ impl Claims {
         Caller {
             subject: self.sub.clone(),
             roles: self.roles.iter().cloned().collect(),
+            session_id: self.sid.clone(),
         }
     }
 }
@@ -268,6 +273,8 @@ impl TokenAuthority {
         &self,
         subject: &str,
         roles: &Roles,
+        sid: &str,
+        ver: i64,
         now: i64,
     ) -> Result<Claims, CryptoError> {
         Ok(Claims {
@@ -279,6 +286,8 @@ impl TokenAuthority {
             iss: self.issuer.clone(),
             aud: self.audience.clone(),
             jti: URL_SAFE_NO_PAD.encode(random::bytes::<16>()?),
+            sid: sid.to_owned(),
+            ver,
         })
     }
 
@@ -294,9 +303,11 @@ impl TokenAuthority {
         &self,
         subject: &str,
         roles: &Roles,
+        sid: &str,
+        ver: i64,
         now: i64,
     ) -> Result<IssuedToken, CryptoError> {
-        let claims = self.claims_for(subject, roles, now)?;
+        let claims = self.claims_for(subject, roles, sid, ver, now)?;
         Ok(IssuedToken {
             token: self.sign(&claims)?,
             expires_in: self.ttl_seconds,
@@ -395,7 +406,7 @@ mod tests {
     #[test]
     fn issued_tokens_verify_with_all_claims() {
         let a = authority();
-        let issued = a.issue("alice", &Roles::user(), now()).unwrap();
+        let issued = a.issue("alice", &Roles::user(), "sid", 0, now()).unwrap();
         assert_eq!(issued.expires_in, 3600);
         let c = a.verify(&issued.token).unwrap();
         assert_eq!(c.sub, "alice");
@@ -409,12 +420,18 @@ mod tests {
     #[test]
     fn expired_and_not_yet_valid_are_refused() {
         let a = authority();
-        let mut c = a.claims_for("alice", &Roles::user(), now() - 7200).unwrap();
+        let mut c = a
+            .claims_for("alice", &Roles::user(), "sid", 0, now() - 7200)
+            .unwrap();
         assert_eq!(a.verify(&a.sign(&c).unwrap()), Err(TokenError::Invalid));
-        c = a.claims_for("alice", &Roles::user(), now()).unwrap();
+        c = a
+            .claims_for("alice", &Roles::user(), "sid", 0, now())
+            .unwrap();
         c.exp = now() - 1;
         assert_eq!(a.verify(&a.sign(&c).unwrap()), Err(TokenError::Invalid));
-        c = a.claims_for("alice", &Roles::user(), now()).unwrap();
+        c = a
+            .claims_for("alice", &Roles::user(), "sid", 0, now())
+            .unwrap();
         c.nbf = now() + 60;
         assert_eq!(a.verify(&a.sign(&c).unwrap()), Err(TokenError::Invalid));
     }
@@ -422,7 +439,7 @@ mod tests {
     #[test]
     fn other_secret_issuer_or_audience_is_refused() {
         let token = authority()
-            .issue("alice", &Roles::user(), now())
+            .issue("alice", &Roles::user(), "sid", 0, now())
             .unwrap()
             .token;
         let other = TokenAuthority::hs256(b"another-secret-another-secret-xx", "kms", "kms", 60);
@@ -437,7 +454,13 @@ mod tests {
     fn alg_none_and_garbage_are_refused() {
         let a = authority();
         let c = a
-            .claims_for("root", &Roles::from_iter(["admin".to_owned()]), now())
+            .claims_for(
+                "root",
+                &Roles::from_iter(["admin".to_owned()]),
+                "sid",
+                0,
+                now(),
+            )
             .unwrap();
         let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
         let body = URL_SAFE_NO_PAD.encode(serde_json_like(&c));
@@ -479,7 +502,7 @@ mod tests {
 
     fn serde_json_like(c: &Claims) -> String {
         format!(
-            r#"{{"sub":"{}","roles":["admin"],"iat":{},"nbf":{},"exp":{},"iss":"kms","aud":"kms","jti":"x"}}"#,
+            r#"{{"sub":"{}","roles":["admin"],"iat":{},"nbf":{},"exp":{},"iss":"kms","aud":"kms","jti":"x","sid":"s","ver":0}}"#,
             c.sub, c.iat, c.nbf, c.exp
         )
     }
@@ -501,7 +524,10 @@ mod tests {
         let key = ed_key(true, None);
         let kid = key.kid.clone();
         let a = TokenAuthority::asymmetric(&[key], "kms", "kms", 60).unwrap();
-        let token = a.issue("alice", &Roles::user(), now()).unwrap().token;
+        let token = a
+            .issue("alice", &Roles::user(), "sid", 0, now())
+            .unwrap()
+            .token;
         let header = jsonwebtoken::decode_header(&token).unwrap();
         assert_eq!(
             (header.alg, header.kid.as_deref()),
@@ -526,7 +552,13 @@ mod tests {
         let mut header = Header::new(Algorithm::HS256);
         header.kid = jwk.common.key_id.clone();
         let claims = a
-            .claims_for("root", &Roles::from_iter(["admin".to_owned()]), now())
+            .claims_for(
+                "root",
+                &Roles::from_iter(["admin".to_owned()]),
+                "sid",
+                0,
+                now(),
+            )
             .unwrap();
         let confused =
             jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(&public)).unwrap();
@@ -562,7 +594,7 @@ mod tests {
         )
         .unwrap();
         let old_token = old_signer
-            .issue("alice", &Roles::user(), now())
+            .issue("alice", &Roles::user(), "sid", 0, now())
             .unwrap()
             .token;
         let new = ed_key(true, None);

@@ -8,11 +8,14 @@ use std::{
     task::{Context, Poll},
 };
 
-use http::{HeaderMap, Request, Response};
+use http::{Request, Response};
 use tonic::{Status, body::Body};
 use tower::{Layer, Service};
 
-use crate::domain::{Caller, token::TokenAuthority};
+use crate::domain::{
+    Caller,
+    sessions::{AuthFailure, Authenticator},
+};
 
 /// How a method treats the bearer token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +34,8 @@ pub enum Access {
 const NO_TOKEN_REQUIRED: &[(&str, Access)] = &[
     ("/kms.v1.Auth/Login", Access::Public),
     ("/kms.v1.Auth/ValidateToken", Access::Public),
+    // The refresh token is the credential: no access token needed (it may have expired).
+    ("/kms.v1.Auth/Refresh", Access::Public),
     ("/kms.v1.Auth/Register", Access::Optional),
     // Public keys: publishing them is their purpose.
     ("/kms.v1.Auth/GetJwks", Access::Public),
@@ -62,33 +67,14 @@ pub fn access(path: &str) -> Access {
 /// Shared with ext_authz, which reads the same header from Envoy's CheckRequest.
 pub(super) use crate::bearer::bearer_token;
 
-/// Decides a request: `Ok(Some(caller))` to pass with an identity, `Ok(None)` to pass
-/// anonymously, `Err` to answer at once. The header is read by `crate::bearer`, as
-/// for the REST API.
-pub fn authenticate(
-    tokens: &TokenAuthority,
-    path: &str,
-    headers: &HeaderMap,
-) -> Result<Option<Caller>, Status> {
-    let access = access(path);
-    if access == Access::Public {
-        return Ok(None);
-    }
-    match crate::bearer::caller(tokens, headers).map_err(Status::unauthenticated)? {
-        Some(caller) => Ok(Some(caller)),
-        None if access == Access::Optional => Ok(None),
-        None => Err(Status::unauthenticated("missing bearer access token")),
-    }
-}
-
 #[derive(Clone)]
 pub struct AuthLayer {
-    tokens: Arc<TokenAuthority>,
+    authenticator: Arc<Authenticator>,
 }
 
 impl AuthLayer {
-    pub fn new(tokens: Arc<TokenAuthority>) -> Self {
-        Self { tokens }
+    pub fn new(authenticator: Arc<Authenticator>) -> Self {
+        Self { authenticator }
     }
 }
 
@@ -98,7 +84,7 @@ impl<S> Layer<S> for AuthLayer {
     fn layer(&self, inner: S) -> Self::Service {
         AuthMiddleware {
             inner,
-            tokens: self.tokens.clone(),
+            authenticator: self.authenticator.clone(),
         }
     }
 }
@@ -106,7 +92,7 @@ impl<S> Layer<S> for AuthLayer {
 #[derive(Clone)]
 pub struct AuthMiddleware<S> {
     inner: S,
-    tokens: Arc<TokenAuthority>,
+    authenticator: Arc<Authenticator>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
@@ -130,17 +116,45 @@ where
         // (tower's guidance, as in tonic's examples/src/tower/server.rs).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        match authenticate(&self.tokens, req.uri().path(), req.headers()) {
-            Ok(caller) => {
-                if let Some(caller) = caller {
-                    // The observe layer's span for this call shows who made it.
-                    tracing::Span::current().record("subject", caller.subject.as_str());
-                    req.extensions_mut().insert(caller);
+        let access = access(req.uri().path());
+        // Public methods ignore any token sent along (a stale one must not stop a login).
+        let token = match access {
+            Access::Public => Ok(None),
+            _ => crate::bearer::from_headers(req.headers()).map(|t| t.map(str::to_owned)),
+        };
+        let authenticator = self.authenticator.clone();
+        Box::pin(async move {
+            let token = match token {
+                Ok(token) => token,
+                Err(problem) => return Ok(Status::unauthenticated(problem).into_http()),
+            };
+            match (token, access) {
+                (Some(token), _) => match authenticator.authenticate(&token).await {
+                    Ok(claims) => {
+                        let caller = claims.caller();
+                        // The observe layer's span for this call shows who made it.
+                        tracing::Span::current().record("subject", caller.subject.as_str());
+                        req.extensions_mut().insert(caller);
+                    }
+                    Err(AuthFailure::Invalid) => {
+                        return Ok(
+                            Status::unauthenticated("invalid or expired access token").into_http()
+                        );
+                    }
+                    Err(AuthFailure::Unavailable) => {
+                        return Ok(Status::unavailable(
+                            "cannot check the access token now, try again later",
+                        )
+                        .into_http());
+                    }
+                },
+                (None, Access::Public | Access::Optional) => {}
+                (None, Access::Required) => {
+                    return Ok(Status::unauthenticated("missing bearer access token").into_http());
                 }
-                Box::pin(inner.call(req))
             }
-            Err(status) => Box::pin(async move { Ok(status.into_http()) }),
-        }
+            inner.call(req).await
+        })
     }
 }
 
@@ -156,61 +170,21 @@ pub fn caller<T>(req: &tonic::Request<T>) -> Result<Caller, Status> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::Roles;
-    use http::header::AUTHORIZATION;
-
-    fn tokens() -> TokenAuthority {
-        TokenAuthority::hs256(b"0123456789abcdef0123456789abcdef", "kms", "kms", 60)
-    }
-
-    fn headers(value: &str) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        h.insert(AUTHORIZATION, value.parse().unwrap());
-        h
-    }
 
     #[test]
     fn unlisted_methods_require_a_token() {
         assert_eq!(access("/kms.v1.Keys/VerifyKey"), Access::Required);
         assert_eq!(access("/kms.v1.Keys/CreateKey"), Access::Required);
+        assert_eq!(access("/kms.v1.Auth/Logout"), Access::Required);
+        assert_eq!(access("/kms.v1.Auth/RotateSigningKey"), Access::Required);
         assert_eq!(access("/unknown.Service/Method"), Access::Required);
         assert_eq!(access("/kms.v1.Auth/Login"), Access::Public);
+        assert_eq!(access("/kms.v1.Auth/Refresh"), Access::Public);
         assert_eq!(access("/kms.v1.Auth/Register"), Access::Optional);
         // No prefix tricks.
         assert_eq!(
             access("/kms.v1.Auth/Login/../../kms.v1.Keys/GetKey"),
             Access::Required
-        );
-    }
-
-    #[test]
-    fn required_method_decisions() {
-        let t = tokens();
-        let now = chrono::Utc::now().timestamp();
-        let good = t.issue("alice", &Roles::user(), now).unwrap().token;
-        let path = "/kms.v1.Keys/VerifyKey";
-        assert!(authenticate(&t, path, &HeaderMap::new()).is_err());
-        assert!(authenticate(&t, path, &headers("Bearer nope")).is_err());
-        assert!(authenticate(&t, path, &headers(&format!("Basic {good}"))).is_err());
-        assert!(authenticate(&t, path, &headers("Bearer ")).is_err());
-        let caller = authenticate(&t, path, &headers(&format!("Bearer {good}")))
-            .unwrap()
-            .unwrap();
-        assert_eq!(caller.subject, "alice");
-        let lower = authenticate(&t, path, &headers(&format!("bearer {good}"))).unwrap();
-        assert!(lower.is_some());
-    }
-
-    #[test]
-    fn optional_and_public_methods() {
-        let t = tokens();
-        let register = "/kms.v1.Auth/Register";
-        assert_eq!(authenticate(&t, register, &HeaderMap::new()).unwrap(), None);
-        assert!(authenticate(&t, register, &headers("Bearer junk")).is_err());
-        let login = "/kms.v1.Auth/Login";
-        assert_eq!(
-            authenticate(&t, login, &headers("Bearer junk")).unwrap(),
-            None
         );
     }
 }

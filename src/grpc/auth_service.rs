@@ -10,12 +10,22 @@ use super::{
 use crate::{
     domain::{
         Caller, Error as DomainError,
-        auth::{AuthService, NewUser},
+        auth::{AuthService, LoginTokens, NewUser},
         token::TOKEN_TYPE,
     },
     proto::kms::v1::{self as pb, auth_server::Auth},
     telemetry::Metrics,
 };
+
+fn login_response(issued: LoginTokens) -> pb::LoginResponse {
+    pb::LoginResponse {
+        access_token: issued.access.token,
+        token_type: TOKEN_TYPE.to_owned(),
+        expires_in: issued.access.expires_in,
+        refresh_token: issued.refresh_token,
+        refresh_expires_in: issued.refresh_expires_in,
+    }
+}
 
 pub struct AuthApi {
     service: AuthService,
@@ -70,11 +80,8 @@ impl Auth for AuthApi {
         });
         let issued = result?;
         self.metrics.token_issued("access");
-        Ok(Response::new(pb::LoginResponse {
-            access_token: issued.token,
-            token_type: TOKEN_TYPE.to_owned(),
-            expires_in: issued.expires_in,
-        }))
+        self.metrics.token_issued("refresh");
+        Ok(Response::new(login_response(issued)))
     }
 
     async fn validate_token(
@@ -82,7 +89,7 @@ impl Auth for AuthApi {
         request: Request<pb::ValidateTokenRequest>,
     ) -> Result<Response<pb::ValidateTokenResponse>, Status> {
         let token = request.into_inner().token;
-        let response = match self.service.validate_token(&token) {
+        let response = match self.service.validate_token(&token).await? {
             Some(claims) => pb::ValidateTokenResponse {
                 valid: true,
                 subject: claims.sub,
@@ -92,6 +99,28 @@ impl Auth for AuthApi {
             None => pb::ValidateTokenResponse::default(),
         };
         Ok(Response::new(response))
+    }
+
+    async fn refresh(
+        &self,
+        request: Request<pb::RefreshRequest>,
+    ) -> Result<Response<pb::LoginResponse>, Status> {
+        let issued = self
+            .service
+            .refresh(&request.get_ref().refresh_token)
+            .await?;
+        self.metrics.token_issued("access");
+        self.metrics.token_issued("refresh");
+        Ok(Response::new(login_response(issued)))
+    }
+
+    async fn logout(
+        &self,
+        request: Request<pb::LogoutRequest>,
+    ) -> Result<Response<pb::LogoutResponse>, Status> {
+        let caller = caller(&request)?;
+        self.service.logout(&caller).await?;
+        Ok(Response::new(pb::LogoutResponse {}))
     }
 
     async fn get_jwks(

@@ -19,7 +19,11 @@ use tonic::{Request, Response, Status};
 
 use super::auth_layer::bearer_token;
 use crate::{
-    domain::{Caller, keys::KeyService, token::TokenAuthority},
+    domain::{
+        Caller,
+        keys::KeyService,
+        sessions::{AuthFailure, Authenticator},
+    },
     telemetry::Metrics,
 };
 
@@ -183,15 +187,15 @@ fn deny(denial: Denial) -> CheckResponse {
 }
 
 pub struct ExtAuthz {
-    tokens: Arc<TokenAuthority>,
+    authenticator: Arc<Authenticator>,
     keys: KeyService,
     metrics: Metrics,
 }
 
 impl ExtAuthz {
-    pub fn new(tokens: Arc<TokenAuthority>, keys: KeyService, metrics: Metrics) -> Self {
+    pub fn new(authenticator: Arc<Authenticator>, keys: KeyService, metrics: Metrics) -> Self {
         Self {
-            tokens,
+            authenticator,
             keys,
             metrics,
         }
@@ -203,11 +207,13 @@ impl ExtAuthz {
         http: Option<&HttpRequest>,
     ) -> Result<Result<Principal, Denial>, Status> {
         Ok(match credential(http) {
-            Ok(Credential::Bearer(token)) => self
-                .tokens
-                .verify(token)
-                .map(|claims| Principal::User(claims.caller()))
-                .map_err(|_| Denial::InvalidToken),
+            Ok(Credential::Bearer(token)) => match self.authenticator.authenticate(token).await {
+                Ok(claims) => Ok(Principal::User(claims.caller())),
+                Err(AuthFailure::Invalid) => Err(Denial::InvalidToken),
+                Err(AuthFailure::Unavailable) => {
+                    return Err(Status::unavailable("cannot check the token now"));
+                }
+            },
             Ok(Credential::ApiKey(key)) => {
                 let found = self.keys.check_presented_key(key).await?;
                 self.metrics.verification(found.is_some());
@@ -340,6 +346,7 @@ mod tests {
         let user = Principal::User(Caller {
             subject: "alice".into(),
             roles: Roles::from_iter(["user".to_owned(), "admin".to_owned()]),
+            session_id: String::new(),
         });
         let (set, removed) = ok_parts(&allow(&user));
         assert_eq!(
@@ -354,6 +361,7 @@ mod tests {
         let no_roles = Principal::User(Caller {
             subject: "bob".into(),
             roles: Roles::default(),
+            session_id: String::new(),
         });
         let (set, removed) = ok_parts(&allow(&no_roles));
         assert_eq!(set.len(), 1);

@@ -34,6 +34,8 @@ const KNOWN_METHODS: &[&str] = &[
     "/kms.v1.Auth/Login",
     "/kms.v1.Auth/ValidateToken",
     "/kms.v1.Auth/GetJwks",
+    "/kms.v1.Auth/Refresh",
+    "/kms.v1.Auth/Logout",
     "/kms.v1.Auth/RotateSigningKey",
     "/kms.v1.Keys/CreateKey",
     "/kms.v1.Keys/GetKey",

@@ -11,7 +11,10 @@ use serde::de::DeserializeOwned;
 use serde_json::error::Category;
 
 use super::{HttpState, error::ApiError};
-use crate::domain::{Caller, Error};
+use crate::{
+    bearer::BearerError,
+    domain::{Caller, Error},
+};
 
 /// The verified caller; without a token the request is answered 401.
 pub struct Authenticated(pub Caller);
@@ -20,16 +23,20 @@ pub struct Authenticated(pub Caller);
 /// A token that is sent must verify: an expired one is 401, not an anonymous call.
 pub struct MaybeAuthenticated(pub Option<Caller>);
 
-fn caller(parts: &Parts, state: &HttpState) -> Result<Option<Caller>, ApiError> {
-    crate::bearer::caller(&state.tokens, &parts.headers)
-        .map_err(|reason| Error::Unauthenticated(reason).into())
+async fn caller(parts: &Parts, state: &HttpState) -> Result<Option<Caller>, ApiError> {
+    crate::bearer::caller(&state.authenticator, &parts.headers)
+        .await
+        .map_err(|e| match e {
+            BearerError::Rejected(reason) => Error::Unauthenticated(reason).into(),
+            BearerError::Unavailable => Error::Unavailable.into(),
+        })
 }
 
 impl FromRequestParts<HttpState> for Authenticated {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &HttpState) -> Result<Self, ApiError> {
-        match caller(parts, state)? {
+        match caller(parts, state).await? {
             Some(caller) => Ok(Self(caller)),
             None => Err(Error::Unauthenticated("missing bearer access token").into()),
         }
@@ -40,7 +47,7 @@ impl FromRequestParts<HttpState> for MaybeAuthenticated {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &HttpState) -> Result<Self, ApiError> {
-        caller(parts, state).map(Self)
+        caller(parts, state).await.map(Self)
     }
 }
 

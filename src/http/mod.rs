@@ -23,7 +23,7 @@ use serde::Serialize;
 use error::ApiError;
 
 use crate::{
-    domain::{auth::AuthService, keys::KeyService, token::TokenAuthority},
+    domain::{auth::AuthService, keys::KeyService, sessions::Authenticator},
     health::DbHealth,
     store::Store,
     telemetry::Metrics,
@@ -37,8 +37,8 @@ pub struct HttpState {
     /// The services behind gRPC too: the REST API applies exactly their rules.
     pub auth: AuthService,
     pub keys: KeyService,
-    /// Verifies bearer tokens, the same authority that issues them on both APIs.
-    pub tokens: Arc<TokenAuthority>,
+    /// Checks bearer tokens (signature and login), as the gRPC auth layer does.
+    pub authenticator: Arc<Authenticator>,
     /// Largest accepted request body (KMS_MAX_REQUEST_BYTES, as for gRPC messages).
     pub max_request_bytes: usize,
 }
@@ -63,10 +63,14 @@ pub fn router(state: HttpState) -> Router {
 
 /// The public keys that verify access tokens (RFC 7517): a gateway validates KMS
 /// tokens locally from these, with any JWT library and no secret. Empty with HS256.
+#[utoipa::path(
+    get, path = "/.well-known/jwks.json", tag = "operations",
+    responses((status = 200, description = "The JSON Web Key Set; `keys` is empty with HS256", body = serde_json::Value))
+)]
 async fn jwks(State(state): State<HttpState>) -> impl IntoResponse {
     (
         [(header::CACHE_CONTROL, "public, max-age=60")],
-        Json(state.tokens.jwks()),
+        Json(state.authenticator.tokens().jwks()),
     )
 }
 

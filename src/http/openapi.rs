@@ -18,6 +18,7 @@ use super::{error::ErrorBody, rest};
     paths(
         super::health,
         super::metrics,
+        super::jwks,
         rest::register,
         rest::login,
         rest::create_key,

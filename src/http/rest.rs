@@ -189,7 +189,7 @@ pub(super) async fn login(
     })?;
     state.metrics.token_issued("access");
     Ok(Json(TokenResponse {
-        access_token: issued.token,
+        access_token: issued.access.token,
         token_type: TOKEN_TYPE.to_owned(),
     }))
 }

@@ -4,6 +4,7 @@
 pub mod entities;
 mod error;
 mod keys;
+mod sessions;
 mod signing_keys;
 mod users;
 
@@ -17,6 +18,7 @@ use sea_orm_migration::MigratorTrait;
 
 pub use error::StoreError;
 pub use keys::{CreateConflict, KeyWithSecret, NewKey, NewSecret, Rotation};
+pub use sessions::{NewRefreshToken, RefreshOutcome, SessionState};
 pub use signing_keys::{NewSigningKey, StoredSigningKey};
 pub use users::StoredUser;
 

@@ -3,7 +3,8 @@
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait,
 };
 
 use super::{
@@ -18,6 +19,7 @@ pub struct StoredUser {
     pub username: String,
     pub password_hash: String,
     pub roles: Vec<String>,
+    pub token_version: i64,
 }
 
 impl Store {
@@ -34,6 +36,7 @@ impl Store {
             id: NotSet,
             username: Set(username.to_owned()),
             password_hash: Set(password_hash),
+            token_version: Set(0),
             created_at: Set(now),
             updated_at: Set(now),
         })
@@ -53,31 +56,41 @@ impl Store {
             username: inserted.username,
             password_hash: inserted.password_hash,
             roles: roles.to_vec(),
+            token_version: inserted.token_version,
         })
     }
 
     pub async fn find_user(&self, username: &str) -> Result<Option<StoredUser>, StoreError> {
-        let Some(found) = user::Entity::find()
+        let found = user::Entity::find()
             .filter(user::Column::Username.eq(username))
             .one(&self.db)
-            .await?
-        else {
-            return Ok(None);
-        };
+            .await?;
+        match found {
+            Some(found) => Ok(Some(self.with_roles(found, &self.db).await?)),
+            None => Ok(None),
+        }
+    }
+
+    pub(super) async fn with_roles(
+        &self,
+        found: user::Model,
+        db: &impl ConnectionTrait,
+    ) -> Result<StoredUser, StoreError> {
         let roles = user_role::Entity::find()
             .filter(user_role::Column::UserId.eq(found.id))
             .order_by_asc(user_role::Column::Role)
-            .all(&self.db)
+            .all(db)
             .await?
             .into_iter()
             .map(|r| r.role)
             .collect();
-        Ok(Some(StoredUser {
+        Ok(StoredUser {
             id: found.id,
             username: found.username,
             password_hash: found.password_hash,
             roles,
-        }))
+            token_version: found.token_version,
+        })
     }
 
     pub async fn set_password_hash(

@@ -135,6 +135,7 @@ pub fn test_config(db_url: &str) -> Config {
         jwt_algorithm: SigningAlgorithm::Hs256,
         jwt_secret: Some(JwtSecret::new(JWT_SECRET.to_vec()).unwrap()),
         access_token_ttl_seconds: 3600,
+        refresh_token_ttl_seconds: 1_209_600,
         jwt_issuer: "kms".into(),
         jwt_audience: "kms".into(),
         allow_registration: true,
@@ -297,6 +298,9 @@ pub fn claims(sub: &str, roles: &[&str], iat: i64, ttl: i64) -> Claims {
         iss: "kms".into(),
         aud: "kms".into(),
         jti: hex_id(),
+        // No such login: a forged token never has a live session behind it.
+        sid: "forged".into(),
+        ver: 0,
     }
 }
 

@@ -152,11 +152,20 @@ async fn admin_calls_need_exactly_admin(backend: Backend) {
         .into_inner();
 
     let user = server.user_token("plainuser").await;
-    // Valid signatures with role sets that merely look like admin.
-    let notadmin = sign(
-        &claims("eve", &["notadmin", "admins", "Admin", "user"], now(), 600),
-        JWT_SECRET,
-    );
+    // A real user whose roles merely look like admin.
+    server
+        .auth()
+        .register(authed(
+            pb::RegisterRequest {
+                username: "eve".into(),
+                password: "eve-password-1234".into(),
+                roles: vec!["notadmin".into(), "admins".into(), "administrator".into()],
+            },
+            &admin,
+        ))
+        .await
+        .unwrap();
+    let notadmin = server.login("eve", "eve-password-1234").await;
     for token in [user.clone(), notadmin] {
         assert_status(
             keys.create_key(authed(create("svc2"), &token)).await,

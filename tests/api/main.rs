@@ -16,4 +16,5 @@ mod http_client;
 mod keys;
 mod ops;
 mod rest;
+mod sessions;
 mod signing;

@@ -608,6 +608,7 @@ async fn openapi_document_lists_the_endpoints(backend: Backend) {
         ("/keys/{service_name}/rotate", &["post"]),
         ("/health", &["get"]),
         ("/metrics", &["get"]),
+        ("/.well-known/jwks.json", &["get"]),
     ] {
         for method in methods {
             assert!(paths[path][method].is_object(), "{method} {path} missing");

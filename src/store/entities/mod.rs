@@ -2,6 +2,8 @@
 
 pub mod api_key;
 pub mod api_key_secret;
+pub mod refresh_token;
+pub mod session;
 pub mod signing_key;
 pub mod user;
 pub mod user_role;

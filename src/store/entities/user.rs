@@ -9,6 +9,9 @@ pub struct Model {
     pub username: String,
     /// argon2id PHC string; never the password.
     pub password_hash: String,
+    /// Bumped by role changes and password changes: tokens carrying an older
+    /// version (`ver` claim) are refused.
+    pub token_version: i64,
     pub created_at: DateTimeUtc,
     pub updated_at: DateTimeUtc,
 }

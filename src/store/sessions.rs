@@ -1,0 +1,205 @@
+//! Sessions (logins) and their refresh tokens.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ActiveValue::{NotSet, Set},
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, TransactionTrait,
+    sea_query::{Expr, ExprTrait},
+};
+
+use super::{
+    Store, StoreError, StoredUser,
+    entities::{refresh_token, session, user},
+};
+
+/// What every authenticated call checks about the login behind its token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionState {
+    pub username: String,
+    pub token_version: i64,
+    pub revoked: bool,
+}
+
+/// A refresh token ready to store: its digest only.
+#[derive(Debug, Clone)]
+pub struct NewRefreshToken {
+    pub digest: Vec<u8>,
+    pub expires_at: DateTime<Utc>,
+}
+
+#[derive(Debug)]
+pub enum RefreshOutcome {
+    /// The token was current: it is spent now, and its successor stored.
+    Exchanged {
+        session_id: String,
+        user: StoredUser,
+    },
+    /// The token had been spent before: the whole session is now revoked.
+    Reused {
+        session_id: String,
+        username: String,
+    },
+    /// Unknown, expired, or of a revoked session.
+    Invalid,
+}
+
+async fn insert_refresh(
+    db: &impl ConnectionTrait,
+    session_id: &str,
+    token: NewRefreshToken,
+    now: DateTime<Utc>,
+) -> Result<(), StoreError> {
+    refresh_token::Entity::insert(refresh_token::ActiveModel {
+        id: NotSet,
+        session_id: Set(session_id.to_owned()),
+        digest: Set(token.digest),
+        created_at: Set(now),
+        expires_at: Set(token.expires_at),
+        spent_at: Set(None),
+    })
+    .exec(db)
+    .await?;
+    Ok(())
+}
+
+async fn revoke(
+    db: &impl ConnectionTrait,
+    session_id: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, StoreError> {
+    let done = session::Entity::update_many()
+        .col_expr(session::Column::RevokedAt, Expr::value(Some(now)))
+        .filter(session::Column::Id.eq(session_id))
+        .filter(session::Column::RevokedAt.is_null())
+        .exec(db)
+        .await?;
+    Ok(done.rows_affected > 0)
+}
+
+impl Store {
+    /// A new login with its first refresh token.
+    pub async fn create_session(
+        &self,
+        session_id: &str,
+        user_id: i64,
+        refresh: NewRefreshToken,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        let txn = self.db.begin().await?;
+        session::Entity::insert(session::ActiveModel {
+            id: Set(session_id.to_owned()),
+            user_id: Set(user_id),
+            created_at: Set(now),
+            revoked_at: Set(None),
+        })
+        .exec(&txn)
+        .await?;
+        insert_refresh(&txn, session_id, refresh, now).await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    pub async fn session_state(
+        &self,
+        session_id: &str,
+    ) -> Result<Option<SessionState>, StoreError> {
+        let found = session::Entity::find_by_id(session_id.to_owned())
+            .find_also_related(user::Entity)
+            .one(&self.db)
+            .await?;
+        Ok(found.and_then(|(session, user)| {
+            user.map(|user| SessionState {
+                username: user.username,
+                token_version: user.token_version,
+                revoked: session.revoked_at.is_some(),
+            })
+        }))
+    }
+
+    /// Exchanges a refresh token for its successor, once. Presenting a spent token
+    /// revokes its session (RFC 9700 section 4.14: refresh token reuse detection).
+    pub async fn exchange_refresh_token(
+        &self,
+        digest: &[u8],
+        successor: NewRefreshToken,
+        now: DateTime<Utc>,
+    ) -> Result<RefreshOutcome, StoreError> {
+        let txn = self.db.begin().await?;
+        // Spending first takes the write lock: of two concurrent exchanges of one
+        // token, exactly one spends it and the other sees reuse.
+        let spent = refresh_token::Entity::update_many()
+            .col_expr(refresh_token::Column::SpentAt, Expr::value(Some(now)))
+            .filter(refresh_token::Column::Digest.eq(digest.to_vec()))
+            .filter(refresh_token::Column::SpentAt.is_null())
+            .exec_with_returning(&txn)
+            .await?;
+        let Some(token) = spent.into_iter().next() else {
+            let earlier = refresh_token::Entity::find()
+                .filter(refresh_token::Column::Digest.eq(digest.to_vec()))
+                .find_also_related(session::Entity)
+                .one(&txn)
+                .await?;
+            let Some((token, Some(session))) = earlier else {
+                return Ok(RefreshOutcome::Invalid);
+            };
+            revoke(&txn, &token.session_id, now).await?;
+            let username = user::Entity::find_by_id(session.user_id)
+                .one(&txn)
+                .await?
+                .map(|u| u.username)
+                .unwrap_or_default();
+            txn.commit().await?;
+            return Ok(RefreshOutcome::Reused {
+                session_id: token.session_id,
+                username,
+            });
+        };
+        let session = session::Entity::find_by_id(token.session_id.clone())
+            .one(&txn)
+            .await?;
+        let live =
+            token.expires_at > now && session.as_ref().is_some_and(|s| s.revoked_at.is_none());
+        let (Some(session), true) = (session, live) else {
+            txn.commit().await?;
+            return Ok(RefreshOutcome::Invalid);
+        };
+        let Some(found) = user::Entity::find_by_id(session.user_id).one(&txn).await? else {
+            txn.commit().await?;
+            return Ok(RefreshOutcome::Invalid);
+        };
+        let user = self.with_roles(found, &txn).await?;
+        insert_refresh(&txn, &session.id, successor, now).await?;
+        txn.commit().await?;
+        Ok(RefreshOutcome::Exchanged {
+            session_id: session.id,
+            user,
+        })
+    }
+
+    /// Logout: every token of the session is refused from now on.
+    pub async fn revoke_session(
+        &self,
+        session_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        revoke(&self.db, session_id, now).await
+    }
+
+    /// Invalidates every token issued to the user so far.
+    pub async fn bump_token_version(
+        &self,
+        user_id: i64,
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError> {
+        user::Entity::update_many()
+            .col_expr(
+                user::Column::TokenVersion,
+                Expr::col(user::Column::TokenVersion).add(1),
+            )
+            .col_expr(user::Column::UpdatedAt, Expr::value(now))
+            .filter(user::Column::Id.eq(user_id))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+}
