@@ -7,7 +7,14 @@ use prost::Message;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
 
-    let fds = protox::compile(["kms/v1/auth.proto", "kms/v1/keys.proto"], ["proto"])?;
+    let fds = protox::compile(
+        [
+            "kms/v1/auth.proto",
+            "kms/v1/keys.proto",
+            "kms/v1/users.proto",
+        ],
+        ["proto"],
+    )?;
 
     // `compile_fds` does not write the descriptor set; server reflection needs it.
     let out_dir = PathBuf::from(env::var("OUT_DIR")?);

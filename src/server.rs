@@ -1,6 +1,6 @@
 //! Assembles the server: store, services, the auth layer, limits and shutdown.
 
-use std::{future::Future, sync::Arc};
+use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tokio::{net::TcpListener, sync::watch};
@@ -17,14 +17,16 @@ use crate::{
         keys::KeyService,
         sessions::Authenticator,
         signing::SigningKeys,
+        throttle::LoginThrottle,
         token::{SigningAlgorithm, TokenAuthority},
+        users::UserAdmin,
     },
-    grpc::{AuthApi, AuthLayer, ExtAuthz, KeysApi, ObserveLayer},
+    grpc::{AuthApi, AuthLayer, ExtAuthz, KeysApi, ObserveLayer, UsersApi},
     health::DbHealth,
     http::HttpState,
     proto::{
         FILE_DESCRIPTOR_SET,
-        kms::v1::{auth_server::AuthServer, keys_server::KeysServer},
+        kms::v1::{auth_server::AuthServer, keys_server::KeysServer, users_server::UsersServer},
     },
     store::{Store, redact_url},
     telemetry::Metrics,
@@ -55,6 +57,7 @@ pub struct App {
     store: Store,
     auth: AuthService,
     keys: KeyService,
+    users: UserAdmin,
     tokens: Arc<TokenAuthority>,
     metrics: Metrics,
     tls: Option<TlsFiles>,
@@ -82,16 +85,23 @@ impl App {
         let authenticator = Arc::new(Authenticator::new(tokens.clone(), store.clone()));
         let auth = AuthService::new(
             store.clone(),
-            hasher,
-            authenticator,
+            hasher.clone(),
+            authenticator.clone(),
             AuthSettings {
                 allow_registration: config.allow_registration,
                 password_min_bytes: config.password_min_length,
                 refresh_token_ttl_seconds: config.refresh_token_ttl_seconds,
             },
         )
-        .with_signing_keys(signing.clone());
+        .with_signing_keys(signing.clone())
+        .with_login_throttle(LoginThrottle::new(config.login_throttle.clone()));
         let keys = KeyService::new(store.clone(), sealer);
+        let users = UserAdmin::new(
+            store.clone(),
+            hasher,
+            authenticator,
+            config.password_min_length,
+        );
 
         let created_admin = match &config.bootstrap_admin {
             Some(admin) => bootstrap(&auth, admin).await?,
@@ -102,6 +112,7 @@ impl App {
             store,
             auth,
             keys,
+            users,
             tokens,
             metrics,
             tls: config.tls.clone(),
@@ -160,6 +171,7 @@ impl App {
             .max_decoding_message_size(max);
         let keys = KeysServer::new(KeysApi::new(self.keys.clone(), self.metrics.clone()))
             .max_decoding_message_size(max);
+        let users = UsersServer::new(UsersApi::new(self.users)).max_decoding_message_size(max);
         let ext_authz = self.ext_authz.then(|| {
             AuthorizationServer::new(ExtAuthz::new(
                 self.auth.authenticator().clone(),
@@ -194,6 +206,7 @@ impl App {
             .add_service(reflection_v1alpha)
             .add_service(auth)
             .add_service(keys)
+            .add_service(users)
             .add_optional_service(ext_authz)
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(listeners.grpc),
@@ -213,6 +226,8 @@ impl App {
             });
             let stop = stop_rx.clone();
             tokio::spawn(async move {
+                // Connect info gives /login the peer address it throttles by.
+                let app = app.into_make_service_with_connect_info::<SocketAddr>();
                 if let Err(e) = axum::serve(listener, app)
                     .with_graceful_shutdown(wait_for(stop))
                     .await

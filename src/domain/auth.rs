@@ -1,6 +1,6 @@
 //! The Auth service: registering users, logging in, introspecting tokens.
 
-use std::sync::Arc;
+use std::{net::IpAddr, sync::Arc, time::Instant};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Duration, Utc};
@@ -11,6 +11,7 @@ use super::{
     caller::{ROLE_ADMIN, ROLE_USER},
     sessions::{AuthFailure, Authenticator},
     signing::SigningKeys,
+    throttle::{LoginThrottle, ThrottleSettings, retry_after_secs},
     token::{Claims, IssuedToken, TokenAuthority},
     validate,
 };
@@ -64,6 +65,8 @@ pub struct AuthService {
     settings: AuthSettings,
     /// Asymmetric signing keys (EdDSA); `None` with the HS256 shared secret.
     signing: Option<SigningKeys>,
+    /// Failed-login counters of this process (per replica, see `throttle`).
+    throttle: LoginThrottle,
 }
 
 impl AuthService {
@@ -79,7 +82,13 @@ impl AuthService {
             authenticator,
             settings,
             signing: None,
+            throttle: LoginThrottle::new(ThrottleSettings::default()),
         }
+    }
+
+    pub fn with_login_throttle(mut self, throttle: LoginThrottle) -> Self {
+        self.throttle = throttle;
+        self
     }
 
     pub fn with_signing_keys(mut self, signing: Option<SigningKeys>) -> Self {
@@ -182,20 +191,40 @@ impl AuthService {
     }
 
     /// Login. Unknown user and wrong password give the same error after the same
-    /// argon2 work. Opens a session: an access token naming it and a refresh token.
-    pub async fn login(&self, username: &str, password: Zeroizing<String>) -> Result<LoginTokens> {
+    /// argon2 work, and count alike against the username and the `client` address.
+    /// While either is locked out, the password is not even looked at. Opens a
+    /// session: an access token naming it and a refresh token.
+    pub async fn login(
+        &self,
+        username: &str,
+        password: Zeroizing<String>,
+        client: Option<IpAddr>,
+    ) -> Result<LoginTokens> {
         validate::username(username)?;
         if password.is_empty() {
             return Err(Error::invalid("password", "must not be empty"));
         }
         validate::password("password", &password, 1)?;
+        let attempt = match self.throttle.admit(username, client, Instant::now()) {
+            Ok(attempt) => attempt,
+            Err(wait) => {
+                // audit: throttled login (actor "anonymous", target `username`,
+                // client address `client`) is recorded here.
+                tracing::info!(%username, client = ?client, "login throttled");
+                return Err(Error::Throttled {
+                    retry_after_secs: retry_after_secs(wait),
+                });
+            }
+        };
         let user = self.store.find_user(username).await?;
         let stored = user.as_ref().map(|u| u.password_hash.clone());
         let outcome = self.hasher.verify(password.clone(), stored).await?;
         let (Verification::Match { needs_rehash }, Some(user)) = (outcome, user) else {
-            tracing::info!(%username, "login failed");
+            attempt.failed(Instant::now());
+            tracing::info!(%username, client = ?client, "login failed");
             return Err(Error::Unauthenticated(BAD_CREDENTIALS));
         };
+        attempt.succeeded();
         if needs_rehash {
             self.rehash(user.id, password).await;
         }

@@ -18,6 +18,10 @@ pub enum Error {
     /// The call is valid but the system is not in a state that allows it.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// Too many failed logins for the username or the client address: refused
+    /// without looking at the password.
+    #[error("too many failed logins; retry in {retry_after_secs} s")]
+    Throttled { retry_after_secs: u64 },
     #[error("the database is unavailable, try again later")]
     Unavailable,
     #[error("internal error")]

@@ -1,9 +1,8 @@
 //! The Keys service: create, read, list, rotate, revoke and verify API keys.
 
-use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use chrono::{DateTime, Duration, Utc};
 
-use super::{Caller, Error, Result, api_key, require_admin, validate};
+use super::{Caller, Error, Result, api_key, paging, require_admin, validate};
 use crate::{
     crypto::{digest, sealing::Sealer},
     store::{CreateConflict, KeyWithSecret, NewKey, NewSecret, Rotation, Store},
@@ -47,26 +46,6 @@ pub struct VerifiedKey {
 pub struct KeyService {
     store: Store,
     sealer: Sealer,
-}
-
-const PAGE_TOKEN_VERSION: &str = "v1:";
-
-fn encode_page_token(last_service_name: &str) -> String {
-    URL_SAFE_NO_PAD.encode(format!("{PAGE_TOKEN_VERSION}{last_service_name}"))
-}
-
-fn decode_page_token(token: &str) -> Result<Option<String>> {
-    if token.is_empty() {
-        return Ok(None);
-    }
-    let malformed = || Error::invalid("page_token", "is malformed; pass next_page_token unchanged");
-    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| malformed())?;
-    let text = String::from_utf8(bytes).map_err(|_| malformed())?;
-    let name = text
-        .strip_prefix(PAGE_TOKEN_VERSION)
-        .ok_or_else(malformed)?;
-    validate::service_name(name).map_err(|_| malformed())?;
-    Ok(Some(name.to_owned()))
 }
 
 fn seconds(n: i64) -> Result<Duration> {
@@ -170,18 +149,13 @@ impl KeyService {
     pub async fn list(&self, caller: &Caller, page_size: i32, page_token: &str) -> Result<KeyPage> {
         require_admin(caller)?;
         let size = validate::page_size(page_size)?;
-        let after = decode_page_token(page_token)?;
-        let mut rows = self.store.list_keys(after.as_deref(), size + 1).await?;
-        let more = rows.len() as u64 > size;
-        rows.truncate(size as usize);
+        let after = paging::decode(page_token, validate::service_name)?;
+        let rows = self.store.list_keys(after.as_deref(), size + 1).await?;
+        let (rows, next_page_token) = paging::page(rows, size, |r| &r.key.service_name);
         let keys = rows
             .into_iter()
             .map(|row| self.view(row, false))
             .collect::<Result<Vec<_>>>()?;
-        let next_page_token = match keys.last() {
-            Some(last) if more => encode_page_token(&last.service_name),
-            _ => String::new(),
-        };
         Ok(KeyPage {
             keys,
             next_page_token,
@@ -271,27 +245,4 @@ impl KeyService {
 
 fn not_found(service_name: &str) -> Error {
     Error::NotFound(format!("no key for service_name '{service_name}'"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn page_tokens_round_trip_and_reject_garbage() {
-        let t = encode_page_token("billing");
-        assert_eq!(decode_page_token(&t).unwrap().as_deref(), Some("billing"));
-        assert_eq!(decode_page_token("").unwrap(), None);
-        for bad in [
-            "%%%",
-            "bm90LXYx",
-            &URL_SAFE_NO_PAD.encode("v1:bad name"),
-            &URL_SAFE_NO_PAD.encode("v1:"),
-        ] {
-            match decode_page_token(bad) {
-                Err(Error::InvalidArgument { field, .. }) => assert_eq!(field, "page_token"),
-                other => panic!("{bad}: {other:?}"),
-            }
-        }
-    }
 }

@@ -6,9 +6,12 @@ pub mod auth;
 pub mod caller;
 pub mod error;
 pub mod keys;
+pub mod paging;
 pub mod sessions;
 pub mod signing;
+pub mod throttle;
 pub mod token;
+pub mod users;
 pub mod validate;
 
 pub use caller::{Caller, Roles};

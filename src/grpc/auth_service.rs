@@ -67,14 +67,18 @@ impl Auth for AuthApi {
         &self,
         request: Request<pb::LoginRequest>,
     ) -> Result<Response<pb::LoginResponse>, Status> {
+        // The TCP peer, never a forwarded-for header: any client could forge that to
+        // escape its address's throttle.
+        let client = request.remote_addr().map(|addr| addr.ip());
         let req = request.into_inner();
         let result = self
             .service
-            .login(&req.username, Zeroizing::new(req.password))
+            .login(&req.username, Zeroizing::new(req.password), client)
             .await;
         self.metrics.login(match &result {
             Ok(_) => "success",
             Err(DomainError::Unauthenticated(_)) => "failure",
+            Err(DomainError::Throttled { .. }) => "throttled",
             Err(DomainError::InvalidArgument { .. }) => "invalid",
             Err(_) => "error",
         });

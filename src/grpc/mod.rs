@@ -9,9 +9,11 @@ mod ext_authz;
 mod keys_service;
 pub mod observe;
 mod status;
+mod users_service;
 
 pub use auth_layer::AuthLayer;
 pub use auth_service::AuthApi;
 pub use ext_authz::ExtAuthz;
 pub use keys_service::KeysApi;
 pub use observe::ObserveLayer;
+pub use users_service::UsersApi;

@@ -23,6 +23,11 @@ use crate::telemetry::Metrics;
 /// Methods exempt from the concurrency limit: health probes must answer under load,
 /// or orchestrators restart a server that is merely busy.
 const UNLIMITED: &[&str] = &[
+    "/kms.v1.Users/ListUsers",
+    "/kms.v1.Users/GetUser",
+    "/kms.v1.Users/SetRoles",
+    "/kms.v1.Users/DeleteUser",
+    "/kms.v1.Users/ChangePassword",
     "/grpc.health.v1.Health/Check",
     "/grpc.health.v1.Health/Watch",
 ];

@@ -19,6 +19,8 @@ use crate::domain::Error;
 pub struct ApiError {
     status: StatusCode,
     detail: Cow<'static, str>,
+    /// Sent as `Retry-After` (seconds) with a 429.
+    retry_after_secs: Option<u64>,
 }
 
 /// The JSON body of every error answer.
@@ -30,6 +32,10 @@ pub struct ErrorBody {
 
 impl From<Error> for ApiError {
     fn from(err: Error) -> Self {
+        let retry_after_secs = match err {
+            Error::Throttled { retry_after_secs } => Some(retry_after_secs),
+            _ => None,
+        };
         let (status, detail): (_, Cow<'static, str>) = match err {
             // FastAPI, which the original service used, answers bad input with 422.
             Error::InvalidArgument { .. } => {
@@ -43,6 +49,7 @@ impl From<Error> for ApiError {
             Error::AlreadyExists(msg) => (StatusCode::BAD_REQUEST, msg.into()),
             // As in Google's gRPC-to-HTTP table: a valid request the current state refuses.
             Error::FailedPrecondition(msg) => (StatusCode::BAD_REQUEST, msg.into()),
+            Error::Throttled { .. } => (StatusCode::TOO_MANY_REQUESTS, err.to_string().into()),
             Error::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, err.to_string().into()),
             Error::Internal(detail) => {
                 // The detail is for operators; the client gets nothing it could use.
@@ -50,7 +57,11 @@ impl From<Error> for ApiError {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal error".into())
             }
         };
-        Self { status, detail }
+        Self {
+            status,
+            detail,
+            retry_after_secs,
+        }
     }
 }
 
@@ -71,6 +82,7 @@ impl ApiError {
         Self {
             status: StatusCode::UNPROCESSABLE_ENTITY,
             detail: format!("{field}: {reason}").into(),
+            retry_after_secs: None,
         }
     }
 
@@ -78,6 +90,7 @@ impl ApiError {
         Self {
             status: StatusCode::PAYLOAD_TOO_LARGE,
             detail: "request body is too large".into(),
+            retry_after_secs: None,
         }
     }
 
@@ -86,6 +99,7 @@ impl ApiError {
         Self {
             status: StatusCode::NOT_FOUND,
             detail: "Not Found".into(),
+            retry_after_secs: None,
         }
     }
 
@@ -93,6 +107,7 @@ impl ApiError {
         Self {
             status: StatusCode::METHOD_NOT_ALLOWED,
             detail: "Method Not Allowed".into(),
+            retry_after_secs: None,
         }
     }
 
@@ -116,6 +131,12 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(secs) = self.retry_after_secs {
+            // RFC 9110 section 10.2.3: the delay in seconds.
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }
@@ -141,6 +162,23 @@ mod tests {
         assert_eq!(status_and_detail(Error::NotFound("x".into())).0, 404);
         assert_eq!(status_and_detail(Error::AlreadyExists("x".into())).0, 400);
         assert_eq!(status_and_detail(Error::Unavailable).0, 503);
+        assert_eq!(
+            status_and_detail(Error::Throttled {
+                retry_after_secs: 4
+            }),
+            (429, "too many failed logins; retry in 4 s".into())
+        );
+    }
+
+    #[test]
+    fn a_429_says_when_to_retry() {
+        let response = ApiError::from(Error::Throttled {
+            retry_after_secs: 8,
+        })
+        .into_response();
+        assert_eq!(response.headers()[header::RETRY_AFTER], "8");
+        let response = ApiError::from(Error::Unavailable).into_response();
+        assert!(response.headers().get(header::RETRY_AFTER).is_none());
     }
 
     #[test]

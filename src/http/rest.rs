@@ -2,11 +2,11 @@
 //! unchanged: the same paths, JSON fields and status codes. Thin handlers over the
 //! same domain services the gRPC API uses, so every rule applies alike to both.
 
-use std::time::Instant;
+use std::{net::SocketAddr, time::Instant};
 
 use axum::{
-    Json, Router,
-    extract::{DefaultBodyLimit, MatchedPath, Request, State},
+    Extension, Json, Router,
+    extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State},
     http::StatusCode,
     middleware::{self, Next},
     response::Response,
@@ -169,15 +169,22 @@ fn split_roles(roles: Option<&str>) -> Vec<String> {
         (status = 200, description = "Logged in", body = TokenResponse),
         (status = 401, description = "Incorrect username or password.", body = ErrorBody),
         (status = 422, description = "Invalid body or missing field", body = ErrorBody),
+        (status = 429, description = "Too many failed logins for this username or address; the password was not checked",
+            body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
     )
 )]
 pub(super) async fn login(
     State(state): State<HttpState>,
+    // The TCP peer (never X-Forwarded-For, which any client can forge). Optional: a
+    // router served without connect info (in tests) throttles by username only.
+    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
     JsonBody(body): JsonBody<LoginRequest>,
 ) -> Result<Json<TokenResponse>, ApiError> {
     let username = required("username", body.username)?;
     let password = Zeroizing::new(required("password", body.password)?);
-    let result = state.auth.login(&username, password).await;
+    let client = peer.map(|Extension(ConnectInfo(addr))| addr.ip());
+    let result = state.auth.login(&username, password, client).await;
     state.metrics.login(login_outcome(&result));
     let issued = result.map_err(|e| match e {
         // The original service refused every bad login alike; a username or password

@@ -20,7 +20,7 @@ pub use error::StoreError;
 pub use keys::{CreateConflict, KeyWithSecret, NewKey, NewSecret, Rotation};
 pub use sessions::{NewRefreshToken, RefreshOutcome, SessionState};
 pub use signing_keys::{NewSigningKey, StoredSigningKey};
-pub use users::StoredUser;
+pub use users::{AdminGuarded, StoredUser, UserRecord};
 
 use crate::migrations::Migrator;
 

@@ -4,7 +4,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, TransactionTrait,
-    sea_query::{Expr, ExprTrait},
+    sea_query::Expr,
 };
 
 use super::{
@@ -183,23 +183,5 @@ impl Store {
         now: DateTime<Utc>,
     ) -> Result<bool, StoreError> {
         revoke(&self.db, session_id, now).await
-    }
-
-    /// Invalidates every token issued to the user so far.
-    pub async fn bump_token_version(
-        &self,
-        user_id: i64,
-        now: DateTime<Utc>,
-    ) -> Result<(), StoreError> {
-        user::Entity::update_many()
-            .col_expr(
-                user::Column::TokenVersion,
-                Expr::col(user::Column::TokenVersion).add(1),
-            )
-            .col_expr(user::Column::UpdatedAt, Expr::value(now))
-            .filter(user::Column::Id.eq(user_id))
-            .exec(&self.db)
-            .await?;
-        Ok(())
     }
 }

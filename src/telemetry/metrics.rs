@@ -133,13 +133,15 @@ impl Metrics {
 }
 
 /// The `outcome` label of a Login, whichever API it came through: `success`,
-/// `failure` (wrong username or password), `invalid` (malformed request) or `error`
-/// (the server could not decide).
+/// `failure` (wrong username or password), `throttled` (refused unchecked after too
+/// many failures), `invalid` (malformed request) or `error` (the server could not
+/// decide).
 pub fn login_outcome<T>(result: &Result<T, crate::domain::Error>) -> &'static str {
     use crate::domain::Error;
     match result {
         Ok(_) => "success",
         Err(Error::Unauthenticated(_)) => "failure",
+        Err(Error::Throttled { .. }) => "throttled",
         Err(Error::InvalidArgument { .. }) => "invalid",
         Err(_) => "error",
     }

@@ -18,3 +18,4 @@ mod ops;
 mod rest;
 mod sessions;
 mod signing;
+mod users;

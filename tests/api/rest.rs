@@ -652,3 +652,42 @@ async fn unknown_paths_and_methods(backend: Backend) {
     assert_eq!(metrics.status, 200);
     server.stop().await;
 }
+
+/// While the database is unreachable the REST API answers 503, and nothing of the
+/// driver's error reaches the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_database_answers_503() {
+    let Some(Backend::Postgres(base)) = Backend::postgres() else {
+        eprintln!("KMS_TEST_POSTGRES_URL not set: skipped");
+        return;
+    };
+    let (proxy, proxied, upstream) = crate::faults::Proxy::in_front_of(&base).await;
+    let server = TestServer::start(Backend::Postgres(proxied)).await;
+    let http = http(&server);
+    let admin = http.login(ADMIN, ADMIN_PASSWORD).await;
+    let created = http
+        .post("/keys")
+        .bearer(&admin)
+        .json(json!({"service_name": "before"}))
+        .send()
+        .await;
+    assert_eq!(created.status, 201);
+
+    let port = proxy.cut().await;
+    let reply = http.get("/keys/before").bearer(&admin).send().await;
+    reply.expect(503, "unavailable");
+    let reply = http
+        .post("/login")
+        .json(json!({"username": ADMIN, "password": ADMIN_PASSWORD}))
+        .send()
+        .await;
+    reply.expect(503, "");
+    let detail = reply.detail().to_lowercase();
+    assert!(
+        !detail.contains("select") && !detail.contains("connect"),
+        "{detail}"
+    );
+    // Back on the same address, so that the server stops without waiting on it.
+    let _proxy = crate::faults::Proxy::start(port, upstream).await;
+    server.stop().await;
+}

@@ -1,0 +1,182 @@
+//! User administration: list, read, set roles, delete, change passwords. Every change
+//! that alters what a user may do invalidates the tokens they hold.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use zeroize::Zeroizing;
+
+use super::{
+    Caller, Error, Result, Roles, paging, require_admin, sessions::Authenticator, validate,
+};
+use crate::{
+    crypto::password::{PasswordHasherPool, Verification},
+    store::{AdminGuarded, Store, UserRecord},
+};
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserView {
+    pub username: String,
+    pub roles: Vec<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<UserRecord> for UserView {
+    fn from(r: UserRecord) -> Self {
+        Self {
+            username: r.user.username,
+            roles: r.user.roles,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct PasswordChange {
+    /// Empty: the caller.
+    pub username: String,
+    pub old_password: Zeroizing<String>,
+    pub new_password: Zeroizing<String>,
+}
+
+#[derive(Clone)]
+pub struct UserAdmin {
+    store: Store,
+    hasher: PasswordHasherPool,
+    authenticator: Arc<Authenticator>,
+    password_min_bytes: usize,
+}
+
+fn not_found(username: &str) -> Error {
+    Error::NotFound(format!("no user '{username}'"))
+}
+
+const LAST_ADMIN: &str = "this is the last admin: grant the role admin to another user first";
+
+impl UserAdmin {
+    pub fn new(
+        store: Store,
+        hasher: PasswordHasherPool,
+        authenticator: Arc<Authenticator>,
+        password_min_bytes: usize,
+    ) -> Self {
+        Self {
+            store,
+            hasher,
+            authenticator,
+            password_min_bytes,
+        }
+    }
+
+    pub async fn list(
+        &self,
+        caller: &Caller,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<(Vec<UserView>, String)> {
+        require_admin(caller)?;
+        let size = validate::page_size(page_size)?;
+        let after = paging::decode(page_token, validate::username)?;
+        let rows = self.store.list_users(after.as_deref(), size + 1).await?;
+        let (rows, next) = paging::page(rows, size, |r| &r.user.username);
+        Ok((rows.into_iter().map(UserView::from).collect(), next))
+    }
+
+    pub async fn get(&self, caller: &Caller, username: &str) -> Result<UserView> {
+        require_admin(caller)?;
+        validate::username(username)?;
+        self.store
+            .get_user(username)
+            .await?
+            .map(UserView::from)
+            .ok_or_else(|| not_found(username))
+    }
+
+    pub async fn set_roles(
+        &self,
+        caller: &Caller,
+        username: &str,
+        roles: &[String],
+    ) -> Result<UserView> {
+        require_admin(caller)?;
+        validate::username(username)?;
+        if roles.is_empty() {
+            return Err(Error::invalid("roles", "must name at least one role"));
+        }
+        for role in roles {
+            validate::role(role)?;
+        }
+        let roles = roles.iter().cloned().collect::<Roles>().to_vec();
+        match self.store.set_roles(username, &roles, Utc::now()).await? {
+            AdminGuarded::Done(record) => {
+                self.authenticator.forget_user(username);
+                tracing::info!(%username, ?roles, by = %caller.subject, "roles set");
+                Ok(record.into())
+            }
+            AdminGuarded::NotFound => Err(not_found(username)),
+            AdminGuarded::LastAdmin => Err(Error::FailedPrecondition(LAST_ADMIN.into())),
+        }
+    }
+
+    pub async fn delete(&self, caller: &Caller, username: &str) -> Result<()> {
+        require_admin(caller)?;
+        validate::username(username)?;
+        match self.store.delete_user(username).await? {
+            AdminGuarded::Done(()) => {
+                self.authenticator.forget_user(username);
+                tracing::info!(%username, by = %caller.subject, "user deleted");
+                Ok(())
+            }
+            AdminGuarded::NotFound => Err(not_found(username)),
+            AdminGuarded::LastAdmin => Err(Error::FailedPrecondition(LAST_ADMIN.into())),
+        }
+    }
+
+    /// A user changes their own password by proving the old one; an admin may set
+    /// anyone's. Either way every token the user held stops working.
+    pub async fn change_password(&self, caller: &Caller, change: PasswordChange) -> Result<()> {
+        let target = if change.username.is_empty() {
+            caller.subject.clone()
+        } else {
+            validate::username(&change.username)?;
+            change.username.clone()
+        };
+        let own = target == caller.subject;
+        if !own {
+            require_admin(caller)?;
+        }
+        validate::password(
+            "new_password",
+            &change.new_password,
+            self.password_min_bytes,
+        )?;
+        let user = self.store.find_user(&target).await?;
+        let user = match (own, user) {
+            (_, None) if !own => return Err(not_found(&target)),
+            (_, None) => return Err(Error::Unauthenticated("the caller no longer exists")),
+            (_, Some(user)) => user,
+        };
+        if own {
+            if change.old_password.is_empty() {
+                return Err(Error::invalid("old_password", "must not be empty"));
+            }
+            validate::password("old_password", &change.old_password, 1)?;
+            let outcome = self
+                .hasher
+                .verify(change.old_password, Some(user.password_hash.clone()))
+                .await?;
+            if outcome == Verification::Mismatch {
+                return Err(Error::PermissionDenied("old_password: does not match"));
+            }
+        }
+        let hash = self.hasher.hash(change.new_password).await?;
+        self.store
+            .change_password(user.id, hash, Utc::now())
+            .await?;
+        self.authenticator.forget_user(&target);
+        tracing::info!(username = %target, by = %caller.subject, "password changed");
+        Ok(())
+    }
+}
