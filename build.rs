@@ -12,6 +12,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "kms/v1/auth.proto",
             "kms/v1/keys.proto",
             "kms/v1/users.proto",
+            "kms/v1/audit.proto",
         ],
         ["proto"],
     )?;

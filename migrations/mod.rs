@@ -7,6 +7,7 @@ mod m20261125_000001_initial;
 mod m20261125_000002_one_current_secret;
 mod m20261125_000003_signing_keys;
 mod m20261125_000004_sessions;
+mod m20261125_000005_audit;
 
 pub struct Migrator;
 
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000002_one_current_secret::Migration),
             Box::new(m20261125_000003_signing_keys::Migration),
             Box::new(m20261125_000004_sessions::Migration),
+            Box::new(m20261125_000005_audit::Migration),
         ]
     }
 }

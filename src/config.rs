@@ -19,7 +19,10 @@ use zeroize::Zeroizing;
 
 use crate::{
     crypto::{random, sealing::MasterKey},
-    domain::token::{MIN_HS256_SECRET_BYTES, SigningAlgorithm},
+    domain::{
+        throttle::ThrottleSettings,
+        token::{MIN_HS256_SECRET_BYTES, SigningAlgorithm},
+    },
     store::StoreOptions,
 };
 
@@ -237,6 +240,19 @@ pub struct ServeArgs {
     /// Calls served at once; more are answered RESOURCE_EXHAUSTED at once.
     #[arg(long, env = "KMS_MAX_CONCURRENT_REQUESTS", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_concurrent_requests: u64,
+    /// Failed logins of one username within the window before it is locked out (a
+    /// client address may fail four times as often).
+    #[arg(long, env = "KMS_LOGIN_MAX_FAILURES", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub login_max_failures: u32,
+    /// Failed logins are forgotten after this long without a failure or lockout.
+    #[arg(long, env = "KMS_LOGIN_FAILURE_WINDOW_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub login_failure_window_seconds: u64,
+    /// The first lockout; every further failure doubles it.
+    #[arg(long, env = "KMS_LOGIN_LOCKOUT_BASE_SECONDS", default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub login_lockout_base_seconds: u64,
+    /// The longest lockout.
+    #[arg(long, env = "KMS_LOGIN_LOCKOUT_MAX_SECONDS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub login_lockout_max_seconds: u64,
 }
 
 /// The JWT signing secret. `Debug` prints nothing of it.
@@ -342,6 +358,8 @@ pub struct Config {
     pub limits: Limits,
     /// Serve `envoy.service.auth.v3.Authorization/Check`.
     pub ext_authz: bool,
+    /// Failed-login throttling per username and per client address.
+    pub login_throttle: ThrottleSettings,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -492,6 +510,19 @@ impl ServeArgs {
         };
         let password_min_length = usize::try_from(self.password_min_length)
             .map_err(|_| ConfigError("KMS_PASSWORD_MIN_LENGTH is out of range".into()))?;
+        if self.login_lockout_max_seconds < self.login_lockout_base_seconds {
+            return Err(ConfigError(
+                "KMS_LOGIN_LOCKOUT_MAX_SECONDS must be at least KMS_LOGIN_LOCKOUT_BASE_SECONDS"
+                    .into(),
+            ));
+        }
+        let login_throttle = ThrottleSettings {
+            max_failures: self.login_max_failures,
+            failure_window: std::time::Duration::from_secs(self.login_failure_window_seconds),
+            lockout_base: std::time::Duration::from_secs(self.login_lockout_base_seconds),
+            lockout_max: std::time::Duration::from_secs(self.login_lockout_max_seconds),
+            ..ThrottleSettings::default()
+        };
         Ok(Config {
             database: self.database.store_options_with(legacy),
             grpc_addr: self.grpc_addr,
@@ -511,6 +542,7 @@ impl ServeArgs {
             tls,
             limits,
             ext_authz: self.ext_authz,
+            login_throttle,
         })
     }
 }
@@ -705,6 +737,36 @@ mod tests {
         let err = b.resolve().unwrap_err().to_string();
         assert!(err.contains("KMS_JWT_SECRET"), "{err}");
         assert!(Cli::try_parse_from(["kms", "serve", "--jwt-algorithm", "RS256"]).is_err());
+    }
+
+    #[test]
+    fn login_throttle_settings() {
+        let key = STANDARD.encode([5u8; 32]);
+        let mut a = args(&["--master-key", &key]);
+        a.master_key_file = None;
+        let throttle = a.resolve().unwrap().login_throttle;
+        assert_eq!(throttle, ThrottleSettings::default());
+        assert_eq!(
+            (
+                throttle.max_failures,
+                throttle.failure_window.as_secs(),
+                throttle.lockout_base.as_secs(),
+                throttle.lockout_max.as_secs()
+            ),
+            (5, 300, 1, 900)
+        );
+        let mut b = args(&[
+            "--master-key",
+            &key,
+            "--login-lockout-base-seconds",
+            "60",
+            "--login-lockout-max-seconds",
+            "30",
+        ]);
+        b.master_key_file = None;
+        let err = b.resolve().unwrap_err().to_string();
+        assert!(err.contains("KMS_LOGIN_LOCKOUT_MAX_SECONDS"), "{err}");
+        assert!(Cli::try_parse_from(["kms", "serve", "--login-max-failures", "0"]).is_err());
     }
 
     #[test]

@@ -143,7 +143,10 @@ async fn rotate_signing_key(args: kms::config::ServeArgs) -> Result<(), String> 
         config.access_token_ttl_seconds,
     );
     signing.load_or_create().await.map_err(|e| e.to_string())?;
-    let kid = signing.rotate_stored().await.map_err(|e| e.to_string())?;
+    let kid = signing
+        .rotate_stored("operator")
+        .await
+        .map_err(|e| e.to_string())?;
     println!("new signing key {kid}; running servers switch to it within 30 s");
     Ok(())
 }

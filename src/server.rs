@@ -13,6 +13,7 @@ use crate::{
     crypto::{password::PasswordHasherPool, random, sealing::Sealer},
     domain::{
         self,
+        audit::AuditLog,
         auth::{AuthService, AuthSettings},
         keys::KeyService,
         sessions::Authenticator,
@@ -21,12 +22,15 @@ use crate::{
         token::{SigningAlgorithm, TokenAuthority},
         users::UserAdmin,
     },
-    grpc::{AuthApi, AuthLayer, ExtAuthz, KeysApi, ObserveLayer, UsersApi},
+    grpc::{AuditApi, AuthApi, AuthLayer, ExtAuthz, KeysApi, ObserveLayer, UsersApi},
     health::DbHealth,
     http::HttpState,
     proto::{
         FILE_DESCRIPTOR_SET,
-        kms::v1::{auth_server::AuthServer, keys_server::KeysServer, users_server::UsersServer},
+        kms::v1::{
+            audit_server::AuditServer, auth_server::AuthServer, keys_server::KeysServer,
+            users_server::UsersServer,
+        },
     },
     store::{Store, redact_url},
     telemetry::Metrics,
@@ -172,6 +176,8 @@ impl App {
         let keys = KeysServer::new(KeysApi::new(self.keys.clone(), self.metrics.clone()))
             .max_decoding_message_size(max);
         let users = UsersServer::new(UsersApi::new(self.users)).max_decoding_message_size(max);
+        let audit = AuditServer::new(AuditApi::new(AuditLog::new(self.store.clone())))
+            .max_decoding_message_size(max);
         let ext_authz = self.ext_authz.then(|| {
             AuthorizationServer::new(ExtAuthz::new(
                 self.auth.authenticator().clone(),
@@ -207,6 +213,7 @@ impl App {
             .add_service(auth)
             .add_service(keys)
             .add_service(users)
+            .add_service(audit)
             .add_optional_service(ext_authz)
             .serve_with_incoming_shutdown(
                 TcpListenerStream::new(listeners.grpc),

@@ -8,6 +8,7 @@ use zeroize::Zeroizing;
 
 use super::{
     Caller, Error, Result, Roles,
+    audit::{self, action, outcome},
     caller::{ROLE_ADMIN, ROLE_USER},
     sessions::{AuthFailure, Authenticator},
     signing::SigningKeys,
@@ -21,10 +22,12 @@ use crate::{
         password::{PasswordHasherPool, Verification},
         random,
     },
-    store::{NewRefreshToken, RefreshOutcome, Store, StoreError, StoredUser},
+    store::{NewRefreshToken, RefreshAudit, RefreshOutcome, Store, StoreError, StoredUser},
 };
 
 const BAD_CREDENTIALS: &str = "incorrect username or password";
+/// The actor of changes made from the command line (`kms user create`, bootstrap).
+const OPERATOR: &str = "operator";
 
 #[derive(Debug, Clone)]
 pub struct AuthSettings {
@@ -141,13 +144,15 @@ impl AuthService {
                 "roles: only an admin may grant roles other than user",
             ));
         }
-        self.insert_user(new.username, new.password, roles).await
+        self.insert_user(audit::actor(caller), new.username, new.password, roles)
+            .await
     }
 
     /// The operator path (`kms user create`): same rules, no caller.
     pub async fn create_user(&self, new: NewUser) -> Result<RegisteredUser> {
         let roles = self.check_new_user(&new)?;
-        self.insert_user(new.username, new.password, roles).await
+        self.insert_user(OPERATOR, new.username, new.password, roles)
+            .await
     }
 
     fn check_new_user(&self, new: &NewUser) -> Result<Roles> {
@@ -165,6 +170,7 @@ impl AuthService {
 
     async fn insert_user(
         &self,
+        actor: &str,
         username: String,
         password: Zeroizing<String>,
         roles: Roles,
@@ -173,7 +179,13 @@ impl AuthService {
         let roles = roles.to_vec();
         match self
             .store
-            .create_user(&username, hash, &roles, Utc::now())
+            .create_user(
+                &username,
+                hash,
+                &roles,
+                Utc::now(),
+                audit::event(actor, action::REGISTER, &username, outcome::SUCCESS),
+            )
             .await
         {
             Ok(user) => {
@@ -208,9 +220,14 @@ impl AuthService {
         let attempt = match self.throttle.admit(username, client, Instant::now()) {
             Ok(attempt) => attempt,
             Err(wait) => {
-                // audit: throttled login (actor "anonymous", target `username`,
-                // client address `client`) is recorded here.
                 tracing::info!(%username, client = ?client, "login throttled");
+                self.append(audit::event(
+                    audit::ANONYMOUS,
+                    action::LOGIN_THROTTLED,
+                    username,
+                    outcome::DENIED,
+                ))
+                .await;
                 return Err(Error::Throttled {
                     retry_after_secs: retry_after_secs(wait),
                 });
@@ -222,6 +239,13 @@ impl AuthService {
         let (Verification::Match { needs_rehash }, Some(user)) = (outcome, user) else {
             attempt.failed(Instant::now());
             tracing::info!(%username, client = ?client, "login failed");
+            self.append(audit::event(
+                audit::ANONYMOUS,
+                action::LOGIN,
+                username,
+                outcome::FAILURE,
+            ))
+            .await;
             return Err(Error::Unauthenticated(BAD_CREDENTIALS));
         };
         attempt.succeeded();
@@ -232,7 +256,13 @@ impl AuthService {
         let session_id = URL_SAFE_NO_PAD.encode(random::bytes::<16>()?);
         let (refresh_token, refresh) = self.new_refresh_token(now)?;
         self.store
-            .create_session(&session_id, user.id, refresh, now)
+            .create_session(
+                &session_id,
+                user.id,
+                refresh,
+                now,
+                audit::event(username, action::LOGIN, username, outcome::SUCCESS),
+            )
             .await?;
         let tokens = self.issue(&user, &session_id, refresh_token, now)?;
         tracing::info!(%username, "login succeeded");
@@ -290,7 +320,15 @@ impl AuthService {
         let digest = digest::sha256(presented.as_bytes());
         match self
             .store
-            .exchange_refresh_token(&digest, successor, now)
+            .exchange_refresh_token(
+                &digest,
+                successor,
+                now,
+                RefreshAudit {
+                    exchanged: audit::event("", action::TOKEN_REFRESH, "", outcome::SUCCESS),
+                    reused: audit::event("", action::TOKEN_REUSE, "", outcome::DENIED),
+                },
+            )
             .await?
         {
             RefreshOutcome::Exchanged { session_id, user } => {
@@ -314,11 +352,28 @@ impl AuthService {
     /// under it are refused from now on.
     pub async fn logout(&self, caller: &Caller) -> Result<()> {
         self.store
-            .revoke_session(&caller.session_id, Utc::now())
+            .revoke_session(
+                &caller.session_id,
+                Utc::now(),
+                audit::event(
+                    &caller.subject,
+                    action::LOGOUT,
+                    &caller.subject,
+                    outcome::SUCCESS,
+                ),
+            )
             .await?;
         self.authenticator.forget_session(&caller.session_id);
         tracing::info!(username = %caller.subject, "logged out");
         Ok(())
+    }
+
+    /// Appends an event that changes nothing else. A failure to record it is logged,
+    /// not turned into the caller's error: the answer stands either way.
+    async fn append(&self, record: crate::store::AuditRecord) {
+        if let Err(e) = self.store.audit(record).await {
+            tracing::error!(error = %e, "audit event could not be recorded");
+        }
     }
 
     /// Upgrades a hash made with older parameters. Best effort: the login succeeds

@@ -2,7 +2,11 @@
 
 use chrono::{DateTime, Duration, Utc};
 
-use super::{Caller, Error, Result, api_key, paging, require_admin, validate};
+use super::{
+    Caller, Error, Result, api_key,
+    audit::{self, action, outcome},
+    paging, require_admin, validate,
+};
 use crate::{
     crypto::{digest, sealing::Sealer},
     store::{CreateConflict, KeyWithSecret, NewKey, NewSecret, Rotation, Store},
@@ -118,7 +122,13 @@ impl KeyService {
             ttl_seconds: req.ttl_seconds,
             expires_at,
         };
-        match self.store.create_key(new, now).await? {
+        let record = audit::event(
+            &caller.subject,
+            action::KEY_CREATE,
+            &req.service_name,
+            outcome::SUCCESS,
+        );
+        match self.store.create_key(new, now, record).await? {
             Ok(created) => {
                 tracing::info!(service_name = %req.service_name, key_prefix = %created.secret.key_prefix, "key created");
                 let mut view = self.view(created, false)?;
@@ -143,7 +153,17 @@ impl KeyService {
             .current_key(service_name)
             .await?
             .ok_or_else(|| not_found(service_name))?;
-        self.view(found, true)
+        let view = self.view(found, true)?;
+        // Reading a secret is a security event: recorded before it is handed out.
+        self.store
+            .audit(audit::event(
+                &caller.subject,
+                action::KEY_GET,
+                service_name,
+                outcome::SUCCESS,
+            ))
+            .await?;
+        Ok(view)
     }
 
     pub async fn list(&self, caller: &Caller, page_size: i32, page_token: &str) -> Result<KeyPage> {
@@ -190,7 +210,18 @@ impl KeyService {
         };
         let rotated = self
             .store
-            .rotate_key(service_name, rotation, now, renew)
+            .rotate_key(
+                service_name,
+                rotation,
+                now,
+                renew,
+                audit::event(
+                    &caller.subject,
+                    action::KEY_ROTATE,
+                    service_name,
+                    outcome::SUCCESS,
+                ),
+            )
             .await?
             .ok_or_else(|| not_found(service_name))?;
         tracing::info!(%service_name, key_prefix = %rotated.secret.key_prefix, grace_period_seconds, "key rotated");
@@ -202,7 +233,17 @@ impl KeyService {
     pub async fn revoke(&self, caller: &Caller, service_name: &str) -> Result<()> {
         require_admin(caller)?;
         validate::service_name(service_name)?;
-        if self.store.revoke_key(service_name, Utc::now()).await? {
+        let record = audit::event(
+            &caller.subject,
+            action::KEY_REVOKE,
+            service_name,
+            outcome::SUCCESS,
+        );
+        if self
+            .store
+            .revoke_key(service_name, Utc::now(), record)
+            .await?
+        {
             tracing::info!(%service_name, "key revoked");
             Ok(())
         } else {
@@ -211,8 +252,22 @@ impl KeyService {
     }
 
     /// Any authenticated caller may verify. Every kind of bad key is `Ok(None)`.
-    pub async fn verify(&self, _caller: &Caller, presented: &str) -> Result<Option<VerifiedKey>> {
-        self.check_presented_key(presented).await
+    pub async fn verify(&self, caller: &Caller, presented: &str) -> Result<Option<VerifiedKey>> {
+        let verified = self.check_presented_key(presented).await?;
+        if verified.is_none() {
+            // Failures only: successes are the hot path and say nothing new. The target
+            // is the key's display prefix, never the key.
+            let record = audit::event(
+                &caller.subject,
+                action::KEY_VERIFY,
+                &api_key::display_prefix(presented),
+                outcome::FAILURE,
+            );
+            if let Err(e) = self.store.audit(record).await {
+                tracing::error!(error = %e, "audit event could not be recorded");
+            }
+        }
+        Ok(verified)
     }
 
     /// The check behind `verify`, for a transport that authenticated its peer some

@@ -2,6 +2,7 @@
 //! services that apply them over the store. No transport or ORM types in signatures.
 
 pub mod api_key;
+pub mod audit;
 pub mod auth;
 pub mod caller;
 pub mod error;

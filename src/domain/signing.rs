@@ -5,7 +5,9 @@ use chrono::{DateTime, Duration, Utc};
 use zeroize::Zeroizing;
 
 use super::{
-    Caller, Error, Result, require_admin,
+    Caller, Error, Result,
+    audit::{self, action, outcome},
+    require_admin,
     token::{SigningAlgorithm, SigningKeyMaterial, TokenAuthority, public_jwk},
 };
 use crate::{
@@ -113,23 +115,24 @@ impl SigningKeys {
 
     /// New tokens are signed with a new key at once; the old key keeps verifying
     /// until every token it signed has expired. Returns the new `kid`.
-    pub async fn rotate(&self, tokens: &TokenAuthority) -> Result<String> {
-        let kid = self.rotate_stored().await?;
+    pub async fn rotate(&self, actor: &str, tokens: &TokenAuthority) -> Result<String> {
+        let kid = self.rotate_stored(actor).await?;
         tokens.replace_keys(&self.load().await?)?;
         Ok(kid)
     }
 
     /// The rotation in the database alone (`kms signing-key rotate`): running servers
     /// take the new key at their next refresh.
-    pub async fn rotate_stored(&self) -> Result<String> {
+    pub async fn rotate_stored(&self, actor: &str) -> Result<String> {
         let now = Utc::now();
         let verify_until: DateTime<Utc> = now
             + Duration::try_seconds(self.token_ttl_seconds)
                 .ok_or_else(|| Error::Internal("token lifetime out of range".into()))?;
         let new = self.generate()?;
         let kid = new.kid.clone();
+        let record = audit::event(actor, action::SIGNING_KEY_ROTATE, &kid, outcome::SUCCESS);
         self.store
-            .rotate_signing_key(new, now, verify_until)
+            .rotate_signing_key(new, now, verify_until, record)
             .await?;
         tracing::info!(%kid, "token signing key rotated");
         Ok(kid)
@@ -138,7 +141,7 @@ impl SigningKeys {
     /// The admin RPC.
     pub async fn rotate_for(&self, caller: &Caller, tokens: &TokenAuthority) -> Result<String> {
         require_admin(caller)?;
-        self.rotate(tokens).await
+        self.rotate(&caller.subject, tokens).await
     }
 
     /// Picks up keys rotated by other replicas and drops keys no token needs.

@@ -109,9 +109,7 @@ impl Attempt {
     /// The password was wrong (or the user unknown): counts against both keys.
     pub fn failed(mut self, now: Instant) {
         self.settled = true;
-        self.throttle
-            .lock()
-            .fail(&self.username, self.address, now);
+        self.throttle.lock().fail(&self.username, self.address, now);
     }
 
     /// The password was right: the username starts afresh. The address keeps its
@@ -125,9 +123,7 @@ impl Attempt {
 impl Drop for Attempt {
     fn drop(&mut self) {
         if !self.settled {
-            self.throttle
-                .lock()
-                .release(&self.username, self.address);
+            self.throttle.lock().release(&self.username, self.address);
         }
     }
 }
@@ -155,9 +151,7 @@ struct State {
 impl State {
     fn new(settings: ThrottleSettings) -> Self {
         let user_limit = settings.max_failures;
-        let address_limit = settings
-            .max_failures
-            .saturating_mul(ADDRESS_FAILURE_FACTOR);
+        let address_limit = settings.max_failures.saturating_mul(ADDRESS_FAILURE_FACTOR);
         Self {
             usernames: Table::new(user_limit),
             addresses: Table::new(address_limit),
@@ -276,7 +270,12 @@ impl<K: TableKey> Table<K> {
     /// `Err(wait)` when the key may not try now: it is locked, or the attempts it
     /// has left are already running (then the wait is the base lockout: by then
     /// those attempts have been decided).
-    fn check(&mut self, key: &K::Ref, now: Instant, settings: &ThrottleSettings) -> Result<(), Duration> {
+    fn check(
+        &mut self,
+        key: &K::Ref,
+        now: Instant,
+        settings: &ThrottleSettings,
+    ) -> Result<(), Duration> {
         let Some(entry) = self.entries.get_mut(key) else {
             return Ok(());
         };
@@ -306,7 +305,8 @@ impl<K: TableKey> Table<K> {
 
     fn fail(&mut self, key: &K::Ref, now: Instant, settings: &ThrottleSettings) {
         if !self.entries.contains_key(key) {
-            // Dropped while the attempt ran (only under a flood): count it afresh.
+            // Not expected: entries with an attempt running are never evicted. Should
+            // it happen anyway, the failure still counts.
             self.make_room(now, settings);
         }
         let entry = self.entries.entry(K::to_key(key)).or_insert(Entry::NEW);
@@ -372,7 +372,7 @@ impl<K: TableKey> Table<K> {
             candidates.select_nth_unstable_by(excess - 1, |a, b| (a.0, a.1).cmp(&(b.0, b.1)));
         }
         for (_, _, key) in candidates.into_iter().take(excess) {
-            self.entries.remove(&key);
+            self.entries.remove(key.borrow());
         }
     }
 }
@@ -437,7 +437,12 @@ mod tests {
     }
 
     /// One whole wrong-password attempt: admitted, then failed.
-    fn fail(state: &mut State, user: &str, addr: Option<IpAddr>, now: Instant) -> Result<(), Duration> {
+    fn fail(
+        state: &mut State,
+        user: &str,
+        addr: Option<IpAddr>,
+        now: Instant,
+    ) -> Result<(), Duration> {
         state.admit(user, addr, now)?;
         state.fail(user, addr, now);
         Ok(())

@@ -7,7 +7,11 @@ use chrono::{DateTime, Utc};
 use zeroize::Zeroizing;
 
 use super::{
-    Caller, Error, Result, Roles, paging, require_admin, sessions::Authenticator, validate,
+    Caller, Error, Result, Roles,
+    audit::{self, action, outcome},
+    paging, require_admin,
+    sessions::Authenticator,
+    validate,
 };
 use crate::{
     crypto::password::{PasswordHasherPool, Verification},
@@ -109,7 +113,17 @@ impl UserAdmin {
             validate::role(role)?;
         }
         let roles = roles.iter().cloned().collect::<Roles>().to_vec();
-        match self.store.set_roles(username, &roles, Utc::now()).await? {
+        let record = audit::event(
+            &caller.subject,
+            action::ROLES_SET,
+            username,
+            outcome::SUCCESS,
+        );
+        match self
+            .store
+            .set_roles(username, &roles, Utc::now(), record)
+            .await?
+        {
             AdminGuarded::Done(record) => {
                 self.authenticator.forget_user(username);
                 tracing::info!(%username, ?roles, by = %caller.subject, "roles set");
@@ -123,7 +137,13 @@ impl UserAdmin {
     pub async fn delete(&self, caller: &Caller, username: &str) -> Result<()> {
         require_admin(caller)?;
         validate::username(username)?;
-        match self.store.delete_user(username).await? {
+        let record = audit::event(
+            &caller.subject,
+            action::USER_DELETE,
+            username,
+            outcome::SUCCESS,
+        );
+        match self.store.delete_user(username, record).await? {
             AdminGuarded::Done(()) => {
                 self.authenticator.forget_user(username);
                 tracing::info!(%username, by = %caller.subject, "user deleted");
@@ -172,8 +192,14 @@ impl UserAdmin {
             }
         }
         let hash = self.hasher.hash(change.new_password).await?;
+        let record = audit::event(
+            &caller.subject,
+            action::PASSWORD_CHANGE,
+            &target,
+            outcome::SUCCESS,
+        );
         self.store
-            .change_password(user.id, hash, Utc::now())
+            .change_password(user.id, hash, Utc::now(), record)
             .await?;
         self.authenticator.forget_user(&target);
         tracing::info!(username = %target, by = %caller.subject, "password changed");

@@ -2,6 +2,7 @@
 //! result, plus the layer that authenticates bearer tokens and the Envoy ext_authz
 //! service that authenticates HTTP requests for sidecars.
 
+mod audit_service;
 pub mod auth_layer;
 mod auth_service;
 mod convert;
@@ -11,6 +12,7 @@ pub mod observe;
 mod status;
 mod users_service;
 
+pub use audit_service::AuditApi;
 pub use auth_layer::AuthLayer;
 pub use auth_service::AuthApi;
 pub use ext_authz::ExtAuthz;

@@ -11,18 +11,26 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, Response};
+use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tonic::{Code, Status, body::Body};
+use tonic::{
+    Code, Status,
+    body::Body,
+    transport::server::{TcpConnectInfo, TlsConnectInfo},
+};
 use tower::{Layer, Service};
 use tracing::{Instrument, Span, field::Empty};
 
-use crate::telemetry::Metrics;
+use crate::{
+    domain::audit::{self, RequestMeta},
+    telemetry::Metrics,
+};
 
 /// Methods exempt from the concurrency limit: health probes must answer under load,
 /// or orchestrators restart a server that is merely busy.
 const UNLIMITED: &[&str] = &[
+    "/kms.v1.Audit/ListAuditEvents",
     "/kms.v1.Users/ListUsers",
     "/kms.v1.Users/GetUser",
     "/kms.v1.Users/SetRoles",
@@ -127,6 +135,25 @@ pub fn code_label(code: Code) -> &'static str {
         Code::Unavailable => "Unavailable",
         Code::DataLoss => "DataLoss",
         Code::Unauthenticated => "Unauthenticated",
+    }
+}
+
+const REQUEST_ID: &str = "x-request-id";
+
+/// The request id and client address, for audit rows.
+fn request_meta<B>(req: &Request<B>) -> RequestMeta {
+    let sent = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok());
+    let ext = req.extensions();
+    let client = ext
+        .get::<TcpConnectInfo>()
+        .and_then(TcpConnectInfo::remote_addr)
+        .or_else(|| {
+            ext.get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|tls| tls.get_ref().remote_addr())
+        });
+    RequestMeta {
+        request_id: audit::request_id(sent),
+        client_addr: client.map(|a| a.ip().to_string()),
     }
 }
 
@@ -281,7 +308,9 @@ where
         };
         // Streams (health Watch, reflection) live as long as the client wants.
         let deadline = (!unlimited && record.labels.0 == "unary").then_some(self.layer.deadline);
-        let future = span.in_scope(|| inner.call(req)).instrument(span);
+        let meta = request_meta(&req);
+        let request_id = HeaderValue::from_str(&meta.request_id).ok();
+        let future = audit::scope(meta, span.in_scope(|| inner.call(req))).instrument(span);
         Box::pin(async move {
             let response = match deadline {
                 Some(limit) => match tokio::time::timeout(limit, future).await {
@@ -296,6 +325,10 @@ where
                 },
                 None => future.await?,
             };
+            let mut response = response;
+            if let Some(id) = request_id {
+                response.headers_mut().insert(REQUEST_ID, id);
+            }
             if let Some(code) = status_code(response.headers()) {
                 // Trailers-only response: the status is already known.
                 record.finish(code);

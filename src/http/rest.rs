@@ -22,6 +22,7 @@ use super::{
     extract::{Authenticated, JsonBody, MaybeAuthenticated, MaybeJsonBody, ServiceName, required},
 };
 use crate::{
+    domain::audit::{self, RequestMeta},
     domain::{
         Error,
         auth::NewUser,
@@ -305,7 +306,24 @@ pub(super) async fn rotate_key(
 async fn log_request(route: Option<MatchedPath>, request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let started = Instant::now();
-    let response = next.run(request).await;
+    // The request id and client address stamp this request's audit rows, as on gRPC.
+    let meta = RequestMeta {
+        request_id: audit::request_id(
+            request
+                .headers()
+                .get("x-request-id")
+                .and_then(|v| v.to_str().ok()),
+        ),
+        client_addr: request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip().to_string()),
+    };
+    let request_id = axum::http::HeaderValue::from_str(&meta.request_id).ok();
+    let mut response = audit::scope(meta, next.run(request)).await;
+    if let Some(id) = request_id {
+        response.headers_mut().insert("x-request-id", id);
+    }
     let status = response.status().as_u16();
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     let route = route.as_ref().map_or("unknown", MatchedPath::as_str);

@@ -10,7 +10,8 @@ use sea_orm::{
 };
 
 use super::{
-    Store, StoreError,
+    AuditRecord, Store, StoreError,
+    audit::insert_audit,
     entities::{api_key, api_key_secret},
 };
 
@@ -59,6 +60,7 @@ impl Store {
         &self,
         new: NewKey,
         now: DateTime<Utc>,
+        audit: AuditRecord,
     ) -> Result<Result<KeyWithSecret, CreateConflict>, StoreError> {
         let txn = self.db.begin().await?;
         let key = match api_key::Entity::insert(api_key::ActiveModel {
@@ -95,6 +97,7 @@ impl Store {
             Err(StoreError::Conflict) => Ok(Err(CreateConflict::Secret)),
             Err(e) => Err(e),
             Ok(secret) => {
+                insert_audit(&txn, audit).await?;
                 txn.commit().await?;
                 Ok(Ok(KeyWithSecret { key, secret }))
             }
@@ -148,6 +151,7 @@ impl Store {
         rotation: Rotation,
         now: DateTime<Utc>,
         renew_expiry: impl FnOnce(i64) -> Option<DateTime<Utc>>,
+        audit: AuditRecord,
     ) -> Result<Option<KeyWithSecret>, StoreError> {
         let txn = self.db.begin().await?;
         // Writing first takes the row lock (PostgreSQL) or the write lock (SQLite) before
@@ -227,6 +231,7 @@ impl Store {
                 .await?;
         }
         let secret = insert_secret(&txn, key.id, rotation.secret, now).await?;
+        insert_audit(&txn, audit).await?;
         txn.commit().await?;
         Ok(Some(KeyWithSecret { key, secret }))
     }
@@ -237,6 +242,7 @@ impl Store {
         &self,
         service_name: &str,
         now: DateTime<Utc>,
+        audit: AuditRecord,
     ) -> Result<bool, StoreError> {
         let txn = self.db.begin().await?;
         let revoked = api_key::Entity::update_many()
@@ -254,6 +260,7 @@ impl Store {
             .filter(api_key_secret::Column::ApiKeyId.is_in(ids))
             .exec(&txn)
             .await?;
+        insert_audit(&txn, audit).await?;
         txn.commit().await?;
         Ok(true)
     }

@@ -1,6 +1,7 @@
 //! Persistence: SeaORM entities and the queries over them. The only module that knows
 //! SQL exists; it knows nothing of requests or domain rules.
 
+mod audit;
 pub mod entities;
 mod error;
 mod keys;
@@ -16,9 +17,10 @@ use sea_orm::{
 };
 use sea_orm_migration::MigratorTrait;
 
+pub use audit::{AuditFilter, AuditRecord, StoredAuditEvent};
 pub use error::StoreError;
 pub use keys::{CreateConflict, KeyWithSecret, NewKey, NewSecret, Rotation};
-pub use sessions::{NewRefreshToken, RefreshOutcome, SessionState};
+pub use sessions::{NewRefreshToken, RefreshAudit, RefreshOutcome, SessionState};
 pub use signing_keys::{NewSigningKey, StoredSigningKey};
 pub use users::{AdminGuarded, StoredUser, UserRecord};
 

@@ -8,7 +8,8 @@ use sea_orm::{
 };
 
 use super::{
-    Store, StoreError, StoredUser,
+    AuditRecord, Store, StoreError, StoredUser,
+    audit::insert_audit,
     entities::{refresh_token, session, user},
 };
 
@@ -25,6 +26,22 @@ pub struct SessionState {
 pub struct NewRefreshToken {
     pub digest: Vec<u8>,
     pub expires_at: DateTime<Utc>,
+}
+
+/// The rows a refresh writes: one for an exchange, one for detected reuse. The store
+/// names the user in whichever it writes.
+#[derive(Debug, Clone)]
+pub struct RefreshAudit {
+    pub exchanged: AuditRecord,
+    pub reused: AuditRecord,
+}
+
+impl AuditRecord {
+    fn about(mut self, username: &str) -> Self {
+        self.actor = username.to_owned();
+        self.target = username.to_owned();
+        self
+    }
 }
 
 #[derive(Debug)]
@@ -84,6 +101,7 @@ impl Store {
         user_id: i64,
         refresh: NewRefreshToken,
         now: DateTime<Utc>,
+        audit: AuditRecord,
     ) -> Result<(), StoreError> {
         let txn = self.db.begin().await?;
         session::Entity::insert(session::ActiveModel {
@@ -95,6 +113,7 @@ impl Store {
         .exec(&txn)
         .await?;
         insert_refresh(&txn, session_id, refresh, now).await?;
+        insert_audit(&txn, audit).await?;
         txn.commit().await?;
         Ok(())
     }
@@ -123,6 +142,7 @@ impl Store {
         digest: &[u8],
         successor: NewRefreshToken,
         now: DateTime<Utc>,
+        audit: RefreshAudit,
     ) -> Result<RefreshOutcome, StoreError> {
         let txn = self.db.begin().await?;
         // Spending first takes the write lock: of two concurrent exchanges of one
@@ -148,6 +168,7 @@ impl Store {
                 .await?
                 .map(|u| u.username)
                 .unwrap_or_default();
+            insert_audit(&txn, audit.reused.about(&username)).await?;
             txn.commit().await?;
             return Ok(RefreshOutcome::Reused {
                 session_id: token.session_id,
@@ -169,6 +190,7 @@ impl Store {
         };
         let user = self.with_roles(found, &txn).await?;
         insert_refresh(&txn, &session.id, successor, now).await?;
+        insert_audit(&txn, audit.exchanged.about(&user.username)).await?;
         txn.commit().await?;
         Ok(RefreshOutcome::Exchanged {
             session_id: session.id,
@@ -181,7 +203,12 @@ impl Store {
         &self,
         session_id: &str,
         now: DateTime<Utc>,
+        audit: AuditRecord,
     ) -> Result<bool, StoreError> {
-        revoke(&self.db, session_id, now).await
+        let txn = self.db.begin().await?;
+        let revoked = revoke(&txn, session_id, now).await?;
+        insert_audit(&txn, audit).await?;
+        txn.commit().await?;
+        Ok(revoked)
     }
 }

@@ -7,7 +7,7 @@ use sea_orm::{
     sea_query::Expr,
 };
 
-use super::{Store, StoreError, entities::signing_key};
+use super::{AuditRecord, Store, StoreError, audit::insert_audit, entities::signing_key};
 
 pub use signing_key::Model as StoredSigningKey;
 
@@ -73,6 +73,7 @@ impl Store {
         new: NewSigningKey,
         now: DateTime<Utc>,
         verify_until: DateTime<Utc>,
+        audit: AuditRecord,
     ) -> Result<(), StoreError> {
         let txn = self.db.begin().await?;
         // Writing first serialises concurrent rotations (row or database lock).
@@ -103,6 +104,7 @@ impl Store {
         signing_key::Entity::insert(active(new, now))
             .exec(&txn)
             .await?;
+        insert_audit(&txn, audit).await?;
         txn.commit().await?;
         Ok(())
     }

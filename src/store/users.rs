@@ -9,7 +9,8 @@ use sea_orm::{
 };
 
 use super::{
-    Store, StoreError,
+    AuditRecord, Store, StoreError,
+    audit::insert_audit,
     entities::{user, user_role},
 };
 
@@ -31,6 +32,7 @@ impl Store {
         password_hash: String,
         roles: &[String],
         now: DateTime<Utc>,
+        audit: AuditRecord,
     ) -> Result<StoredUser, StoreError> {
         let txn = self.db.begin().await?;
         let inserted = user::Entity::insert(user::ActiveModel {
@@ -51,6 +53,7 @@ impl Store {
             .exec(&txn)
             .await?;
         }
+        insert_audit(&txn, audit).await?;
         txn.commit().await?;
         Ok(StoredUser {
             id: inserted.id,
@@ -227,6 +230,7 @@ impl Store {
         username: &str,
         roles: &[String],
         now: DateTime<Utc>,
+        audit: AuditRecord,
     ) -> Result<AdminGuarded<UserRecord>, StoreError> {
         let txn = self.db.begin().await?;
         lock_admins(&txn).await?;
@@ -266,12 +270,17 @@ impl Store {
             updated_at: updated.updated_at,
             user: self.with_roles(updated, &txn).await?,
         };
+        insert_audit(&txn, audit).await?;
         txn.commit().await?;
         Ok(AdminGuarded::Done(record))
     }
 
     /// Deletes a user; sessions and roles go with it (foreign keys cascade).
-    pub async fn delete_user(&self, username: &str) -> Result<AdminGuarded<()>, StoreError> {
+    pub async fn delete_user(
+        &self,
+        username: &str,
+        audit: AuditRecord,
+    ) -> Result<AdminGuarded<()>, StoreError> {
         let txn = self.db.begin().await?;
         lock_admins(&txn).await?;
         let Some(found) = user::Entity::find()
@@ -297,6 +306,7 @@ impl Store {
             .exec(&txn)
             .await?;
         user::Entity::delete_by_id(found.id).exec(&txn).await?;
+        insert_audit(&txn, audit).await?;
         txn.commit().await?;
         Ok(AdminGuarded::Done(()))
     }
@@ -308,6 +318,7 @@ impl Store {
         user_id: i64,
         password_hash: String,
         now: DateTime<Utc>,
+        audit: AuditRecord,
     ) -> Result<(), StoreError> {
         let txn = self.db.begin().await?;
         user::Entity::update_many()
@@ -316,6 +327,7 @@ impl Store {
             .exec(&txn)
             .await?;
         bump_version(&txn, user_id, now).await?;
+        insert_audit(&txn, audit).await?;
         txn.commit().await?;
         Ok(())
     }

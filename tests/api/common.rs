@@ -7,7 +7,10 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use kms::{
     config::{BootstrapAdmin, Config, JwtSecret, Limits},
     crypto::sealing::MasterKey,
-    domain::token::{Claims, SigningAlgorithm},
+    domain::{
+        throttle::ThrottleSettings,
+        token::{Claims, SigningAlgorithm},
+    },
     proto::kms::v1::{self as pb, auth_client::AuthClient, keys_client::KeysClient},
     server::{App, Listeners},
     store::StoreOptions,
@@ -150,6 +153,7 @@ pub fn test_config(db_url: &str) -> Config {
         tls: None,
         limits: Limits::default(),
         ext_authz: true,
+        login_throttle: ThrottleSettings::default(),
     }
 }
 

@@ -7,6 +7,7 @@
 //!
 //! One test binary on purpose: each file in tests/ links the whole crate again.
 
+mod audit;
 mod auth;
 mod cli;
 mod common;
@@ -18,4 +19,5 @@ mod ops;
 mod rest;
 mod sessions;
 mod signing;
+mod throttle;
 mod users;

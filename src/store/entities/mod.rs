@@ -2,6 +2,7 @@
 
 pub mod api_key;
 pub mod api_key_secret;
+pub mod audit_event;
 pub mod refresh_token;
 pub mod session;
 pub mod signing_key;

@@ -1,0 +1,164 @@
+//! The audit trail: who did what to what, when, from where, with what outcome.
+//!
+//! The transport knows the request id and the client address; the domain knows the
+//! event. Rather than thread the former through every signature of two transports,
+//! each transport runs a call inside `scope`, and `event` reads it when it builds a
+//! row. Outside a request (start-up, the CLI) the fields are simply empty.
+
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+
+use super::{Caller, Error, Result, paging, require_admin, validate};
+use crate::store::{AuditFilter, AuditRecord, Store, StoredAuditEvent};
+
+tokio::task_local! {
+    static REQUEST: RequestMeta;
+}
+
+/// What the transport knows about the current call.
+#[derive(Debug, Clone, Default)]
+pub struct RequestMeta {
+    pub request_id: String,
+    pub client_addr: Option<String>,
+}
+
+/// Runs `f` with `meta` as the current call's metadata.
+pub async fn scope<F: Future>(meta: RequestMeta, f: F) -> F::Output {
+    REQUEST.scope(meta, f).await
+}
+
+pub const ANONYMOUS: &str = "anonymous";
+
+/// The request id a client sent (`x-request-id`) when it is sane: 1..64 characters of
+/// `A-Z a-z 0-9 . _ -`; otherwise a fresh random one.
+pub fn request_id(sent: Option<&str>) -> String {
+    match sent {
+        Some(id)
+            if (1..=64).contains(&id.len())
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-')) =>
+        {
+            id.to_owned()
+        }
+        _ => crate::crypto::random::base62(22).unwrap_or_default(),
+    }
+}
+
+/// Actions, as stored and filtered on.
+pub mod action {
+    pub const LOGIN: &str = "login";
+    pub const LOGIN_THROTTLED: &str = "login_throttled";
+    pub const REGISTER: &str = "register";
+    pub const TOKEN_REFRESH: &str = "token_refresh";
+    pub const TOKEN_REUSE: &str = "token_reuse_detected";
+    pub const LOGOUT: &str = "logout";
+    pub const KEY_CREATE: &str = "key_create";
+    pub const KEY_GET: &str = "key_get";
+    pub const KEY_ROTATE: &str = "key_rotate";
+    pub const KEY_REVOKE: &str = "key_revoke";
+    pub const KEY_VERIFY: &str = "key_verify";
+    pub const ROLES_SET: &str = "roles_set";
+    pub const USER_DELETE: &str = "user_delete";
+    pub const PASSWORD_CHANGE: &str = "password_change";
+    pub const SIGNING_KEY_ROTATE: &str = "signing_key_rotate";
+}
+
+pub mod outcome {
+    pub const SUCCESS: &str = "success";
+    pub const FAILURE: &str = "failure";
+    pub const DENIED: &str = "denied";
+}
+
+/// The row for an event of the current call. `target` must never be a secret.
+pub fn event(
+    actor: &str,
+    action: &'static str,
+    target: &str,
+    outcome: &'static str,
+) -> AuditRecord {
+    let meta = REQUEST.try_with(Clone::clone).unwrap_or_default();
+    AuditRecord {
+        at: Utc::now(),
+        actor: if actor.is_empty() {
+            ANONYMOUS.to_owned()
+        } else {
+            actor.to_owned()
+        },
+        action,
+        target: target.to_owned(),
+        outcome,
+        client_addr: meta.client_addr,
+        request_id: meta.request_id,
+    }
+}
+
+pub fn actor(caller: Option<&Caller>) -> &str {
+    caller.map_or(ANONYMOUS, |c| c.subject.as_str())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub action: String,
+    pub target: String,
+    pub outcome: String,
+    pub client_addr: String,
+    pub request_id: String,
+}
+
+impl From<StoredAuditEvent> for AuditEvent {
+    fn from(e: StoredAuditEvent) -> Self {
+        Self {
+            id: e.id,
+            at: e.at,
+            actor: e.actor,
+            action: e.action,
+            target: e.target,
+            outcome: e.outcome,
+            client_addr: e.client_addr.unwrap_or_default(),
+            request_id: e.request_id,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditLog {
+    store: Store,
+}
+
+impl AuditLog {
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    /// Admin: events newest first, filtered, paginated.
+    pub async fn list(
+        &self,
+        caller: &Caller,
+        filter: AuditFilter,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<(Vec<AuditEvent>, String)> {
+        require_admin(caller)?;
+        let size = validate::page_size(page_size)?;
+        if let (Some(since), Some(until)) = (filter.since, filter.until)
+            && since > until
+        {
+            return Err(Error::invalid("since", "must not be after until"));
+        }
+        let before = paging::decode(page_token, |id| {
+            id.parse::<i64>()
+                .map(|_| ())
+                .map_err(|_| Error::invalid("page_token", "malformed"))
+        })?
+        .and_then(|id| id.parse::<i64>().ok());
+        let rows = self.store.list_audit(&filter, before, size + 1).await?;
+        let ids: Vec<String> = rows.iter().map(|r| r.id.to_string()).collect();
+        let (rows, next) = paging::page(rows.into_iter().zip(ids).collect(), size, |(_, id)| id);
+        Ok((rows.into_iter().map(|(e, _)| e.into()).collect(), next))
+    }
+}

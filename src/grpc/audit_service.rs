@@ -1,0 +1,80 @@
+//! `kms.v1.Audit`.
+
+use chrono::DateTime;
+use tonic::{Request, Response, Status};
+
+use super::{auth_layer::caller, convert::timestamp};
+use crate::{
+    domain::{
+        Error,
+        audit::{AuditEvent, AuditLog},
+    },
+    proto::kms::v1::{self as pb, audit_server::Audit},
+    store::AuditFilter,
+};
+
+pub struct AuditApi {
+    service: AuditLog,
+}
+
+impl AuditApi {
+    pub fn new(service: AuditLog) -> Self {
+        Self { service }
+    }
+}
+
+fn filter(text: &str) -> Option<String> {
+    (!text.is_empty()).then(|| text.to_owned())
+}
+
+fn time(
+    field: &'static str,
+    t: Option<prost_types::Timestamp>,
+) -> Result<Option<DateTime<chrono::Utc>>, Error> {
+    t.map(|t| {
+        u32::try_from(t.nanos)
+            .ok()
+            .and_then(|nanos| DateTime::from_timestamp(t.seconds, nanos))
+            .ok_or_else(|| Error::invalid(field, "is not a valid timestamp"))
+    })
+    .transpose()
+}
+
+fn event(e: AuditEvent) -> pb::AuditEvent {
+    pb::AuditEvent {
+        id: e.id,
+        time: Some(timestamp(e.at)),
+        actor: e.actor,
+        action: e.action,
+        target: e.target,
+        outcome: e.outcome,
+        client_address: e.client_addr,
+        request_id: e.request_id,
+    }
+}
+
+#[tonic::async_trait]
+impl Audit for AuditApi {
+    async fn list_audit_events(
+        &self,
+        request: Request<pb::ListAuditEventsRequest>,
+    ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let filter = AuditFilter {
+            actor: filter(&req.actor),
+            action: filter(&req.action),
+            target: filter(&req.target),
+            since: time("since", req.since)?,
+            until: time("until", req.until)?,
+        };
+        let (events, next_page_token) = self
+            .service
+            .list(&caller, filter, req.page_size, &req.page_token)
+            .await?;
+        Ok(Response::new(pb::ListAuditEventsResponse {
+            events: events.into_iter().map(event).collect(),
+            next_page_token,
+        }))
+    }
+}

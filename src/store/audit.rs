@@ -1,0 +1,97 @@
+//! The audit trail. Changes insert their row inside their own transaction (through
+//! `insert_audit`); events that change nothing (a failed login, a read) are appended
+//! on their own.
+
+use chrono::{DateTime, Utc};
+use sea_orm::{
+    ActiveValue::{NotSet, Set},
+    ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+};
+
+use super::{Store, StoreError, entities::audit_event};
+
+pub use audit_event::Model as StoredAuditEvent;
+
+/// One event, as the domain describes it. Never a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRecord {
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub action: &'static str,
+    pub target: String,
+    pub outcome: &'static str,
+    pub client_addr: Option<String>,
+    pub request_id: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AuditFilter {
+    pub actor: Option<String>,
+    pub action: Option<String>,
+    pub target: Option<String>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+}
+
+fn clip(s: &str, max: usize) -> String {
+    s.chars().take(max).collect()
+}
+
+pub(super) async fn insert_audit(
+    db: &impl ConnectionTrait,
+    record: AuditRecord,
+) -> Result<(), StoreError> {
+    audit_event::Entity::insert(audit_event::ActiveModel {
+        id: NotSet,
+        at: Set(record.at),
+        actor: Set(clip(&record.actor, 64)),
+        action: Set(record.action.to_owned()),
+        target: Set(clip(&record.target, 128)),
+        outcome: Set(record.outcome.to_owned()),
+        client_addr: Set(record.client_addr.map(|a| clip(&a, 64))),
+        request_id: Set(clip(&record.request_id, 64)),
+    })
+    .exec(db)
+    .await?;
+    Ok(())
+}
+
+impl Store {
+    /// Appends an event that changes nothing else.
+    pub async fn audit(&self, record: AuditRecord) -> Result<(), StoreError> {
+        insert_audit(&self.db, record).await
+    }
+
+    /// Newest first, strictly before the event `before_id` when paging.
+    pub async fn list_audit(
+        &self,
+        filter: &AuditFilter,
+        before_id: Option<i64>,
+        limit: u64,
+    ) -> Result<Vec<StoredAuditEvent>, StoreError> {
+        let mut query = audit_event::Entity::find();
+        if let Some(actor) = &filter.actor {
+            query = query.filter(audit_event::Column::Actor.eq(actor.as_str()));
+        }
+        if let Some(action) = &filter.action {
+            query = query.filter(audit_event::Column::Action.eq(action.as_str()));
+        }
+        if let Some(target) = &filter.target {
+            query = query.filter(audit_event::Column::Target.eq(target.as_str()));
+        }
+        if let Some(since) = filter.since {
+            query = query.filter(audit_event::Column::At.gte(since));
+        }
+        if let Some(until) = filter.until {
+            query = query.filter(audit_event::Column::At.lt(until));
+        }
+        if let Some(before) = before_id {
+            query = query.filter(audit_event::Column::Id.lt(before));
+        }
+        Ok(query
+            .order_by_desc(audit_event::Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await?)
+    }
+}
