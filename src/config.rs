@@ -736,7 +736,8 @@ mod tests {
         b.jwt_secret_file = None;
         let err = b.resolve().unwrap_err().to_string();
         assert!(err.contains("KMS_JWT_SECRET"), "{err}");
-        assert!(Cli::try_parse_from(["kms", "serve", "--jwt-algorithm", "RS256"]).is_err());
+        assert!(Cli::try_parse_from(["kms", "serve", "--jwt-algorithm", "RS256"]).is_ok());
+        assert!(Cli::try_parse_from(["kms", "serve", "--jwt-algorithm", "none"]).is_err());
     }
 
     #[test]

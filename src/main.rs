@@ -127,7 +127,7 @@ async fn healthcheck(args: HealthcheckArgs) -> Result<(), String> {
 
 async fn rotate_signing_key(args: kms::config::ServeArgs) -> Result<(), String> {
     let config = args.resolve().map_err(|e| e.to_string())?;
-    if config.jwt_algorithm != SigningAlgorithm::EdDsa {
+    if config.jwt_algorithm == SigningAlgorithm::Hs256 {
         return Err(
             "KMS_JWT_ALGORITHM=HS256 has no signing keys: rotate KMS_JWT_SECRET instead".into(),
         );

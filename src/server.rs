@@ -308,7 +308,7 @@ async fn token_authority(
             let tokens = TokenAuthority::hs256(secret.expose(), issuer, audience, ttl);
             Ok((Arc::new(tokens), None))
         }
-        SigningAlgorithm::EdDsa => {
+        SigningAlgorithm::EdDsa | SigningAlgorithm::Rs256 => {
             let signing =
                 SigningKeys::new(store.clone(), sealer.clone(), config.jwt_algorithm, ttl);
             let keys = signing

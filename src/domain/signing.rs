@@ -11,7 +11,10 @@ use super::{
     token::{SigningAlgorithm, SigningKeyMaterial, TokenAuthority, public_jwk},
 };
 use crate::{
-    crypto::{sealing::Sealer, signing::generate_ed25519_pkcs8},
+    crypto::{
+        sealing::Sealer,
+        signing::{generate_ed25519_pkcs8, generate_rsa_pkcs1},
+    },
     store::{NewSigningKey, Store, StoredSigningKey},
 };
 
@@ -45,8 +48,11 @@ impl SigningKeys {
     }
 
     fn generate(&self) -> Result<NewSigningKey> {
-        let private = generate_ed25519_pkcs8()?;
-        let jwk = public_jwk(&private)?;
+        let private = match self.algorithm {
+            SigningAlgorithm::Rs256 => generate_rsa_pkcs1()?,
+            SigningAlgorithm::EdDsa | SigningAlgorithm::Hs256 => generate_ed25519_pkcs8()?,
+        };
+        let jwk = public_jwk(self.algorithm, &private)?;
         let kid = jwk
             .common
             .key_id

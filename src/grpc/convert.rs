@@ -36,5 +36,7 @@ pub fn jwk(key: &jsonwebtoken::jwk::Jwk) -> pb::Jwk {
         kid: field("kid"),
         crv: field("crv"),
         x: field("x"),
+        n: field("n"),
+        e: field("e"),
     }
 }

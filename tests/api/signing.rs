@@ -261,3 +261,56 @@ async fn jwks_is_served_over_http_too() {
     validate_elsewhere(&token, &body).expect("the HTTP JWKS validates tokens");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rs256_by_configuration() {
+    let server = TestServer::start_with(Backend::Sqlite, |c| {
+        c.jwt_algorithm = SigningAlgorithm::Rs256;
+        c.jwt_secret = None;
+    })
+    .await;
+    let token = server.admin_token().await;
+    let header = jsonwebtoken::decode_header(&token).unwrap();
+    assert_eq!(header.alg, Algorithm::RS256);
+    let set = jwks(&server).await;
+    assert_eq!(set.keys.len(), 1);
+    let key = &set.keys[0];
+    assert_eq!((key.kty.as_str(), key.alg.as_str()), ("RSA", "RS256"));
+    assert_eq!(Some(key.kid.clone()), header.kid);
+    assert!(
+        URL_SAFE_NO_PAD.decode(&key.n).unwrap().len() >= 256,
+        "a 2048-bit modulus"
+    );
+    assert_eq!(key.e, "AQAB");
+    // A validator with nothing but the JWKS.
+    let jwks: jsonwebtoken::jwk::JwkSet = serde_json::from_str(&set.jwks_json).unwrap();
+    let decoding = jsonwebtoken::DecodingKey::from_jwk(jwks.find(&key.kid).unwrap()).unwrap();
+    let mut validation = jsonwebtoken::Validation::new(Algorithm::RS256);
+    validation.set_audience(&["kms"]);
+    validation.set_issuer(&["kms"]);
+    let claims = jsonwebtoken::decode::<serde_json::Value>(&token, &decoding, &validation)
+        .unwrap()
+        .claims;
+    assert_eq!(claims["sub"], ADMIN);
+    assert!(
+        server
+            .auth()
+            .validate_token(pb::ValidateTokenRequest {
+                token: token.clone()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .valid
+    );
+    // Rotation works the same way.
+    let kid = server
+        .auth()
+        .rotate_signing_key(authed(pb::RotateSigningKeyRequest {}, &token))
+        .await
+        .unwrap()
+        .into_inner()
+        .kid;
+    assert_eq!(kid_of(&server.admin_token().await), kid);
+    server.stop().await;
+}
