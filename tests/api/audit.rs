@@ -373,9 +373,10 @@ async fn audit_listing_filters_and_pages(backend: Backend) {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn throttled_logins_and_signing_key_rotations_are_recorded() {
-    let server = TestServer::start_with(Backend::Sqlite, |c| {
+both_backends!(throttled_logins_and_signing_key_rotations_are_recorded);
+
+async fn throttled_logins_and_signing_key_rotations_are_recorded(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| {
         c.login_throttle.max_failures = 1;
         c.jwt_algorithm = kms::domain::token::SigningAlgorithm::EdDsa;
         c.jwt_secret = None;

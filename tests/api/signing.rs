@@ -230,9 +230,10 @@ async fn rotation_keeps_old_tokens_valid_until_they_expire(backend: Backend) {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn hs256_publishes_nothing_and_cannot_rotate_keys() {
-    let server = TestServer::start(Backend::Sqlite).await;
+both_backends!(hs256_publishes_nothing_and_cannot_rotate_keys);
+
+async fn hs256_publishes_nothing_and_cannot_rotate_keys(backend: Backend) {
+    let server = TestServer::start(backend).await;
     assert!(jwks(&server).await.keys.is_empty());
     let admin = server.admin_token().await;
     assert_status(
@@ -262,9 +263,10 @@ async fn jwks_is_served_over_http_too() {
     server.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rs256_by_configuration() {
-    let server = TestServer::start_with(Backend::Sqlite, |c| {
+both_backends!(rs256_by_configuration);
+
+async fn rs256_by_configuration(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| {
         c.jwt_algorithm = SigningAlgorithm::Rs256;
         c.jwt_secret = None;
     })
