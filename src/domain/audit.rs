@@ -42,8 +42,21 @@ pub fn request_id(sent: Option<&str>) -> String {
         {
             id.to_owned()
         }
-        _ => crate::crypto::random::base62(22).unwrap_or_default(),
+        _ => fresh_request_id(),
     }
+}
+
+/// Unique, not secret: a random prefix drawn once per process and a counter, so that
+/// no call pays a trip to the OS random number generator for its id.
+fn fresh_request_id() -> String {
+    use std::sync::{
+        OnceLock,
+        atomic::{AtomicU64, Ordering},
+    };
+    static PREFIX: OnceLock<String> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| crate::crypto::random::base62(10).unwrap_or_default());
+    format!("{prefix}-{:x}", COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
 /// Actions, as stored and filtered on.
@@ -160,5 +173,21 @@ impl AuditLog {
         let ids: Vec<String> = rows.iter().map(|r| r.id.to_string()).collect();
         let (rows, next) = paging::page(rows.into_iter().zip(ids).collect(), size, |(_, id)| id);
         Ok((rows.into_iter().map(|(e, _)| e.into()).collect(), next))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids() {
+        assert_eq!(request_id(Some("abc-123_x.y")), "abc-123_x.y");
+        for bad in [Some(""), Some("has space"), Some("é"), None] {
+            let id = request_id(bad);
+            assert!(!id.is_empty() && id.is_ascii(), "{id}");
+        }
+        assert_ne!(request_id(None), request_id(None));
+        assert_ne!(request_id(Some(&"x".repeat(65))), "x".repeat(65));
     }
 }
