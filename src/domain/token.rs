@@ -102,7 +102,7 @@ impl std::str::FromStr for SigningAlgorithm {
             "HS256" => Ok(Self::Hs256),
             "RS256" => Ok(Self::Rs256),
             other => Err(format!(
-                "unknown JWT algorithm {other:?}: use EdDSA or HS256"
+                "unknown JWT algorithm {other:?}: use EdDSA, RS256 or HS256"
             )),
         }
     }

@@ -188,6 +188,15 @@ impl UserAdmin {
                 .verify(change.old_password, Some(user.password_hash.clone()))
                 .await?;
             if outcome == Verification::Mismatch {
+                let record = audit::event(
+                    &caller.subject,
+                    action::PASSWORD_CHANGE,
+                    &target,
+                    audit::outcome::DENIED,
+                );
+                if let Err(e) = self.store.audit(record).await {
+                    tracing::error!(error = %e, "audit event could not be recorded");
+                }
                 return Err(Error::PermissionDenied("old_password: does not match"));
             }
         }

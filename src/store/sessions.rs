@@ -162,6 +162,10 @@ impl Store {
             let Some((token, Some(session))) = earlier else {
                 return Ok(RefreshOutcome::Invalid);
             };
+            // An expired token presented again is just expired, not a sign of theft.
+            if token.expires_at <= now {
+                return Ok(RefreshOutcome::Invalid);
+            }
             revoke(&txn, &token.session_id, now).await?;
             let username = user::Entity::find_by_id(session.user_id)
                 .one(&txn)

@@ -11,7 +11,7 @@ use sea_orm::{
 use super::{
     AuditRecord, Store, StoreError,
     audit::insert_audit,
-    entities::{user, user_role},
+    entities::{session, user, user_role},
 };
 
 /// A user as stored: the PHC hash, never a password.
@@ -333,11 +333,19 @@ impl Store {
     }
 }
 
+/// Invalidates every token the user holds: a new token version (access tokens carry
+/// the old one) and every open login revoked (refresh tokens die with it).
 async fn bump_version(
     db: &impl ConnectionTrait,
     user_id: i64,
     now: DateTime<Utc>,
 ) -> Result<user::Model, StoreError> {
+    session::Entity::update_many()
+        .col_expr(session::Column::RevokedAt, Expr::value(Some(now)))
+        .filter(session::Column::UserId.eq(user_id))
+        .filter(session::Column::RevokedAt.is_null())
+        .exec(db)
+        .await?;
     user::Entity::update_many()
         .col_expr(
             user::Column::TokenVersion,

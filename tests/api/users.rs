@@ -161,6 +161,16 @@ async fn role_changes_take_effect_and_invalidate_tokens(backend: Backend) {
     let before = server.login("dana", &password).await;
     assert!(works(&server, &before).await);
 
+    let refresh = server
+        .auth()
+        .login(pb::LoginRequest {
+            username: "dana".into(),
+            password: password.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .refresh_token;
     let updated = users(&server)
         .set_roles(authed(set_roles("dana", &["ops", "admin", "ops"]), &admin))
         .await
@@ -170,6 +180,16 @@ async fn role_changes_take_effect_and_invalidate_tokens(backend: Backend) {
     assert!(
         !works(&server, &before).await,
         "a token with the old roles must stop working"
+    );
+    assert_status(
+        server
+            .auth()
+            .refresh(pb::RefreshRequest {
+                refresh_token: refresh,
+            })
+            .await,
+        Code::Unauthenticated,
+        "",
     );
     let after = server.login("dana", &password).await;
     let v = server
@@ -417,11 +437,31 @@ async fn password_changes_invalidate_tokens(backend: Backend) {
         Code::PermissionDenied,
         "admin",
     );
+    let session = server
+        .auth()
+        .login(pb::LoginRequest {
+            username: "fred".into(),
+            password: "fred-new-password-1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
     users(&server)
         .change_password(authed(change("fred", "", "reset-by-admin-123"), &admin))
         .await
         .unwrap();
     assert!(!works(&server, &token).await);
+    // The refresh tokens of earlier logins die with them.
+    assert_status(
+        server
+            .auth()
+            .refresh(pb::RefreshRequest {
+                refresh_token: session.refresh_token,
+            })
+            .await,
+        Code::Unauthenticated,
+        "",
+    );
     server.login("fred", "reset-by-admin-123").await;
     assert_status(
         users(&server)
