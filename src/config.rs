@@ -269,6 +269,12 @@ impl JwtSecret {
         Ok(Self(Zeroizing::new(bytes)))
     }
 
+    /// The original service's `SECRET_KEY`, which may be shorter than the floor: the
+    /// caller has warned about it.
+    pub(crate) fn legacy(bytes: Vec<u8>) -> Self {
+        Self(Zeroizing::new(bytes))
+    }
+
     pub fn expose(&self) -> &[u8] {
         &self.0
     }

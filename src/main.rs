@@ -147,7 +147,7 @@ async fn rotate_signing_key(args: kms::config::ServeArgs) -> Result<(), String> 
         .rotate_stored("operator")
         .await
         .map_err(|e| e.to_string())?;
-    println!("new signing key {kid}; running servers switch to it within 30 s");
+    println!("new signing key {kid}; running servers switch to it within 5 s");
     Ok(())
 }
 

@@ -86,7 +86,9 @@ impl App {
         let hasher = PasswordHasherPool::new(config.password_hash_concurrency)
             .await
             .map_err(|e| StartError::Bootstrap(e.to_string()))?;
-        let authenticator = Arc::new(Authenticator::new(tokens.clone(), store.clone()));
+        let authenticator = Arc::new(
+            Authenticator::new(tokens.clone(), store.clone()).with_signing_keys(signing.clone()),
+        );
         let auth = AuthService::new(
             store.clone(),
             hasher.clone(),
@@ -288,7 +290,7 @@ async fn wait_for(mut stop: watch::Receiver<bool>) {
 
 /// How often signing keys are re-read, to pick up rotations made by other replicas
 /// and drop keys whose tokens have all expired.
-const SIGNING_KEY_REFRESH: std::time::Duration = std::time::Duration::from_secs(30);
+const SIGNING_KEY_REFRESH: std::time::Duration = crate::domain::signing::REFRESH_INTERVAL;
 
 async fn token_authority(
     config: &Config,

@@ -78,7 +78,7 @@ impl LegacyEnv {
         };
         used("SECRET_KEY", "KMS_JWT_SECRET");
         check_secret_key(secret)?;
-        JwtSecret::new(secret.as_bytes().to_vec()).map(Some)
+        Ok(Some(JwtSecret::legacy(secret.as_bytes().to_vec())))
     }
 
     /// The master key derived from `SECRET_KEY`, when KMS_MASTER_KEY(_FILE) is not set:
@@ -139,12 +139,17 @@ fn legacy_algorithm(name: &str) -> Result<SigningAlgorithm, ConfigError> {
     }
 }
 
-/// The same floor as KMS_JWT_SECRET, named for the variable the operator set.
+/// An original service's `.env` must start the KMS (issue 7), so a `SECRET_KEY` shorter
+/// than KMS_JWT_SECRET's floor is accepted, loudly: it is what the deployment already
+/// trusts, and refusing it would only block the move. Empty is refused.
 fn check_secret_key(secret: &str) -> Result<(), ConfigError> {
+    if secret.is_empty() {
+        return Err(ConfigError("SECRET_KEY is empty".into()));
+    }
     if secret.len() < MIN_HS256_SECRET_BYTES {
-        return Err(ConfigError(format!(
-            "SECRET_KEY must be at least {MIN_HS256_SECRET_BYTES} bytes (e.g. `openssl rand -hex 32`); set KMS_JWT_SECRET and KMS_MASTER_KEY to use other secrets"
-        )));
+        tracing::warn!(
+            "SECRET_KEY is shorter than {MIN_HS256_SECRET_BYTES} bytes: tokens signed with it and the master key derived from it are weak. Set KMS_JWT_SECRET (or move to EdDSA with KMS_JWT_ALGORITHM) and KMS_MASTER_KEY"
+        );
     }
     Ok(())
 }
@@ -265,18 +270,12 @@ mod tests {
     }
 
     #[test]
-    fn short_secret_key_is_refused_by_name() {
+    fn a_short_secret_key_still_starts_the_kms() {
         let legacy = env(&[("SECRET_KEY", "changeme")]);
-        for err in [
-            legacy.jwt_secret().unwrap_err(),
-            legacy.master_key().unwrap_err(),
-        ] {
-            assert!(
-                err.0.contains("SECRET_KEY must be at least 32 bytes"),
-                "{err}"
-            );
-            assert!(!err.0.contains("changeme"));
-        }
+        assert_eq!(legacy.jwt_secret().unwrap().unwrap().expose(), b"changeme");
+        assert!(legacy.master_key().unwrap().is_some());
+        let empty = env(&[("SECRET_KEY", "")]);
+        assert!(empty.jwt_secret().is_err());
     }
 
     #[test]

@@ -9,7 +9,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::token::{Claims, TokenAuthority};
+use super::{
+    signing::SigningKeys,
+    token::{Claims, TokenAuthority, TokenError},
+};
 use crate::store::{SessionState, Store, StoreError};
 
 /// How long a session's state is trusted without asking the database. Changes made on
@@ -18,6 +21,8 @@ use crate::store::{SessionState, Store, StoreError};
 const CACHE_TTL: Duration = Duration::from_secs(1);
 /// Entries kept at most; past this the cache starts over, which costs a lookup each.
 const CACHE_MAX: usize = 100_000;
+/// The least time between two reloads of the signing keys for an unknown `kid`.
+const KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthFailure {
@@ -31,6 +36,9 @@ pub struct Authenticator {
     tokens: Arc<TokenAuthority>,
     store: Store,
     cache: Mutex<HashMap<String, (Instant, Option<SessionState>)>>,
+    /// Asymmetric signing keys, reloaded when a token names an unknown one.
+    signing: Option<SigningKeys>,
+    last_reload: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -45,7 +53,14 @@ impl Authenticator {
             tokens,
             store,
             cache: Mutex::new(HashMap::new()),
+            signing: None,
+            last_reload: Mutex::new(None),
         }
+    }
+
+    pub fn with_signing_keys(mut self, signing: Option<SigningKeys>) -> Self {
+        self.signing = signing;
+        self
     }
 
     pub fn tokens(&self) -> &Arc<TokenAuthority> {
@@ -53,10 +68,14 @@ impl Authenticator {
     }
 
     pub async fn authenticate(&self, token: &str) -> Result<Claims, AuthFailure> {
-        let claims = self
-            .tokens
-            .verify(token)
-            .map_err(|_| AuthFailure::Invalid)?;
+        let claims = match self.tokens.verify(token) {
+            Ok(claims) => claims,
+            Err(TokenError::UnknownKey) if self.reload_keys().await => self
+                .tokens
+                .verify(token)
+                .map_err(|_| AuthFailure::Invalid)?,
+            Err(_) => return Err(AuthFailure::Invalid),
+        };
         let state = self.session(&claims.sid).await?;
         match state {
             Some(s) if !s.revoked && s.token_version == claims.ver && s.username == claims.sub => {
@@ -87,6 +106,31 @@ impl Authenticator {
             cache.insert(sid.to_owned(), (Instant::now(), state.clone()));
         }
         Ok(state)
+    }
+
+    /// Re-reads the signing keys when a token names one this replica does not know:
+    /// another replica may have rotated a moment ago. At most once a second, so that
+    /// made-up `kid`s cannot turn into a database load. `true` when keys were reloaded.
+    async fn reload_keys(&self) -> bool {
+        let Some(signing) = &self.signing else {
+            return false;
+        };
+        {
+            let Ok(mut last) = self.last_reload.lock() else {
+                return false;
+            };
+            if last.is_some_and(|t| t.elapsed() < KEY_RELOAD_INTERVAL) {
+                return false;
+            }
+            *last = Some(Instant::now());
+        }
+        match signing.refresh(&self.tokens).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "signing keys could not be reloaded");
+                false
+            }
+        }
     }
 
     /// Drops what is known about a session (logout, reuse detection).

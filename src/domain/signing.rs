@@ -18,6 +18,13 @@ use crate::{
     store::{NewSigningKey, Store, StoredSigningKey},
 };
 
+/// How often every replica re-reads the signing keys (a replica that meets an unknown
+/// `kid` re-reads at once).
+pub const REFRESH_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+/// How much longer than the token lifetime a retired key keeps verifying: other
+/// replicas may sign with it until their next refresh.
+const RETIRED_KEY_MARGIN_SECONDS: i64 = 2 * REFRESH_INTERVAL.as_secs() as i64;
+
 /// Associated data binding a sealed private key to its `kid`.
 fn aad(kid: &str) -> Vec<u8> {
     format!("kms signing key {kid}").into_bytes()
@@ -132,8 +139,11 @@ impl SigningKeys {
     pub async fn rotate_stored(&self, actor: &str) -> Result<String> {
         let now = Utc::now();
         let verify_until: DateTime<Utc> = now
-            + Duration::try_seconds(self.token_ttl_seconds)
-                .ok_or_else(|| Error::Internal("token lifetime out of range".into()))?;
+            + Duration::try_seconds(
+                self.token_ttl_seconds
+                    .saturating_add(RETIRED_KEY_MARGIN_SECONDS),
+            )
+            .ok_or_else(|| Error::Internal("token lifetime out of range".into()))?;
         let new = self.generate()?;
         let kid = new.kid.clone();
         let record = audit::event(actor, action::SIGNING_KEY_ROTATE, &kid, outcome::SUCCESS);

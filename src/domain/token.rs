@@ -60,6 +60,10 @@ pub struct IssuedToken {
 pub enum TokenError {
     #[error("token is invalid or expired")]
     Invalid,
+    /// Signed with a key this replica does not know (yet): another replica may have
+    /// just rotated. Worth one reload of the keys before refusing.
+    #[error("token names an unknown signing key")]
+    UnknownKey,
 }
 
 /// The algorithms tokens can be signed with (`KMS_JWT_ALGORITHM`).
@@ -341,7 +345,7 @@ impl TokenAuthority {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
         let keys = self.current().map_err(|_| TokenError::Invalid)?;
         let verifier = match &header.kid {
-            Some(kid) => keys.by_kid.get(kid),
+            Some(kid) => Some(keys.by_kid.get(kid).ok_or(TokenError::UnknownKey)?),
             None => keys.unkeyed.as_ref(),
         }
         .filter(|v| v.usable(chrono::Utc::now().timestamp()))
@@ -585,7 +589,7 @@ mod tests {
             &EncodingKey::from_ed_der(&other.private_pkcs8),
         )
         .unwrap();
-        assert_eq!(a.verify(&foreign), Err(TokenError::Invalid));
+        assert_eq!(a.verify(&foreign), Err(TokenError::UnknownKey));
         // HS256 authorities refuse keyed tokens, EdDSA ones unkeyed tokens.
         let hs = TokenAuthority::hs256(SECRET, "kms", "kms", 60);
         assert!(hs.verify(&a.sign(&claims).unwrap()).is_err());

@@ -163,7 +163,11 @@ pub struct TestServer {
     pub channel: Channel,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<()>>,
-    _db: TestDb,
+    /// The database, owned by the first server on it (replicas borrow its URL); dropped
+    /// with the server.
+    _db: Option<TestDb>,
+    db_url: String,
+    config: Config,
 }
 
 impl TestServer {
@@ -183,6 +187,17 @@ impl TestServer {
         let db = TestDb::new(&backend).await;
         let mut config = test_config(&db.url);
         tweak(&mut config);
+        Self::launch(config, Some(db), tls).await
+    }
+
+    /// A second server on the same database with the same secrets: a replica.
+    pub async fn replica(&self) -> Self {
+        let mut server = Self::launch(self.config.clone(), None, false).await;
+        server.db_url = self.db_url.clone();
+        server
+    }
+
+    async fn launch(config: Config, db: Option<TestDb>, tls: bool) -> Self {
         let app = App::build(&config).await.expect("server builds");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -215,12 +230,14 @@ impl TestServer {
             channel,
             shutdown: Some(tx),
             handle: Some(handle),
+            db_url: config.database.url.clone(),
             _db: db,
+            config,
         }
     }
 
     pub fn db_url(&self) -> &str {
-        &self._db.url
+        &self.db_url
     }
 
     pub fn auth(&self) -> AuthClient<Channel> {

@@ -219,7 +219,15 @@ async fn rotation_keeps_old_tokens_valid_until_they_expire(backend: Backend) {
     validate_elsewhere(&old_token, &set.jwks_json).unwrap();
 
     // Once every token the old key signed has expired, it leaves the JWKS.
+    // (Token lifetime 3 s, plus the 10 s allowed to replicas that signed with it
+    // before their next re-read of the keys.)
     tokio::time::sleep(Duration::from_millis(3300)).await;
+    assert_eq!(
+        jwks(&server).await.keys.len(),
+        2,
+        "still covering other replicas"
+    );
+    tokio::time::sleep(Duration::from_millis(10_000)).await;
     let kids: Vec<_> = jwks(&server)
         .await
         .keys
@@ -315,4 +323,62 @@ async fn rs256_by_configuration(backend: Backend) {
         .kid;
     assert_eq!(kid_of(&server.admin_token().await), kid);
     server.stop().await;
+}
+
+both_backends!(replicas_share_keys_and_follow_a_rotation_at_once);
+
+async fn replicas_share_keys_and_follow_a_rotation_at_once(backend: Backend) {
+    let a = eddsa(backend, 3600).await;
+    let b = a.replica().await;
+    let admin = a.admin_token().await;
+    // One key set in the database: B accepts A's tokens and publishes the same JWKS.
+    assert!(
+        b.auth()
+            .validate_token(pb::ValidateTokenRequest {
+                token: admin.clone()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .valid
+    );
+    assert_eq!(jwks(&a).await.jwks_json, jwks(&b).await.jwks_json);
+
+    let new_kid = a
+        .auth()
+        .rotate_signing_key(authed(pb::RotateSigningKeyRequest {}, &admin))
+        .await
+        .unwrap()
+        .into_inner()
+        .kid;
+    let fresh = a.admin_token().await;
+    assert_eq!(kid_of(&fresh), new_kid);
+    // B has not re-read its keys yet, but a token naming an unknown key makes it.
+    let v = b
+        .auth()
+        .validate_token(pb::ValidateTokenRequest {
+            token: fresh.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        v.valid,
+        "B must accept A's token signed with the new key at once"
+    );
+    b.keys()
+        .list_keys(authed(
+            pb::ListKeysRequest {
+                page_size: 1,
+                page_token: String::new(),
+            },
+            &fresh,
+        ))
+        .await
+        .unwrap();
+    // From then on B signs with the new key too and publishes both.
+    assert_eq!(kid_of(&b.admin_token().await), new_kid);
+    assert_eq!(jwks(&b).await.keys.len(), 2);
+    b.stop().await;
+    a.stop().await;
 }
