@@ -107,6 +107,14 @@ pub fn event(
     }
 }
 
+/// Appends an event that changes nothing else (a read, a refusal). A failure to record
+/// it is logged, not turned into the caller's error: the answer stands either way.
+pub async fn append(store: &Store, record: AuditRecord) {
+    if let Err(e) = store.audit(record).await {
+        tracing::error!(error = %e, "audit event could not be recorded");
+    }
+}
+
 pub fn actor(caller: Option<&Caller>) -> &str {
     caller.map_or(ANONYMOUS, |c| c.subject.as_str())
 }

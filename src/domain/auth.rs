@@ -3,7 +3,7 @@
 use std::{net::IpAddr, sync::Arc, time::Instant};
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use zeroize::Zeroizing;
 
 use super::{
@@ -113,7 +113,7 @@ impl AuthService {
     pub async fn rotate_signing_key(&self, caller: &Caller) -> Result<String> {
         super::require_admin(caller)?;
         match &self.signing {
-            Some(signing) => signing.rotate_for(caller, self.tokens()).await,
+            Some(signing) => signing.rotate(&caller.subject, self.tokens()).await,
             None => Err(Error::FailedPrecondition(
                 "tokens are signed with the HS256 shared secret: rotate KMS_JWT_SECRET instead"
                     .into(),
@@ -221,12 +221,15 @@ impl AuthService {
             Ok(attempt) => attempt,
             Err(wait) => {
                 tracing::info!(%username, client = ?client, "login throttled");
-                self.append(audit::event(
-                    audit::ANONYMOUS,
-                    action::LOGIN_THROTTLED,
-                    username,
-                    outcome::DENIED,
-                ))
+                audit::append(
+                    &self.store,
+                    audit::event(
+                        audit::ANONYMOUS,
+                        action::LOGIN_THROTTLED,
+                        username,
+                        outcome::DENIED,
+                    ),
+                )
                 .await;
                 return Err(Error::Throttled {
                     retry_after_secs: retry_after_secs(wait),
@@ -239,12 +242,10 @@ impl AuthService {
         let (Verification::Match { needs_rehash }, Some(user)) = (outcome, user) else {
             attempt.failed(Instant::now());
             tracing::info!(%username, client = ?client, "login failed");
-            self.append(audit::event(
-                audit::ANONYMOUS,
-                action::LOGIN,
-                username,
-                outcome::FAILURE,
-            ))
+            audit::append(
+                &self.store,
+                audit::event(audit::ANONYMOUS, action::LOGIN, username, outcome::FAILURE),
+            )
             .await;
             return Err(Error::Unauthenticated(BAD_CREDENTIALS));
         };
@@ -274,8 +275,7 @@ impl AuthService {
         now: DateTime<Utc>,
     ) -> Result<(Zeroizing<String>, NewRefreshToken)> {
         let token = Zeroizing::new(format!("{REFRESH_PREFIX}{}", random::base62(43)?));
-        let ttl = Duration::try_seconds(self.settings.refresh_token_ttl_seconds)
-            .ok_or_else(|| Error::Internal("refresh token lifetime out of range".into()))?;
+        let ttl = super::seconds(self.settings.refresh_token_ttl_seconds)?;
         let stored = NewRefreshToken {
             digest: digest::sha256(token.as_bytes()).to_vec(),
             expires_at: now + ttl,
@@ -366,14 +366,6 @@ impl AuthService {
         self.authenticator.forget_session(&caller.session_id);
         tracing::info!(username = %caller.subject, "logged out");
         Ok(())
-    }
-
-    /// Appends an event that changes nothing else. A failure to record it is logged,
-    /// not turned into the caller's error: the answer stands either way.
-    async fn append(&self, record: crate::store::AuditRecord) {
-        if let Err(e) = self.store.audit(record).await {
-            tracing::error!(error = %e, "audit event could not be recorded");
-        }
     }
 
     /// Upgrades a hash made with older parameters. Best effort: the login succeeds

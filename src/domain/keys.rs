@@ -5,7 +5,7 @@ use chrono::{DateTime, Duration, Utc};
 use super::{
     Caller, Error, Result, api_key,
     audit::{self, action, outcome},
-    paging, require_admin, validate,
+    paging, require_admin, seconds, validate,
 };
 use crate::{
     crypto::{digest, sealing::Sealer},
@@ -50,10 +50,6 @@ pub struct VerifiedKey {
 pub struct KeyService {
     store: Store,
     sealer: Sealer,
-}
-
-fn seconds(n: i64) -> Result<Duration> {
-    Duration::try_seconds(n).ok_or_else(|| Error::Internal(format!("duration out of range: {n}")))
 }
 
 impl KeyService {
@@ -263,9 +259,7 @@ impl KeyService {
                 &api_key::display_prefix(presented),
                 outcome::FAILURE,
             );
-            if let Err(e) = self.store.audit(record).await {
-                tracing::error!(error = %e, "audit event could not be recorded");
-            }
+            audit::append(&self.store, record).await;
         }
         Ok(verified)
     }

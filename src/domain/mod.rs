@@ -40,6 +40,13 @@ impl From<CryptoError> for Error {
     }
 }
 
+/// A number of seconds as a duration; out of range is a bug upstream (settings and
+/// inputs are bounded before they get here), reported, never a panic.
+pub fn seconds(n: i64) -> Result<chrono::Duration> {
+    chrono::Duration::try_seconds(n)
+        .ok_or_else(|| Error::Internal(format!("duration out of range: {n}")))
+}
+
 /// Fails closed: only a caller whose role set contains `admin` passes.
 pub fn require_admin(caller: &Caller) -> Result<()> {
     if caller.is_admin() {

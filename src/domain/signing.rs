@@ -1,13 +1,12 @@
 //! Signing keys for access tokens, kept in the database so that every replica signs
 //! and verifies with the same set; private halves sealed under the master key.
 
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Utc};
 use zeroize::Zeroizing;
 
 use super::{
-    Caller, Error, Result,
+    Error, Result,
     audit::{self, action, outcome},
-    require_admin,
     token::{SigningAlgorithm, SigningKeyMaterial, TokenAuthority, public_jwk},
 };
 use crate::{
@@ -139,11 +138,10 @@ impl SigningKeys {
     pub async fn rotate_stored(&self, actor: &str) -> Result<String> {
         let now = Utc::now();
         let verify_until: DateTime<Utc> = now
-            + Duration::try_seconds(
+            + super::seconds(
                 self.token_ttl_seconds
                     .saturating_add(RETIRED_KEY_MARGIN_SECONDS),
-            )
-            .ok_or_else(|| Error::Internal("token lifetime out of range".into()))?;
+            )?;
         let new = self.generate()?;
         let kid = new.kid.clone();
         let record = audit::event(actor, action::SIGNING_KEY_ROTATE, &kid, outcome::SUCCESS);
@@ -152,12 +150,6 @@ impl SigningKeys {
             .await?;
         tracing::info!(%kid, "token signing key rotated");
         Ok(kid)
-    }
-
-    /// The admin RPC.
-    pub async fn rotate_for(&self, caller: &Caller, tokens: &TokenAuthority) -> Result<String> {
-        require_admin(caller)?;
-        self.rotate(&caller.subject, tokens).await
     }
 
     /// Picks up keys rotated by other replicas and drops keys no token needs.

@@ -194,9 +194,7 @@ impl UserAdmin {
                     &target,
                     audit::outcome::DENIED,
                 );
-                if let Err(e) = self.store.audit(record).await {
-                    tracing::error!(error = %e, "audit event could not be recorded");
-                }
+                audit::append(&self.store, record).await;
                 return Err(Error::PermissionDenied("old_password: does not match"));
             }
         }
