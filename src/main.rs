@@ -11,6 +11,7 @@ use kms::{
     crypto::password::PasswordHasherPool,
     crypto::sealing::Sealer,
     domain::auth::{AuthService, AuthSettings, NewUser},
+    domain::cluster::Caches,
     domain::sessions::Authenticator,
     domain::signing::SigningKeys,
     domain::token::{SigningAlgorithm, TokenAuthority},
@@ -181,7 +182,11 @@ async fn create_user(args: UserCreateArgs) -> Result<(), String> {
     let auth = AuthService::new(
         store.clone(),
         hasher,
-        std::sync::Arc::new(Authenticator::new(unused_tokens, store)),
+        std::sync::Arc::new(Authenticator::new(
+            unused_tokens,
+            store.clone(),
+            std::sync::Arc::new(Caches::local()),
+        )),
         AuthSettings {
             allow_registration: false,
             password_min_bytes: usize::try_from(args.password_min_length)

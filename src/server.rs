@@ -15,6 +15,7 @@ use crate::{
         self,
         audit::AuditLog,
         auth::{AuthService, AuthSettings},
+        cluster::Caches,
         keys::KeyService,
         sessions::Authenticator,
         signing::SigningKeys,
@@ -32,7 +33,7 @@ use crate::{
             users_server::UsersServer,
         },
     },
-    store::{Store, redact_url},
+    store::{ServerLock, Store, redact_url},
     telemetry::Metrics,
 };
 
@@ -59,6 +60,8 @@ pub struct CreatedAdmin {
 /// A migrated, bootstrapped server ready to accept connections.
 pub struct App {
     store: Store,
+    caches: Arc<Caches>,
+    _single_server: Option<ServerLock>,
     auth: AuthService,
     keys: KeyService,
     users: UserAdmin,
@@ -75,6 +78,9 @@ impl App {
         let store = Store::connect(&config.database)
             .await
             .map_err(|e| StartError::Database(e.to_string()))?;
+        let single_server = store
+            .lock_single_server()
+            .map_err(|e| StartError::Database(e.to_string()))?;
         store
             .migrate()
             .await
@@ -86,8 +92,10 @@ impl App {
         let hasher = PasswordHasherPool::new(config.password_hash_concurrency)
             .await
             .map_err(|e| StartError::Bootstrap(e.to_string()))?;
+        let caches = Arc::new(Caches::for_store(&store));
         let authenticator = Arc::new(
-            Authenticator::new(tokens.clone(), store.clone()).with_signing_keys(signing.clone()),
+            Authenticator::new(tokens.clone(), store.clone(), caches.clone())
+                .with_signing_keys(signing.clone()),
         );
         let auth = AuthService::new(
             store.clone(),
@@ -101,7 +109,7 @@ impl App {
         )
         .with_signing_keys(signing.clone())
         .with_login_throttle(LoginThrottle::new(config.login_throttle.clone()));
-        let keys = KeyService::new(store.clone(), sealer);
+        let keys = KeyService::new(store.clone(), sealer, caches.clone());
         let users = UserAdmin::new(
             store.clone(),
             hasher,
@@ -116,6 +124,8 @@ impl App {
         let metrics = Metrics::new().map_err(|e| StartError::Serve(format!("metrics: {e}")))?;
         Ok(Self {
             store,
+            caches,
+            _single_server: single_server,
             auth,
             keys,
             users,
@@ -154,6 +164,15 @@ impl App {
                 stop_rx.clone(),
             ));
         }
+        // Other replicas' changes: cache invalidation and signing key rotations.
+        tokio::spawn(domain::cluster::follow(
+            self.store.clone(),
+            self.caches.clone(),
+            self.auth
+                .signing_keys()
+                .map(|signing| (signing.clone(), self.tokens.clone())),
+            stop_rx.clone(),
+        ));
         let monitor = tokio::spawn(crate::health::monitor(
             self.store.clone(),
             reporter,

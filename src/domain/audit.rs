@@ -115,6 +115,59 @@ pub async fn append(store: &Store, record: AuditRecord) {
     }
 }
 
+/// How many events may wait for the background writer, and how many it writes at once.
+const QUEUE_MAX: usize = 4_096;
+const BATCH_MAX: usize = 256;
+
+/// Events recorded off the caller's path, in batches: refusals that anyone holding a
+/// token can cause at the rate of a hot path (a failed VerifyKey), where a database
+/// write per call would make the refusal the most expensive answer. The queue is
+/// bounded: when it is full (the database is down or far behind) an event is dropped
+/// and counted, never waited for.
+#[derive(Debug, Clone)]
+pub struct AuditQueue {
+    tx: tokio::sync::mpsc::Sender<AuditRecord>,
+    dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl AuditQueue {
+    /// Starts the writer; it ends once every handle is dropped and the queue is empty.
+    pub fn start(store: Store) -> Self {
+        let (tx, rx) = tokio::sync::mpsc::channel(QUEUE_MAX);
+        tokio::spawn(write_batches(store, rx));
+        Self {
+            tx,
+            dropped: Default::default(),
+        }
+    }
+
+    pub fn push(&self, record: AuditRecord) {
+        use std::sync::atomic::Ordering;
+        if self.tx.try_send(record).is_err() {
+            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            // Logged on the first drop and every thousandth after it.
+            if dropped % 1000 == 1 {
+                tracing::warn!(dropped, "audit queue full: events dropped");
+            }
+        }
+    }
+
+    /// Events dropped so far because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+async fn write_batches(store: Store, mut rx: tokio::sync::mpsc::Receiver<AuditRecord>) {
+    let mut batch = Vec::with_capacity(BATCH_MAX);
+    while rx.recv_many(&mut batch, BATCH_MAX).await > 0 {
+        let count = batch.len();
+        if let Err(e) = store.audit_many(std::mem::take(&mut batch)).await {
+            tracing::error!(error = %e, count, "audit events could not be recorded");
+        }
+    }
+}
+
 pub fn actor(caller: Option<&Caller>) -> &str {
     caller.map_or(ANONYMOUS, |c| c.subject.as_str())
 }

@@ -386,7 +386,7 @@ impl AuthService {
     }
 
     /// Introspection: `None` for every kind of bad token, revoked ones included.
-    pub async fn validate_token(&self, token: &str) -> Result<Option<Claims>> {
+    pub async fn validate_token(&self, token: &str) -> Result<Option<Arc<Claims>>> {
         match self.authenticator.authenticate(token).await {
             Ok(claims) => Ok(Some(claims)),
             Err(AuthFailure::Invalid) => Ok(None),

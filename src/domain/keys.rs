@@ -1,15 +1,18 @@
 //! The Keys service: create, read, list, rotate, revoke and verify API keys.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Duration, Utc};
 
 use super::{
     Caller, Error, Result, api_key,
     audit::{self, action, outcome},
+    cluster::{CachedKey, Caches},
     paging, require_admin, seconds, validate,
 };
 use crate::{
     crypto::{digest, sealing::Sealer},
-    store::{CreateConflict, KeyWithSecret, NewKey, NewSecret, Rotation, Store},
+    store::{Change, CreateConflict, KeyWithSecret, NewKey, NewSecret, Rotation, Store},
 };
 
 /// An API key as the transport shows it. `api_key` is empty where no secret is given
@@ -50,11 +53,19 @@ pub struct VerifiedKey {
 pub struct KeyService {
     store: Store,
     sealer: Sealer,
+    caches: Arc<Caches>,
+    refusals: audit::AuditQueue,
 }
 
 impl KeyService {
-    pub fn new(store: Store, sealer: Sealer) -> Self {
-        Self { store, sealer }
+    /// Starts the background audit writer for refused keys: call inside the runtime.
+    pub fn new(store: Store, sealer: Sealer, caches: Arc<Caches>) -> Self {
+        Self {
+            refusals: audit::AuditQueue::start(store.clone()),
+            store,
+            sealer,
+            caches,
+        }
     }
 
     fn new_secret(&self, service_name: &str, secret: &str) -> Result<NewSecret> {
@@ -220,6 +231,7 @@ impl KeyService {
             )
             .await?
             .ok_or_else(|| not_found(service_name))?;
+        self.caches.apply(&Change::Key(service_name.to_owned()));
         tracing::info!(%service_name, key_prefix = %rotated.secret.key_prefix, grace_period_seconds, "key rotated");
         let mut view = self.view(rotated, false)?;
         view.api_key = secret;
@@ -240,6 +252,7 @@ impl KeyService {
             .revoke_key(service_name, Utc::now(), record)
             .await?
         {
+            self.caches.apply(&Change::Key(service_name.to_owned()));
             tracing::info!(%service_name, "key revoked");
             Ok(())
         } else {
@@ -252,14 +265,14 @@ impl KeyService {
         let verified = self.check_presented_key(presented).await?;
         if verified.is_none() {
             // Failures only: successes are the hot path and say nothing new. The target
-            // is the key's display prefix, never the key.
-            let record = audit::event(
+            // is the key's display prefix, never the key. Written in the background:
+            // anyone with a token can send these as fast as valid ones.
+            self.refusals.push(audit::event(
                 &caller.subject,
                 action::KEY_VERIFY,
                 &api_key::display_prefix(presented),
                 outcome::FAILURE,
-            );
-            audit::append(&self.store, record).await;
+            ));
         }
         Ok(verified)
     }
@@ -277,15 +290,33 @@ impl KeyService {
             return Ok(None);
         }
         let presented_digest = digest::sha256(presented.as_bytes());
+        let trusted = self.caches.trusted();
+        if trusted && let Some(hit) = self.caches.keys.get(&presented_digest) {
+            // A hit is a verified secret: only its times can have run out since.
+            return Ok(hit.valid_at(Utc::now()).then(|| VerifiedKey {
+                service_name: hit.service_name.to_string(),
+                expires_at: hit.key_expires_at,
+            }));
+        }
+        let seen = self.caches.keys.generation();
         let Some(found) = self.store.find_secret(&presented_digest).await? else {
             return Ok(None);
         };
-        let now = Utc::now();
+        let entry = CachedKey {
+            service_name: found.key.service_name.as_str().into(),
+            key_expires_at: found.key.expires_at,
+            secret_retires_at: found.secret.retires_at,
+        };
         let valid = digest::ct_eq(&found.secret.digest, &presented_digest)
             && found.key.revoked_at.is_none()
-            && found.key.expires_at.is_none_or(|t| t > now)
-            && found.secret.retires_at.is_none_or(|t| t > now);
-        Ok(valid.then_some(VerifiedKey {
+            && entry.valid_at(Utc::now());
+        if !valid {
+            return Ok(None);
+        }
+        if trusted {
+            self.caches.keys.insert(presented_digest, entry, seen);
+        }
+        Ok(Some(VerifiedKey {
             service_name: found.key.service_name,
             expires_at: found.key.expires_at,
         }))

@@ -4,7 +4,9 @@
 pub mod api_key;
 pub mod audit;
 pub mod auth;
+pub mod cache;
 pub mod caller;
+pub mod cluster;
 pub mod error;
 pub mod keys;
 pub mod paging;

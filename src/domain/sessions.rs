@@ -4,23 +4,25 @@
 //! token version moved on) or the user was deleted.
 
 use std::{
-    collections::HashMap,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use super::{
+    cache::TtlCache,
+    cluster::Caches,
     signing::SigningKeys,
     token::{Claims, TokenAuthority, TokenError},
 };
-use crate::store::{SessionState, Store, StoreError};
+use crate::store::{Change, SessionState, Store, StoreError};
 
-/// How long a session's state is trusted without asking the database. Changes made on
-/// this replica take effect at once (the entry is dropped); other replicas notice
-/// within this time.
-const CACHE_TTL: Duration = Duration::from_secs(1);
-/// Entries kept at most; past this the cache starts over, which costs a lookup each.
-const CACHE_MAX: usize = 100_000;
+/// Tokens whose signature and claims checked out, so that a peer presenting the same
+/// token on every call pays for the signature once. Only the exact token string hits;
+/// its expiry is checked again on every hit, and its login on every call. (A signing
+/// key leaves the key set only after every token it signed has expired, so a rotation
+/// never makes an entry wrong.)
+const VERIFIED_TOKENS_MAX: usize = 8_192;
+const VERIFIED_TOKEN_TTL: Duration = Duration::from_secs(60);
 /// The least time between two reloads of the signing keys for an unknown `kid`.
 const KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -35,7 +37,8 @@ pub enum AuthFailure {
 pub struct Authenticator {
     tokens: Arc<TokenAuthority>,
     store: Store,
-    cache: Mutex<HashMap<String, (Instant, Option<SessionState>)>>,
+    caches: Arc<Caches>,
+    verified: TtlCache<String, Arc<Claims>>,
     /// Asymmetric signing keys, reloaded when a token names an unknown one.
     signing: Option<SigningKeys>,
     last_reload: Mutex<Option<Instant>>,
@@ -48,11 +51,12 @@ impl std::fmt::Debug for Authenticator {
 }
 
 impl Authenticator {
-    pub fn new(tokens: Arc<TokenAuthority>, store: Store) -> Self {
+    pub fn new(tokens: Arc<TokenAuthority>, store: Store, caches: Arc<Caches>) -> Self {
         Self {
             tokens,
             store,
-            cache: Mutex::new(HashMap::new()),
+            caches,
+            verified: TtlCache::new(VERIFIED_TOKENS_MAX, VERIFIED_TOKEN_TTL),
             signing: None,
             last_reload: Mutex::new(None),
         }
@@ -67,15 +71,8 @@ impl Authenticator {
         &self.tokens
     }
 
-    pub async fn authenticate(&self, token: &str) -> Result<Claims, AuthFailure> {
-        let claims = match self.tokens.verify(token) {
-            Ok(claims) => claims,
-            Err(TokenError::UnknownKey) if self.reload_keys().await => self
-                .tokens
-                .verify(token)
-                .map_err(|_| AuthFailure::Invalid)?,
-            Err(_) => return Err(AuthFailure::Invalid),
-        };
+    pub async fn authenticate(&self, token: &str) -> Result<Arc<Claims>, AuthFailure> {
+        let claims = self.verify_token(token).await?;
         let state = self.session(&claims.sid).await?;
         match state {
             Some(s) if !s.revoked && s.token_version == claims.ver && s.username == claims.sub => {
@@ -85,13 +82,37 @@ impl Authenticator {
         }
     }
 
-    async fn session(&self, sid: &str) -> Result<Option<SessionState>, AuthFailure> {
-        if let Ok(cache) = self.cache.lock()
-            && let Some((at, state)) = cache.get(sid)
-            && at.elapsed() < CACHE_TTL
-        {
-            return Ok(state.clone());
+    /// The signature and claims, from the cache of verified tokens when this exact
+    /// token checked out before.
+    async fn verify_token(&self, token: &str) -> Result<Arc<Claims>, AuthFailure> {
+        let now = chrono::Utc::now().timestamp();
+        if let Some(claims) = self.verified.get(token) {
+            return if claims.exp > now {
+                Ok(claims)
+            } else {
+                Err(AuthFailure::Invalid)
+            };
         }
+        let seen = self.verified.generation();
+        let claims = match self.tokens.verify(token) {
+            Ok(claims) => claims,
+            Err(TokenError::UnknownKey) if self.reload_keys().await => self
+                .tokens
+                .verify(token)
+                .map_err(|_| AuthFailure::Invalid)?,
+            Err(_) => return Err(AuthFailure::Invalid),
+        };
+        let claims = Arc::new(claims);
+        self.verified.insert(token.to_owned(), claims.clone(), seen);
+        Ok(claims)
+    }
+
+    async fn session(&self, sid: &str) -> Result<Option<SessionState>, AuthFailure> {
+        let trusted = self.caches.trusted();
+        if trusted && let Some(state) = self.caches.sessions.get(sid) {
+            return Ok(state);
+        }
+        let seen = self.caches.sessions.generation();
         let state = self.store.session_state(sid).await.map_err(|e| match e {
             StoreError::Unavailable(_) => AuthFailure::Unavailable,
             other => {
@@ -99,11 +120,10 @@ impl Authenticator {
                 AuthFailure::Unavailable
             }
         })?;
-        if let Ok(mut cache) = self.cache.lock() {
-            if cache.len() >= CACHE_MAX {
-                cache.clear();
-            }
-            cache.insert(sid.to_owned(), (Instant::now(), state.clone()));
+        if trusted {
+            self.caches
+                .sessions
+                .insert(sid.to_owned(), state.clone(), seen);
         }
         Ok(state)
     }
@@ -135,15 +155,11 @@ impl Authenticator {
 
     /// Drops what is known about a session (logout, reuse detection).
     pub fn forget_session(&self, sid: &str) {
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.remove(sid);
-        }
+        self.caches.apply(&Change::Session(sid.to_owned()));
     }
 
     /// Drops what is known about a user's sessions (role or password change).
     pub fn forget_user(&self, username: &str) {
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.retain(|_, (_, state)| state.as_ref().is_none_or(|s| s.username != username));
-        }
+        self.caches.apply(&Change::User(username.to_owned()));
     }
 }

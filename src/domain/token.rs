@@ -182,6 +182,8 @@ pub struct TokenAuthority {
     issuer: String,
     audience: String,
     ttl_seconds: i64,
+    /// The checks for each algorithm, built once rather than per call.
+    validations: Vec<(Algorithm, Validation)>,
 }
 
 impl std::fmt::Debug for TokenAuthority {
@@ -230,11 +232,16 @@ impl TokenAuthority {
     }
 
     fn with_keys(keys: KeySet, issuer: &str, audience: &str, ttl_seconds: i64) -> Self {
+        let validations = [Algorithm::HS256, Algorithm::EdDSA, Algorithm::RS256]
+            .into_iter()
+            .map(|algorithm| (algorithm, validation(algorithm, issuer, audience)))
+            .collect();
         Self {
             keys: RwLock::new(Arc::new(keys)),
             issuer: issuer.to_owned(),
             audience: audience.to_owned(),
             ttl_seconds,
+            validations,
         }
     }
 
@@ -327,17 +334,6 @@ impl TokenAuthority {
         })
     }
 
-    fn validation(&self, algorithm: Algorithm) -> Validation {
-        let mut validation = Validation::new(algorithm);
-        validation.leeway = 0;
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
-        validation.set_issuer(&[&self.issuer]);
-        validation.set_audience(&[&self.audience]);
-        validation
-    }
-
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         if token.is_empty() || token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::Invalid);
@@ -354,17 +350,30 @@ impl TokenAuthority {
         if header.alg != verifier.algorithm {
             return Err(TokenError::Invalid);
         }
-        let data = jsonwebtoken::decode::<Claims>(
-            token,
-            &verifier.key,
-            &self.validation(verifier.algorithm),
-        )
-        .map_err(|_| TokenError::Invalid)?;
+        let validation = self
+            .validations
+            .iter()
+            .find(|(algorithm, _)| *algorithm == verifier.algorithm)
+            .map(|(_, validation)| validation)
+            .ok_or(TokenError::Invalid)?;
+        let data = jsonwebtoken::decode::<Claims>(token, &verifier.key, validation)
+            .map_err(|_| TokenError::Invalid)?;
         if data.claims.sub.is_empty() {
             return Err(TokenError::Invalid);
         }
         Ok(data.claims)
     }
+}
+
+fn validation(algorithm: Algorithm, issuer: &str, audience: &str) -> Validation {
+    let mut validation = Validation::new(algorithm);
+    validation.leeway = 0;
+    validation.validate_exp = true;
+    validation.validate_nbf = true;
+    validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
+    validation.set_issuer(&[issuer]);
+    validation.set_audience(&[audience]);
+    validation
 }
 
 fn key_set(keys: &[SigningKeyMaterial]) -> Result<KeySet, CryptoError> {

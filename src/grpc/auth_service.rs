@@ -96,8 +96,8 @@ impl Auth for AuthApi {
         let response = match self.service.validate_token(&token).await? {
             Some(claims) => pb::ValidateTokenResponse {
                 valid: true,
-                subject: claims.sub,
-                roles: claims.roles,
+                subject: claims.sub.clone(),
+                roles: claims.roles.clone(),
                 expires_at: chrono::DateTime::from_timestamp(claims.exp, 0).map(timestamp),
             },
             None => pb::ValidateTokenResponse::default(),

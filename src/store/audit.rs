@@ -37,11 +37,8 @@ fn clip(s: &str, max: usize) -> String {
     s.chars().take(max).collect()
 }
 
-pub(super) async fn insert_audit(
-    db: &impl ConnectionTrait,
-    record: AuditRecord,
-) -> Result<(), StoreError> {
-    audit_event::Entity::insert(audit_event::ActiveModel {
+fn active(record: AuditRecord) -> audit_event::ActiveModel {
+    audit_event::ActiveModel {
         id: NotSet,
         at: Set(record.at),
         actor: Set(clip(&record.actor, 64)),
@@ -50,9 +47,14 @@ pub(super) async fn insert_audit(
         outcome: Set(record.outcome.to_owned()),
         client_addr: Set(record.client_addr.map(|a| clip(&a, 64))),
         request_id: Set(clip(&record.request_id, 64)),
-    })
-    .exec(db)
-    .await?;
+    }
+}
+
+pub(super) async fn insert_audit(
+    db: &impl ConnectionTrait,
+    record: AuditRecord,
+) -> Result<(), StoreError> {
+    audit_event::Entity::insert(active(record)).exec(db).await?;
     Ok(())
 }
 
@@ -60,6 +62,17 @@ impl Store {
     /// Appends an event that changes nothing else.
     pub async fn audit(&self, record: AuditRecord) -> Result<(), StoreError> {
         insert_audit(&self.db, record).await
+    }
+
+    /// Appends several such events in one statement.
+    pub async fn audit_many(&self, records: Vec<AuditRecord>) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        audit_event::Entity::insert_many(records.into_iter().map(active))
+            .exec(&self.db)
+            .await?;
+        Ok(())
     }
 
     /// Newest first, strictly before the event `before_id` when paging.

@@ -12,6 +12,7 @@ use sea_orm::{
 use super::{
     AuditRecord, Store, StoreError,
     audit::insert_audit,
+    changes::{Change, announce},
     entities::{api_key, api_key_secret},
 };
 
@@ -232,6 +233,7 @@ impl Store {
         }
         let secret = insert_secret(&txn, key.id, rotation.secret, now).await?;
         insert_audit(&txn, audit).await?;
+        announce(&txn, Change::Key(service_name.to_owned())).await?;
         txn.commit().await?;
         Ok(Some(KeyWithSecret { key, secret }))
     }
@@ -261,6 +263,7 @@ impl Store {
             .exec(&txn)
             .await?;
         insert_audit(&txn, audit).await?;
+        announce(&txn, Change::Key(service_name.to_owned())).await?;
         txn.commit().await?;
         Ok(true)
     }

@@ -2,6 +2,7 @@
 //! SQL exists; it knows nothing of requests or domain rules.
 
 mod audit;
+mod changes;
 pub mod entities;
 mod error;
 mod keys;
@@ -18,6 +19,7 @@ use sea_orm::{
 use sea_orm_migration::MigratorTrait;
 
 pub use audit::{AuditFilter, AuditRecord, StoredAuditEvent};
+pub use changes::{Change, ChangeFeed, ChangeSender, Heard};
 pub use error::StoreError;
 pub use keys::{CreateConflict, KeyWithSecret, NewKey, NewSecret, Rotation};
 pub use sessions::{NewRefreshToken, RefreshAudit, RefreshOutcome, SessionState};
@@ -66,9 +68,27 @@ pub fn redact_url(url: &str) -> String {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Store {
     db: DatabaseConnection,
+    /// For the change feed's own connections (PostgreSQL only).
+    pg_url: Option<std::sync::Arc<str>>,
+    /// The database file (SQLite only).
+    sqlite_file: Option<std::path::PathBuf>,
+}
+
+/// Held by the one server a SQLite database may have; released when dropped.
+#[derive(Debug)]
+pub struct ServerLock {
+    _file: std::fs::File,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Store {
@@ -111,14 +131,65 @@ impl Store {
                 _ => StoreError::Other(message),
             }
         })?;
-        if url.starts_with("sqlite:") {
+        let (pg_url, sqlite_file) = if url.starts_with("sqlite:") {
             restrict_sqlite_files(url);
-        }
-        Ok(Self { db })
+            let file = url
+                .parse::<SqliteConnectOptions>()
+                .ok()
+                .map(|o| o.get_filename().to_path_buf())
+                .filter(|f| !f.as_os_str().is_empty() && f.as_os_str() != ":memory:");
+            (None, file)
+        } else {
+            (Some(url.into()), None)
+        };
+        Ok(Self {
+            db,
+            pg_url,
+            sqlite_file,
+        })
     }
 
     pub fn backend(&self) -> DbBackend {
         self.db.get_database_backend()
+    }
+
+    fn postgres_url(&self) -> Option<&str> {
+        self.pg_url.as_deref()
+    }
+
+    /// Whether other processes may share this database (PostgreSQL: replicas).
+    pub fn is_shared(&self) -> bool {
+        self.pg_url.is_some()
+    }
+
+    /// A SQLite database serves one server: its caches see every change only because
+    /// every change passes through it. Takes an exclusive lock on `<file>.lock` for
+    /// as long as the returned guard lives; `Config` error if another server holds it.
+    /// `None` for PostgreSQL, which any number of replicas share.
+    pub fn lock_single_server(&self) -> Result<Option<ServerLock>, StoreError> {
+        let Some(db_file) = &self.sqlite_file else {
+            return Ok(None);
+        };
+        let mut path = db_file.clone().into_os_string();
+        path.push(".lock");
+        let path = std::path::PathBuf::from(path);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| StoreError::Config(format!("cannot open {}: {e}", path.display())))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(ServerLock { _file: file })),
+            Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Config(format!(
+                "another kms server is using {}: SQLite serves exactly one server; use PostgreSQL to run several replicas",
+                db_file.display()
+            ))),
+            Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Config(format!(
+                "cannot lock {}: {e}",
+                path.display()
+            ))),
+        }
     }
 
     pub async fn migrate(&self) -> Result<(), StoreError> {

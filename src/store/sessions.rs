@@ -10,6 +10,7 @@ use sea_orm::{
 use super::{
     AuditRecord, Store, StoreError, StoredUser,
     audit::insert_audit,
+    changes::{Change, announce},
     entities::{refresh_token, session, user},
 };
 
@@ -173,6 +174,7 @@ impl Store {
                 .map(|u| u.username)
                 .unwrap_or_default();
             insert_audit(&txn, audit.reused.about(&username)).await?;
+            announce(&txn, Change::Session(token.session_id.clone())).await?;
             txn.commit().await?;
             return Ok(RefreshOutcome::Reused {
                 session_id: token.session_id,
@@ -212,6 +214,7 @@ impl Store {
         let txn = self.db.begin().await?;
         let revoked = revoke(&txn, session_id, now).await?;
         insert_audit(&txn, audit).await?;
+        announce(&txn, Change::Session(session_id.to_owned())).await?;
         txn.commit().await?;
         Ok(revoked)
     }

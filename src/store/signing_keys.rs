@@ -7,7 +7,12 @@ use sea_orm::{
     sea_query::Expr,
 };
 
-use super::{AuditRecord, Store, StoreError, audit::insert_audit, entities::signing_key};
+use super::{
+    AuditRecord, Store, StoreError,
+    audit::insert_audit,
+    changes::{Change, announce},
+    entities::signing_key,
+};
 
 pub use signing_key::Model as StoredSigningKey;
 
@@ -105,6 +110,7 @@ impl Store {
             .exec(&txn)
             .await?;
         insert_audit(&txn, audit).await?;
+        announce(&txn, Change::SigningKeys).await?;
         txn.commit().await?;
         Ok(())
     }

@@ -11,6 +11,7 @@ use sea_orm::{
 use super::{
     AuditRecord, Store, StoreError,
     audit::insert_audit,
+    changes::{Change, announce},
     entities::{session, user, user_role},
 };
 
@@ -307,6 +308,7 @@ impl Store {
             .await?;
         user::Entity::delete_by_id(found.id).exec(&txn).await?;
         insert_audit(&txn, audit).await?;
+        announce(&txn, Change::User(found.username)).await?;
         txn.commit().await?;
         Ok(AdminGuarded::Done(()))
     }
@@ -346,7 +348,7 @@ async fn bump_version(
         .filter(session::Column::RevokedAt.is_null())
         .exec(db)
         .await?;
-    user::Entity::update_many()
+    let updated = user::Entity::update_many()
         .col_expr(
             user::Column::TokenVersion,
             Expr::col(user::Column::TokenVersion).add(1),
@@ -357,5 +359,7 @@ async fn bump_version(
         .await?
         .into_iter()
         .next()
-        .ok_or_else(|| StoreError::Other("user vanished inside its transaction".into()))
+        .ok_or_else(|| StoreError::Other("user vanished inside its transaction".into()))?;
+    announce(db, Change::User(updated.username.clone())).await?;
+    Ok(updated)
 }

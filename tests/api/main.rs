@@ -16,6 +16,7 @@ mod faults;
 mod http_client;
 mod keys;
 mod ops;
+mod replicas;
 mod rest;
 mod sessions;
 mod signing;

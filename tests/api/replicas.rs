@@ -1,0 +1,165 @@
+//! Two servers on one database, in this process: whatever one replica caches, a change
+//! made on the other reaches it (PostgreSQL notifications), and neither ever answers
+//! from a cache that may have missed one.
+
+use std::time::{Duration, Instant};
+
+use kms::{proto::kms::v1 as pb, server::App};
+use tonic::Code;
+
+use crate::common::{Backend, TestDb, TestServer, authed, test_config};
+
+/// PostgreSQL only: SQLite serves exactly one replica (a second server on the same
+/// file is refused, see ops.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_on_one_replica_reach_the_other_within_a_second() {
+    match Backend::postgres() {
+        Some(backend) => propagation(backend).await,
+        None => eprintln!("KMS_TEST_POSTGRES_URL not set: PostgreSQL run skipped"),
+    }
+}
+
+fn verify(key: &str) -> pb::VerifyKeyRequest {
+    pb::VerifyKeyRequest {
+        api_key: key.into(),
+    }
+}
+
+async fn valid(server: &TestServer, token: &str, key: &str) -> bool {
+    server
+        .keys()
+        .verify_key(authed(verify(key), token))
+        .await
+        .unwrap()
+        .into_inner()
+        .valid
+}
+
+const LIMIT: Duration = Duration::from_secs(1);
+
+/// Polls until `server` refuses the key (or, with `key` None, the token itself); the
+/// time it took. Fails after `LIMIT`.
+async fn until_refused(
+    server: &TestServer,
+    token: &str,
+    key: Option<&str>,
+    what: &str,
+) -> Duration {
+    let started = Instant::now();
+    loop {
+        let answer = server
+            .keys()
+            .verify_key(authed(verify(key.unwrap_or("not-a-key")), token))
+            .await;
+        let refused = match (key, answer) {
+            (Some(_), Ok(r)) => !r.into_inner().valid,
+            (None, Err(s)) => s.code() == Code::Unauthenticated,
+            (_, other) => {
+                assert!(other.is_ok(), "{what}: {other:?}");
+                false
+            }
+        };
+        if refused {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < LIMIT,
+            "{what}: not seen within {LIMIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// A second server on the same SQLite file is refused at start, with a reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_serves_exactly_one_server() {
+    let db = TestDb::new(&Backend::Sqlite).await;
+    let config = test_config(&db.url);
+    let first = App::build(&config).await.expect("first server");
+    let Err(refused) = App::build(&config).await else {
+        panic!("a second server on one SQLite file must be refused");
+    };
+    let message = refused.to_string();
+    assert!(
+        message.contains("SQLite serves exactly one server"),
+        "{message}"
+    );
+    // Once the first is gone, the file is free again.
+    drop(first);
+    assert!(App::build(&config).await.is_ok(), "the file is free again");
+}
+
+async fn propagation(backend: Backend) {
+    let a = TestServer::start(backend).await;
+    let b = a.replica().await;
+    let admin = a.admin_token().await;
+
+    let created = a
+        .keys()
+        .create_key(authed(
+            pb::CreateKeyRequest {
+                service_name: "shared".into(),
+                api_key: None,
+                description: String::new(),
+                ttl_seconds: 0,
+            },
+            &admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    // Verified on both, so both may hold it in their caches.
+    for _ in 0..3 {
+        assert!(valid(&a, &admin, &created.api_key).await);
+        assert!(valid(&b, &admin, &created.api_key).await);
+    }
+
+    // Rotation without grace on B: the old secret dies on A too.
+    let rotated = b
+        .keys()
+        .rotate_key(authed(
+            pb::RotateKeyRequest {
+                service_name: "shared".into(),
+                grace_period_seconds: 0,
+            },
+            &admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!valid(&b, &admin, &created.api_key).await, "at once on B");
+    let took = until_refused(&a, &admin, Some(&created.api_key), "rotation on A").await;
+    eprintln!("rotation reached the other replica in {took:?}");
+    assert!(valid(&a, &admin, &rotated.api_key).await);
+
+    // Revocation on A: B refuses the current secret.
+    for _ in 0..3 {
+        assert!(valid(&b, &admin, &rotated.api_key).await);
+    }
+    a.keys()
+        .revoke_key(authed(
+            pb::RevokeKeyRequest {
+                service_name: "shared".into(),
+            },
+            &admin,
+        ))
+        .await
+        .unwrap();
+    let took = until_refused(&b, &admin, Some(&rotated.api_key), "revocation on B").await;
+    eprintln!("revocation reached the other replica in {took:?}");
+
+    // Logout on B: A refuses the token it has been accepting.
+    let user = a.user_token("replicated").await;
+    for _ in 0..3 {
+        assert!(!valid(&a, &user, &rotated.api_key).await);
+    }
+    b.auth()
+        .logout(authed(pb::LogoutRequest {}, &user))
+        .await
+        .unwrap();
+    let took = until_refused(&a, &user, None, "logout on A").await;
+    eprintln!("logout reached the other replica in {took:?}");
+
+    b.stop().await;
+    a.stop().await;
+}
