@@ -23,4 +23,6 @@ pub enum CryptoError {
     Token(String),
     #[error("the password hashing pool is gone")]
     PoolClosed,
+    #[error("too many password hashes waiting")]
+    Busy,
 }

@@ -59,12 +59,20 @@ fn verify_blocking(password: &[u8], stored: &str) -> Result<Verification, Crypto
     })
 }
 
+/// How many hashes may wait for a free slot, per slot. Beyond that a request is
+/// refused at once (`CryptoError::Busy`): a waiting login holds one of the server's
+/// concurrent-call slots, and a flood must leave those to other calls. At about 25 ms
+/// a hash, 32 waiting per slot is under a second of queue.
+const WAITING_PER_SLOT: usize = 32;
+
 /// Runs argon2 on tokio's blocking threads, at most `max_parallel` at once, so a flood
 /// of logins neither starves the async workers nor takes unbounded memory (each hash
-/// holds `M_COST_KIB` while it runs).
+/// holds `M_COST_KIB` while it runs), with a bounded line of waiting requests.
 #[derive(Clone)]
 pub struct PasswordHasherPool {
     permits: Arc<Semaphore>,
+    /// Slots in the line: running and waiting hashes together.
+    line: Arc<Semaphore>,
     /// A hash of a random password, verified against when a user does not exist so
     /// that "unknown user" costs the same as "wrong password".
     dummy_hash: Arc<str>,
@@ -72,13 +80,18 @@ pub struct PasswordHasherPool {
 
 impl PasswordHasherPool {
     pub async fn new(max_parallel: usize) -> Result<Self, CryptoError> {
-        let permits = Arc::new(Semaphore::new(max_parallel.max(1)));
+        let max_parallel = max_parallel.max(1);
+        let permits = Arc::new(Semaphore::new(max_parallel));
+        let line = Arc::new(Semaphore::new(
+            max_parallel.saturating_mul(WAITING_PER_SLOT + 1),
+        ));
         let dummy_password = random::bytes::<32>()?;
         let dummy_hash = tokio::task::spawn_blocking(move || hash_blocking(&dummy_password))
             .await
             .map_err(|_| CryptoError::PoolClosed)??;
         Ok(Self {
             permits,
+            line,
             dummy_hash: dummy_hash.into(),
         })
     }
@@ -87,6 +100,11 @@ impl PasswordHasherPool {
         &self,
         job: impl FnOnce() -> Result<T, CryptoError> + Send + 'static,
     ) -> Result<T, CryptoError> {
+        let place = self
+            .line
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| CryptoError::Busy)?;
         // The permit travels with the job: if the caller gives up (the RPC is
         // cancelled), the hash still runs to completion holding its permit, so the
         // bound on concurrent hashes (and their memory) holds.
@@ -97,7 +115,7 @@ impl PasswordHasherPool {
             .await
             .map_err(|_| CryptoError::PoolClosed)?;
         tokio::task::spawn_blocking(move || {
-            let _permit = permit;
+            let _permits = (place, permit);
             job()
         })
         .await
@@ -173,6 +191,29 @@ mod tests {
             verify_blocking(b"pw-pw-pw-pw-pw", &weak).unwrap(),
             Verification::Match { needs_rehash: true }
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flood_beyond_the_line_is_refused_at_once() {
+        let pool = PasswordHasherPool::new(1).await.unwrap();
+        let line = WAITING_PER_SLOT + 1;
+        let calls: Vec<_> = (0..line + 8)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move { pool.hash(Zeroizing::new("pw".into())).await })
+            })
+            .collect();
+        let mut busy = 0;
+        let mut hashed = 0;
+        for call in calls {
+            match call.await.unwrap() {
+                Ok(_) => hashed += 1,
+                Err(CryptoError::Busy) => busy += 1,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(busy, 8, "exactly the requests beyond the line are refused");
+        assert_eq!(hashed, line);
     }
 
     #[tokio::test]

@@ -24,6 +24,10 @@ pub enum Error {
     Throttled { retry_after_secs: u64 },
     #[error("the database is unavailable, try again later")]
     Unavailable,
+    /// More of this kind of work is waiting than the server will queue: shed at once
+    /// rather than answered late (a login flood must not starve other calls).
+    #[error("{0}")]
+    Overloaded(&'static str),
     #[error("internal error")]
     Internal(String),
 }

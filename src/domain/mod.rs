@@ -38,7 +38,12 @@ impl From<StoreError> for Error {
 
 impl From<CryptoError> for Error {
     fn from(err: CryptoError) -> Self {
-        Self::Internal(err.to_string())
+        match err {
+            CryptoError::Busy => {
+                Self::Overloaded("too many password checks waiting; retry in a moment")
+            }
+            other => Self::Internal(other.to_string()),
+        }
     }
 }
 

@@ -23,6 +23,7 @@ impl From<Error> for Status {
                 status
             }
             Error::Unavailable => Status::unavailable(err.to_string()),
+            Error::Overloaded(_) => Status::resource_exhausted(err.to_string()),
             Error::Internal(detail) => {
                 // The detail is for operators; the client gets nothing it could use.
                 tracing::error!(error = %detail, "internal error");

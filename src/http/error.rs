@@ -50,7 +50,9 @@ impl From<Error> for ApiError {
             // As in Google's gRPC-to-HTTP table: a valid request the current state refuses.
             Error::FailedPrecondition(msg) => (StatusCode::BAD_REQUEST, msg.into()),
             Error::Throttled { .. } => (StatusCode::TOO_MANY_REQUESTS, err.to_string().into()),
-            Error::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, err.to_string().into()),
+            Error::Unavailable | Error::Overloaded(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, err.to_string().into())
+            }
             Error::Internal(detail) => {
                 // The detail is for operators; the client gets nothing it could use.
                 tracing::error!(error = %detail, "internal error");
