@@ -1,8 +1,14 @@
 //! Password hashing with argon2id, off the async workers, on a bounded pool.
 
-use std::sync::Arc;
+use std::{
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
 
-use argon2::{Algorithm, Argon2, Params, PasswordHash, PasswordHasher, PasswordVerifier, Version};
+use argon2::{
+    Algorithm, Argon2, Block, Params, Version,
+    password_hash::phc::{Output, ParamsString, PasswordHash, Salt},
+};
 use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
@@ -16,21 +22,68 @@ pub const M_COST_KIB: u32 = 19 * 1024;
 pub const T_COST: u32 = 2;
 /// Lanes. One: parallelism comes from serving several logins at once, not from one.
 pub const P_COST: u32 = 1;
+const OUTPUT_LEN: usize = 32;
 
-fn argon2() -> Result<Argon2<'static>, CryptoError> {
-    let params = Params::new(M_COST_KIB, T_COST, P_COST, None)
-        .map_err(|e| CryptoError::PasswordHash(e.to_string()))?;
-    Ok(Argon2::new(Algorithm::Argon2id, Version::V0x13, params))
-}
-
-fn hash_blocking(password: &[u8]) -> Result<String, CryptoError> {
-    let salt: [u8; 16] = random::bytes()?;
-    argon2()?
-        .hash_password_with_salt(password, &salt)
-        .map(|h| h.to_string())
+fn params() -> Result<Params, CryptoError> {
+    Params::new(M_COST_KIB, T_COST, P_COST, Some(OUTPUT_LEN))
         .map_err(|e| CryptoError::PasswordHash(e.to_string()))
 }
 
+fn hash_error(e: impl std::fmt::Display) -> CryptoError {
+    CryptoError::PasswordHash(e.to_string())
+}
+
+/// Argon2's working memory, reused from hash to hash.
+///
+/// Allocating it afresh for every hash is what the argon2 crate does, and with glibc it
+/// makes the process grow without bound under a login flood: once a freed block of
+/// this size has raised malloc's mmap threshold, later ones come from per-thread
+/// arenas that keep the memory (measured: 200 hashes, two at a time, left 1.2 GB
+/// resident). So each hashing slot keeps one buffer, and the buffer's capacity is
+/// above glibc's largest mmap threshold (32 MiB), so that it is always mapped on its
+/// own and really returned to the system when an idle pool drops it. Pages beyond the
+/// 19 MiB in use are never touched, so never resident.
+struct Memory(Vec<Block>);
+
+const MEMORY_CAPACITY_BLOCKS: usize = 33 * 1024;
+
+impl Memory {
+    fn new() -> Self {
+        Self(Vec::new())
+    }
+
+    /// At least `blocks` blocks (1 KiB each) to work in.
+    fn blocks(&mut self, blocks: usize) -> &mut [Block] {
+        if self.0.len() < blocks {
+            let mut fresh = Vec::with_capacity(blocks.max(MEMORY_CAPACITY_BLOCKS));
+            fresh.resize(blocks, Block::default());
+            self.0 = fresh;
+        }
+        &mut self.0[..blocks]
+    }
+}
+
+fn hash_with(memory: &mut Memory, password: &[u8]) -> Result<String, CryptoError> {
+    let salt: [u8; 16] = random::bytes()?;
+    let params = params()?;
+    let mut out = Zeroizing::new([0u8; OUTPUT_LEN]);
+    Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone())
+        .hash_password_into_with_memory(
+            password,
+            &salt,
+            out.as_mut_slice(),
+            memory.blocks(params.block_count()),
+        )
+        .map_err(hash_error)?;
+    let phc = PasswordHash {
+        algorithm: Algorithm::Argon2id.ident(),
+        version: Some(Version::V0x13.into()),
+        params: ParamsString::try_from(&params).map_err(hash_error)?,
+        salt: Some(Salt::new(&salt).map_err(hash_error)?),
+        hash: Some(Output::new(out.as_slice()).map_err(hash_error)?),
+    };
+    Ok(phc.to_string())
+}
 /// The outcome of checking a password against a stored PHC string.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Verification {
@@ -42,18 +95,55 @@ pub enum Verification {
     },
 }
 
-fn verify_blocking(password: &[u8], stored: &str) -> Result<Verification, CryptoError> {
-    // A stored hash that does not parse is treated as a mismatch: fail closed.
+/// The most memory a stored hash may ask for (256 MiB): a corrupt or hostile row must
+/// not make the server allocate without bound.
+const MAX_STORED_BLOCKS: usize = 256 * 1024;
+
+fn verify_with(
+    memory: &mut Memory,
+    password: &[u8],
+    stored: &str,
+) -> Result<Verification, CryptoError> {
+    // A stored hash that does not parse, or that this code cannot check, is treated as
+    // a mismatch: fail closed.
     let Ok(parsed) = PasswordHash::new(stored) else {
         return Ok(Verification::Mismatch);
     };
-    if argon2()?.verify_password(password, &parsed).is_err() {
+    let (Some(salt), Some(expected)) = (&parsed.salt, &parsed.hash) else {
+        return Ok(Verification::Mismatch);
+    };
+    let Ok(algorithm) = Algorithm::try_from(parsed.algorithm.as_str()) else {
+        return Ok(Verification::Mismatch);
+    };
+    let version = match parsed.version.map(Version::try_from) {
+        None => Version::default(),
+        Some(Ok(version)) => version,
+        Some(Err(_)) => return Ok(Verification::Mismatch),
+    };
+    let Ok(params) = Params::try_from(&parsed) else {
+        return Ok(Verification::Mismatch);
+    };
+    if params.block_count() > MAX_STORED_BLOCKS {
+        tracing::warn!("a stored password hash asks for more memory than allowed");
         return Ok(Verification::Mismatch);
     }
-    let current = parsed.algorithm.as_str() == "argon2id"
-        && Params::try_from(&parsed).is_ok_and(|p| {
-            p.m_cost() == M_COST_KIB && p.t_cost() == T_COST && p.p_cost() == P_COST
-        });
+    let mut out = Zeroizing::new(vec![0u8; expected.len()]);
+    let computed = Argon2::new(algorithm, version, params.clone()).hash_password_into_with_memory(
+        password,
+        salt,
+        out.as_mut_slice(),
+        memory.blocks(params.block_count()),
+    );
+    // `Output` compares in constant time.
+    if computed.is_err() || Output::new(&out).ok().as_ref() != Some(expected) {
+        return Ok(Verification::Mismatch);
+    }
+    let current = algorithm == Algorithm::Argon2id
+        && version == Version::V0x13
+        && params.m_cost() == M_COST_KIB
+        && params.t_cost() == T_COST
+        && params.p_cost() == P_COST
+        && expected.len() == OUTPUT_LEN;
     Ok(Verification::Match {
         needs_rehash: !current,
     })
@@ -65,14 +155,26 @@ fn verify_blocking(password: &[u8], stored: &str) -> Result<Verification, Crypto
 /// a hash, 32 waiting per slot is under a second of queue.
 const WAITING_PER_SLOT: usize = 32;
 
+/// Idle working memory is given back after this long without a hash.
+const IDLE_RELEASE: Duration = Duration::from_secs(5);
+
+/// Working memory not in use, and when it was last used.
+struct Spare {
+    memory: Vec<Memory>,
+    last_used: Instant,
+}
+
 /// Runs argon2 on tokio's blocking threads, at most `max_parallel` at once, so a flood
-/// of logins neither starves the async workers nor takes unbounded memory (each hash
-/// holds `M_COST_KIB` while it runs), with a bounded line of waiting requests.
+/// of logins neither starves the async workers nor takes unbounded memory: each hash
+/// works in one of at most `max_parallel` buffers of `M_COST_KIB`, which are kept
+/// while logins come and given back after `IDLE_RELEASE` without one. Requests wait in
+/// a bounded line.
 #[derive(Clone)]
 pub struct PasswordHasherPool {
     permits: Arc<Semaphore>,
     /// Slots in the line: running and waiting hashes together.
     line: Arc<Semaphore>,
+    spare: Arc<Mutex<Spare>>,
     /// A hash of a random password, verified against when a user does not exist so
     /// that "unknown user" costs the same as "wrong password".
     dummy_hash: Arc<str>,
@@ -86,19 +188,30 @@ impl PasswordHasherPool {
             max_parallel.saturating_mul(WAITING_PER_SLOT + 1),
         ));
         let dummy_password = random::bytes::<32>()?;
-        let dummy_hash = tokio::task::spawn_blocking(move || hash_blocking(&dummy_password))
-            .await
-            .map_err(|_| CryptoError::PoolClosed)??;
+        let dummy_hash =
+            tokio::task::spawn_blocking(move || hash_with(&mut Memory::new(), &dummy_password))
+                .await
+                .map_err(|_| CryptoError::PoolClosed)??;
+        let spare = Arc::new(Mutex::new(Spare {
+            memory: Vec::new(),
+            last_used: Instant::now(),
+        }));
+        tokio::spawn(release_when_idle(Arc::downgrade(&spare)));
         Ok(Self {
             permits,
             line,
+            spare,
             dummy_hash: dummy_hash.into(),
         })
     }
 
+    fn spare(&self) -> std::sync::MutexGuard<'_, Spare> {
+        self.spare.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     async fn run<T: Send + 'static>(
         &self,
-        job: impl FnOnce() -> Result<T, CryptoError> + Send + 'static,
+        job: impl FnOnce(&mut Memory) -> Result<T, CryptoError> + Send + 'static,
     ) -> Result<T, CryptoError> {
         let place = self
             .line
@@ -114,16 +227,26 @@ impl PasswordHasherPool {
             .acquire_owned()
             .await
             .map_err(|_| CryptoError::PoolClosed)?;
+        // Holding a permit guarantees a buffer: there are never more buffers than permits.
+        let mut memory = self.spare().memory.pop().unwrap_or_else(Memory::new);
+        let spare = self.spare.clone();
         tokio::task::spawn_blocking(move || {
-            let _permits = (place, permit);
-            job()
+            let result = job(&mut memory);
+            let mut spare = spare.lock().unwrap_or_else(PoisonError::into_inner);
+            spare.memory.push(memory);
+            spare.last_used = Instant::now();
+            // Returned before the permits are released, so the next holder finds it.
+            drop(spare);
+            drop((place, permit));
+            result
         })
         .await
         .map_err(|_| CryptoError::PoolClosed)?
     }
 
     pub async fn hash(&self, password: Zeroizing<String>) -> Result<String, CryptoError> {
-        self.run(move || hash_blocking(password.as_bytes())).await
+        self.run(move |memory| hash_with(memory, password.as_bytes()))
+            .await
     }
 
     /// Verifies `password` against `stored`, or against the dummy hash when there is
@@ -136,7 +259,7 @@ impl PasswordHasherPool {
         let known = stored.is_some();
         let stored = stored.unwrap_or_else(|| self.dummy_hash.to_string());
         let outcome = self
-            .run(move || verify_blocking(password.as_bytes(), &stored))
+            .run(move |memory| verify_with(memory, password.as_bytes(), &stored))
             .await?;
         Ok(if known {
             outcome
@@ -146,33 +269,52 @@ impl PasswordHasherPool {
     }
 }
 
+/// Gives idle working memory back to the system; ends with the pool.
+async fn release_when_idle(spare: std::sync::Weak<Mutex<Spare>>) {
+    loop {
+        tokio::time::sleep(IDLE_RELEASE).await;
+        let Some(spare) = spare.upgrade() else {
+            return;
+        };
+        let mut spare = spare.lock().unwrap_or_else(PoisonError::into_inner);
+        if spare.last_used.elapsed() >= IDLE_RELEASE {
+            spare.memory.clear();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use argon2::{PasswordHasher, PasswordVerifier};
+
     use super::*;
 
     #[test]
     fn hash_is_argon2id_phc_with_salt() {
-        let h = hash_blocking(b"correct horse battery").unwrap();
+        let h = hash_with(&mut Memory::new(), b"correct horse battery").unwrap();
         assert!(h.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"), "{h}");
-        assert_ne!(h, hash_blocking(b"correct horse battery").unwrap());
+        assert_ne!(
+            h,
+            hash_with(&mut Memory::new(), b"correct horse battery").unwrap()
+        );
         assert!(!h.contains("correct"));
     }
 
     #[test]
     fn verify_matches_and_mismatches() {
-        let h = hash_blocking(b"correct horse battery").unwrap();
+        let h = hash_with(&mut Memory::new(), b"correct horse battery").unwrap();
         assert_eq!(
-            verify_blocking(b"correct horse battery", &h).unwrap(),
+            verify_with(&mut Memory::new(), b"correct horse battery", &h).unwrap(),
             Verification::Match {
                 needs_rehash: false
             }
         );
         assert_eq!(
-            verify_blocking(b"wrong", &h).unwrap(),
+            verify_with(&mut Memory::new(), b"wrong", &h).unwrap(),
             Verification::Mismatch
         );
         assert_eq!(
-            verify_blocking(b"x", "not a phc string").unwrap(),
+            verify_with(&mut Memory::new(), b"x", "not a phc string").unwrap(),
             Verification::Mismatch
         );
     }
@@ -188,7 +330,7 @@ mod tests {
         .unwrap()
         .to_string();
         assert_eq!(
-            verify_blocking(b"pw-pw-pw-pw-pw", &weak).unwrap(),
+            verify_with(&mut Memory::new(), b"pw-pw-pw-pw-pw", &weak).unwrap(),
             Verification::Match { needs_rehash: true }
         );
     }
@@ -214,6 +356,62 @@ mod tests {
         }
         assert_eq!(busy, 8, "exactly the requests beyond the line are refused");
         assert_eq!(hashed, line);
+    }
+
+    #[test]
+    fn hashes_made_by_the_previous_release_still_verify() {
+        // Before the pool kept its own memory, hashes came from the crate's own API.
+        let earlier = Argon2::new(
+            Algorithm::Argon2id,
+            Version::V0x13,
+            Params::new(M_COST_KIB, T_COST, P_COST, None).unwrap(),
+        )
+        .hash_password_with_salt(b"pw-pw-pw-pw-pw", b"saltsaltsaltsalt")
+        .unwrap()
+        .to_string();
+        let mut memory = Memory::new();
+        assert_eq!(
+            verify_with(&mut memory, b"pw-pw-pw-pw-pw", &earlier).unwrap(),
+            Verification::Match {
+                needs_rehash: false
+            }
+        );
+        assert_eq!(
+            verify_with(&mut memory, b"pw-pw-pw-pw-pX", &earlier).unwrap(),
+            Verification::Mismatch
+        );
+        let ours = hash_with(&mut memory, b"pw-pw-pw-pw-pw").unwrap();
+        assert!(
+            Argon2::default()
+                .verify_password(b"pw-pw-pw-pw-pw", &PasswordHash::new(&ours).unwrap())
+                .is_ok(),
+            "other argon2 implementations read our hashes"
+        );
+    }
+
+    #[test]
+    fn a_hash_asking_for_absurd_memory_is_a_mismatch() {
+        let greedy = "$argon2id$v=19$m=4000000,t=1,p=1$c2FsdHNhbHRzYWx0c2FsdA$\
+                      AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+        assert_eq!(
+            verify_with(&mut Memory::new(), b"x", greedy).unwrap(),
+            Verification::Mismatch
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn working_memory_is_reused_and_bounded_by_the_slots() {
+        let pool = PasswordHasherPool::new(2).await.unwrap();
+        let calls: Vec<_> = (0..12)
+            .map(|_| {
+                let pool = pool.clone();
+                tokio::spawn(async move { pool.hash(Zeroizing::new("pw".into())).await })
+            })
+            .collect();
+        for call in calls {
+            call.await.unwrap().unwrap();
+        }
+        assert!((1..=2).contains(&pool.spare().memory.len()));
     }
 
     #[tokio::test]
