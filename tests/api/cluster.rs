@@ -78,25 +78,47 @@ async fn token_valid(server: &KmsProcess, token: &str) -> bool {
         .valid
 }
 
-/// Probes until `seen` holds and returns when the first probe that saw it started,
-/// counted from `since`. Fails if a probe started at or after the bound did not see it.
-async fn within_bound(what: &str, since: Instant, mut seen: impl AsyncFnMut() -> bool) -> Duration {
-    let mut probes = 0;
+/// When a change was first seen: the start of the last probe that still saw the old
+/// state (`None`: the first probe saw the new one) and of the first probe that saw the
+/// new, both counted from when the change returned. The propagation time lies between.
+#[derive(Clone, Copy)]
+struct Seen {
+    last_old: Option<Duration>,
+    first_new: Duration,
+}
+
+impl std::fmt::Display for Seen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.last_old {
+            None => write!(
+                f,
+                "at once (first probe, {} ms)",
+                self.first_new.as_millis()
+            ),
+            Some(old) => write!(f, "{}-{} ms", old.as_millis(), self.first_new.as_millis()),
+        }
+    }
+}
+
+/// Probes until `seen` holds. Fails if a probe started at or after the bound (counted
+/// from `since`) still saw the old state.
+async fn within_bound(what: &str, since: Instant, mut seen: impl AsyncFnMut() -> bool) -> Seen {
+    let mut last_old = None;
     loop {
         let started = since.elapsed();
-        probes += 1;
         if seen().await {
-            eprintln!(
-                "cluster: {what}: seen by a probe started {} ms after the change returned (answered at {} ms, probe {probes})",
-                started.as_millis(),
-                since.elapsed().as_millis(),
-            );
-            return started;
+            let seen = Seen {
+                last_old,
+                first_new: started,
+            };
+            eprintln!("cluster: {what}: {seen} after the change returned");
+            return seen;
         }
         assert!(
             started < PROPAGATION_BOUND,
             "{what}: a probe started {started:?} after the change still saw the old state"
         );
+        last_old = Some(started);
         tokio::time::sleep(PROBE_EVERY).await;
     }
 }
@@ -113,7 +135,7 @@ async fn two_processes_share_one_service() {
     // Logins on either replica are good on both.
     let admin_a = b.admin_token().await;
     let admin_b = a.admin_token().await;
-    let mut times: Vec<(&str, Duration)> = Vec::new();
+    let mut times: Vec<(&str, Seen)> = Vec::new();
 
     // Create on A, verify (and read) on B.
     let created = a
@@ -308,9 +330,31 @@ async fn two_processes_share_one_service() {
     assert!(verify(&b, &demoted, &newer).await, "a user may verify");
 
     eprintln!(
-        "cluster: replicas 2 (PostgreSQL), propagation measured (bound {PROPAGATION_BOUND:?}):"
+        "cluster: replicas 2 (PostgreSQL); propagation, between the start of the last probe \
+         that saw the old state and of the first that saw the new (a probe every \
+         {PROBE_EVERY:?}; bound {PROPAGATION_BOUND:?}):"
     );
     for (what, took) in &times {
-        eprintln!("cluster:   {what}: {} ms", took.as_millis());
+        eprintln!("cluster:   {what}: {took}");
+    }
+}
+
+/// Replicas deployed together start together, on a database no replica has migrated
+/// yet. Server bug, found by this test: all but one exit at once with "database:
+/// migration failed: unique constraint violated" (each runs the migrations; nothing
+/// serialises them, e.g. a PostgreSQL advisory lock). An orchestrator's restart hides
+/// it. Run it with `--ignored` once that is fixed, then drop the `ignore`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "server bug: replicas started together on a fresh database race in the migrations and exit"]
+async fn replicas_started_together_on_a_fresh_database_all_serve() {
+    let Some(backend) = Backend::postgres() else {
+        eprintln!("KMS_TEST_POSTGRES_URL not set: skipped");
+        return;
+    };
+    let cluster = Cluster::new(&backend, &[]).await;
+    let (a, b, c) = tokio::join!(cluster.start("a"), cluster.start("b"), cluster.start("c"));
+    let admin = a.admin_token().await;
+    for replica in [&a, &b, &c] {
+        assert!(admin_accepted(replica, &admin).await, "{}", replica.name);
     }
 }
