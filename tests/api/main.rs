@@ -10,12 +10,14 @@
 mod audit;
 mod auth;
 mod cli;
+mod cluster;
 mod common;
 mod ext_authz;
 mod faults;
 mod http_client;
 mod keys;
 mod ops;
+mod process;
 mod replicas;
 mod rest;
 mod sessions;
