@@ -75,7 +75,8 @@ pub struct App {
 
 impl App {
     pub async fn build(config: &Config) -> Result<Self, StartError> {
-        let store = Store::connect(&config.database)
+        // Calls give up at their deadline: database waits must end before it.
+        let store = Store::connect_within(&config.database, config.limits.request_timeout * 3 / 4)
             .await
             .map_err(|e| StartError::Database(e.to_string()))?;
         let single_server = store

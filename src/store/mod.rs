@@ -29,9 +29,13 @@ pub use users::{AdminGuarded, StoredUser, UserRecord};
 use crate::migrations::Migrator;
 
 /// How long a query waits for a pool connection, or SQLite for a lock, before the
-/// call fails with UNAVAILABLE instead of hanging.
+/// call fails with UNAVAILABLE instead of hanging (at most: a server with a shorter
+/// call deadline waits less, see `Store::connect_within`).
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(5);
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+/// Any two `kms` processes migrating one PostgreSQL database take turns on this
+/// advisory lock (an arbitrary constant: "kms" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6b_6d_73;
 
 #[derive(Clone)]
 pub struct StoreOptions {
@@ -93,6 +97,17 @@ impl std::fmt::Debug for Store {
 
 impl Store {
     pub async fn connect(options: &StoreOptions) -> Result<Self, StoreError> {
+        Self::connect_within(options, ACQUIRE_TIMEOUT).await
+    }
+
+    /// `connect`, waiting at most `wait` for a connection or a lock in any later query
+    /// (capped at 5 s): a server whose calls have a deadline must answer UNAVAILABLE
+    /// before it, not DEADLINE_EXCEEDED.
+    pub async fn connect_within(
+        options: &StoreOptions,
+        wait: Duration,
+    ) -> Result<Self, StoreError> {
+        let wait = wait.clamp(Duration::from_millis(100), ACQUIRE_TIMEOUT);
         let url = options.url.as_str();
         if !["sqlite:", "postgres://", "postgresql://"]
             .iter()
@@ -108,16 +123,16 @@ impl Store {
         let mut opts = ConnectOptions::new(url);
         opts.max_connections(options.max_connections)
             .min_connections(1)
-            .connect_timeout(ACQUIRE_TIMEOUT)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_timeout(wait)
+            .acquire_timeout(wait)
             // Statement logging would print digests, sealed secrets and password
             // hashes at debug level: off, always.
             .sqlx_logging(false)
-            .map_sqlx_sqlite_opts(|o| {
+            .map_sqlx_sqlite_opts(move |o| {
                 o.journal_mode(SqliteJournalMode::Wal)
                     // FULL: an acknowledged key survives power loss, not just a crash.
                     .synchronous(SqliteSynchronous::Full)
-                    .busy_timeout(SQLITE_BUSY_TIMEOUT)
+                    .busy_timeout(SQLITE_BUSY_TIMEOUT.min(wait))
                     .foreign_keys(true)
             });
         // Driver errors may quote the URL, password and all: never pass that on.
@@ -192,8 +207,33 @@ impl Store {
         }
     }
 
+    /// Applies pending migrations. On PostgreSQL, replicas starting together take
+    /// turns (an advisory lock held on a connection of its own), so each sees the
+    /// others' work instead of racing them into a unique violation.
     pub async fn migrate(&self) -> Result<(), StoreError> {
-        Migrator::up(&self.db, None).await.map_err(StoreError::from)
+        if !self.is_shared() {
+            return Migrator::up(&self.db, None).await.map_err(StoreError::from);
+        }
+        let pool = self.db.get_postgres_connection_pool();
+        let mut turn = pool
+            .acquire()
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        sea_orm::sqlx::query("SELECT pg_advisory_lock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *turn)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let migrated = Migrator::up(&self.db, None).await.map_err(StoreError::from);
+        // Closing the session would release the lock too; say so explicitly.
+        let unlocked = sea_orm::sqlx::query("SELECT pg_advisory_unlock($1)")
+            .bind(MIGRATION_LOCK)
+            .execute(&mut *turn)
+            .await;
+        if unlocked.is_err() {
+            turn.close_on_drop();
+        }
+        migrated
     }
 
     /// A cheap round trip, for health checks.

@@ -340,12 +340,9 @@ async fn two_processes_share_one_service() {
 }
 
 /// Replicas deployed together start together, on a database no replica has migrated
-/// yet. Server bug, found by this test: all but one exit at once with "database:
-/// migration failed: unique constraint violated" (each runs the migrations; nothing
-/// serialises them, e.g. a PostgreSQL advisory lock). An orchestrator's restart hides
-/// it. Run it with `--ignored` once that is fixed, then drop the `ignore`.
+/// yet. (Found by this test: all but one used to exit with "migration failed: unique
+/// constraint violated"; migrations now take turns on an advisory lock.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "server bug: replicas started together on a fresh database race in the migrations and exit"]
 async fn replicas_started_together_on_a_fresh_database_all_serve() {
     let Some(backend) = Backend::postgres() else {
         eprintln!("KMS_TEST_POSTGRES_URL not set: skipped");
