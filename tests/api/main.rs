@@ -13,6 +13,7 @@ mod cli;
 mod common;
 mod ext_authz;
 mod faults;
+mod hostile;
 mod http_client;
 mod keys;
 mod ops;
