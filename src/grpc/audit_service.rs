@@ -42,9 +42,10 @@ fn time(
     t: Option<prost_types::Timestamp>,
 ) -> Result<Option<DateTime<chrono::Utc>>, Error> {
     t.map(|t| {
+        // chrono would take nanos up to 2e9 - 1 (a leap second); protobuf does not.
         u32::try_from(t.nanos)
             .ok()
-            .filter(|_| TIMESTAMP_SECONDS.contains(&t.seconds))
+            .filter(|nanos| *nanos < 1_000_000_000 && TIMESTAMP_SECONDS.contains(&t.seconds))
             .and_then(|nanos| DateTime::from_timestamp(t.seconds, nanos))
             .ok_or_else(|| {
                 Error::invalid(

@@ -2726,10 +2726,13 @@ async fn hostile_sizes(backend: Backend) {
     // Metadata. The server takes at most 16 KiB of headers per call (hyper's default
     // SETTINGS_MAX_HEADER_LIST_SIZE). Under that, a garbage bearer token is the KMS's to
     // judge: UNAUTHENTICATED. Over it, HTTP/2 refuses the call before any of the KMS
-    // sees it: a single 100 KB header block is reset with ENHANCE_YOUR_CALM, which
-    // gRPC clients report as RESOURCE_EXHAUSTED, and a 20 KB one made of 1000 headers
-    // gets HTTP 431, which gRPC clients report as UNKNOWN ("mapped from HTTP status code
-    // 431"). Either way nothing is stored and the server keeps serving.
+    // sees it. A header block far over the limit (100 KB) makes the server close that
+    // connection (GOAWAY ENHANCE_YOUR_CALM "header_list_way_too_large"): the call fails
+    // RESOURCE_EXHAUSTED, a call sent on that connection at the same moment may fail
+    // CANCELLED ("connection closed"), and the client reconnects. A 20 KB block of 1000
+    // headers gets HTTP 431, which gRPC clients report as UNKNOWN ("mapped from HTTP
+    // status code 431"). Either way nothing is stored, and other connections and the
+    // server go on as before.
     let bearer = |token: &str| -> AsciiMetadataValue { format!("Bearer {token}").parse().unwrap() };
     let before = snapshot(&ctx.db).await;
     let mut meta = MetadataMap::new();
@@ -2775,8 +2778,13 @@ async fn hostile_sizes(backend: Backend) {
         }),
     ];
     for (label, meta) in cases {
-        let result = ctx
-            .keys()
+        // A connection of its own: HTTP/2 may close it (see above).
+        let channel = Channel::from_shared(format!("http://{}", server.addr))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let result = KeysClient::new(channel.clone())
             .create_key(Request::from_parts(
                 meta,
                 Default::default(),
@@ -2787,11 +2795,27 @@ async fn hostile_sizes(backend: Backend) {
             ))
             .await;
         let status = result.expect_err(label);
+        let go_away = std::error::Error::source(&status)
+            .is_some_and(|e| format!("{e:?}").contains("header_list_way_too_large"));
         assert!(
-            status.code() == Code::ResourceExhausted
+            (status.code() == Code::ResourceExhausted && go_away)
                 || (status.code() == Code::Unknown && status.message().contains("431")),
             "{label}: {status:?}"
         );
+        // The client reconnects: a call racing the GOAWAY may fail CANCELLED first.
+        let mut attempts = 0;
+        while let Err(status) = KeysClient::new(channel.clone())
+            .list_keys(authed(pb::ListKeysRequest::default(), &admin))
+            .await
+        {
+            attempts += 1;
+            assert!(
+                status.code() == Code::Cancelled && attempts < 5,
+                "{label}: after it, {status:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        // Other connections are unaffected.
         ctx.still_serving().await;
     }
     unchanged("oversized metadata", &before, &snapshot(&ctx.db).await).unwrap();
