@@ -8,6 +8,7 @@ use crate::{
     domain::{
         Error,
         audit::{AuditEvent, AuditLog},
+        validate,
     },
     proto::kms::v1::{self as pb, audit_server::Audit},
     store::AuditFilter,
@@ -23,19 +24,35 @@ impl AuditApi {
     }
 }
 
-fn filter(text: &str) -> Option<String> {
-    (!text.is_empty()).then(|| text.to_owned())
+fn filter(field: &'static str, text: &str) -> Result<Option<String>, Error> {
+    if text.is_empty() {
+        return Ok(None);
+    }
+    validate::audit_filter(field, text)?;
+    Ok(Some(text.to_owned()))
 }
+
+/// The range of `google.protobuf.Timestamp`: 0001-01-01T00:00:00Z to
+/// 9999-12-31T23:59:59.999999999Z. Outside it, a time is not a timestamp (and
+/// PostgreSQL could not compare with it anyway).
+const TIMESTAMP_SECONDS: std::ops::RangeInclusive<i64> = -62_135_596_800..=253_402_300_799;
 
 fn time(
     field: &'static str,
     t: Option<prost_types::Timestamp>,
 ) -> Result<Option<DateTime<chrono::Utc>>, Error> {
     t.map(|t| {
+        // chrono would take nanos up to 2e9 - 1 (a leap second); protobuf does not.
         u32::try_from(t.nanos)
             .ok()
+            .filter(|nanos| *nanos < 1_000_000_000 && TIMESTAMP_SECONDS.contains(&t.seconds))
             .and_then(|nanos| DateTime::from_timestamp(t.seconds, nanos))
-            .ok_or_else(|| Error::invalid(field, "is not a valid timestamp"))
+            .ok_or_else(|| {
+                Error::invalid(
+                    field,
+                    "is not a valid timestamp (0001-01-01T00:00:00Z..9999-12-31T23:59:59Z)",
+                )
+            })
     })
     .transpose()
 }
@@ -62,9 +79,9 @@ impl Audit for AuditApi {
         let caller = caller(&request)?;
         let req = request.into_inner();
         let filter = AuditFilter {
-            actor: filter(&req.actor),
-            action: filter(&req.action),
-            target: filter(&req.target),
+            actor: filter("actor", &req.actor)?,
+            action: filter("action", &req.action)?,
+            target: filter("target", &req.target)?,
             since: time("since", req.since)?,
             until: time("until", req.until)?,
         };

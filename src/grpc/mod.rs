@@ -5,6 +5,7 @@
 mod audit_service;
 pub mod auth_layer;
 mod auth_service;
+pub mod codec;
 mod convert;
 mod ext_authz;
 mod keys_service;

@@ -33,8 +33,14 @@ pub struct AuditFilter {
     pub until: Option<DateTime<Utc>>,
 }
 
+/// At most `max` characters, control characters replaced by U+FFFD: a recorded value
+/// can come from a client (the prefix of a presented key), and PostgreSQL text cannot
+/// hold NUL, nor should a log viewer meet escape sequences.
 fn clip(s: &str, max: usize) -> String {
-    s.chars().take(max).collect()
+    s.chars()
+        .take(max)
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect()
 }
 
 fn active(record: AuditRecord) -> audit_event::ActiveModel {
@@ -106,5 +112,17 @@ impl Store {
             .limit(limit)
             .all(&self.db)
             .await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::clip;
+
+    #[test]
+    fn recorded_text_is_clipped_and_has_no_control_characters() {
+        assert_eq!(clip("kms_abc", 64), "kms_abc");
+        assert_eq!(clip("ab\0c\u{1b}[", 4), "ab\u{fffd}c");
+        assert_eq!(clip("é\u{202e}\u{85}", 8), "é\u{202e}\u{fffd}");
     }
 }

@@ -43,12 +43,16 @@ fn is_transient(err: &sea_orm::sqlx::Error) -> bool {
             // after the busy timeout. PostgreSQL: class 08 (connection exception),
             // 53 (insufficient resources), 57P0x (server shutting down), 40001/40P01
             // (serialization failure, deadlock): all worth a retry by the client.
+            // (The SQLite test only on SQLite: a numeric SQLSTATE such as 22021, a NUL
+            // in a string, would pass it.)
             let code = code.as_ref();
-            code == "5"
-                || code == "6"
-                || code
+            let sqlite = db
+                .try_downcast_ref::<sea_orm::sqlx::sqlite::SqliteError>()
+                .is_some();
+            (sqlite
+                && code
                     .parse::<u32>()
-                    .is_ok_and(|c| c & 0xff == 5 || c & 0xff == 6)
+                    .is_ok_and(|c| c & 0xff == 5 || c & 0xff == 6))
                 || code.starts_with("08")
                 || code.starts_with("53")
                 || code.starts_with("57P")

@@ -123,6 +123,11 @@ impl Store {
         &self,
         session_id: &str,
     ) -> Result<Option<SessionState>, StoreError> {
+        // The id comes from a token's claims. One that no session can have (PostgreSQL
+        // text cannot hold NUL, and the query would fail) is simply not found.
+        if session_id.contains('\0') {
+            return Ok(None);
+        }
         let found = session::Entity::find_by_id(session_id.to_owned())
             .find_also_related(user::Entity)
             .one(&self.db)

@@ -240,6 +240,11 @@ impl TestServer {
         &self.db_url
     }
 
+    /// The configuration the server runs with (its master key, to open its signing keys).
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
     pub fn auth(&self) -> AuthClient<Channel> {
         AuthClient::new(self.channel.clone())
     }
