@@ -30,12 +30,6 @@ use crate::{
 /// Methods exempt from the concurrency limit: health probes must answer under load,
 /// or orchestrators restart a server that is merely busy.
 const UNLIMITED: &[&str] = &[
-    "/kms.v1.Audit/ListAuditEvents",
-    "/kms.v1.Users/ListUsers",
-    "/kms.v1.Users/GetUser",
-    "/kms.v1.Users/SetRoles",
-    "/kms.v1.Users/DeleteUser",
-    "/kms.v1.Users/ChangePassword",
     "/grpc.health.v1.Health/Check",
     "/grpc.health.v1.Health/Watch",
 ];
@@ -56,6 +50,12 @@ const KNOWN_METHODS: &[&str] = &[
     "/kms.v1.Keys/RotateKey",
     "/kms.v1.Keys/RevokeKey",
     "/kms.v1.Keys/VerifyKey",
+    "/kms.v1.Users/ListUsers",
+    "/kms.v1.Users/GetUser",
+    "/kms.v1.Users/SetRoles",
+    "/kms.v1.Users/DeleteUser",
+    "/kms.v1.Users/ChangePassword",
+    "/kms.v1.Audit/ListAuditEvents",
     "/grpc.health.v1.Health/Check",
     "/grpc.health.v1.Health/Watch",
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",

@@ -1116,11 +1116,15 @@ async fn hostile_keys_fields(backend: Backend) {
             if !answer.valid {
                 assert_eq!(answer, pb::VerifyKeyResponse::default());
                 // Every failed verification is in the audit trail, whatever it held.
-                assert_eq!(
-                    audit_count(&ctx.db, "key_verify").await,
-                    failures + 1,
-                    "a failed VerifyKey must be audited"
-                );
+                // It is written in the background, in order: wait for it (the earlier
+                // cases waited for theirs, so `failures` counted them all).
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+                let mut recorded = audit_count(&ctx.db, "key_verify").await;
+                while recorded < failures + 1 && std::time::Instant::now() < deadline {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                    recorded = audit_count(&ctx.db, "key_verify").await;
+                }
+                assert_eq!(recorded, failures + 1, "a failed VerifyKey must be audited");
             }
             Ok::<_, Status>(answer)
         },
