@@ -5,6 +5,7 @@ mod audit;
 pub mod entities;
 mod error;
 mod keys;
+mod seed;
 mod sessions;
 mod signing_keys;
 mod users;
