@@ -31,6 +31,25 @@ pub fn load_font(path: &Path) -> Result<(), String> {
         .clone()
 }
 
+/// Fixed colours for the main scenarios, so charts compare at a glance.
+fn color_of(name: &str, i: usize) -> RGBAColor {
+    match name {
+        "health" => RGBColor(90, 90, 90).to_rgba(),
+        "validate" => RGBColor(31, 119, 180).to_rgba(),
+        "verify" => RGBColor(44, 160, 44).to_rgba(),
+        "get" => RGBColor(214, 39, 40).to_rgba(),
+        "verify-invalid" => RGBColor(255, 127, 14).to_rgba(),
+        _ => Palette99::pick(i).to_rgba(),
+    }
+}
+
+/// A tick value without trailing zeros: 100, 10, 1, 0.5, 0.05.
+fn tick(v: f64) -> String {
+    let s = format!("{v:.3}");
+    let s = s.trim_end_matches('0').trim_end_matches('.');
+    s.to_owned()
+}
+
 fn err<E: std::fmt::Display>(e: E) -> String {
     format!("drawing the chart failed: {e}")
 }
@@ -95,13 +114,13 @@ pub fn draw(out: &Path, title: &str, series: &[Series]) -> Result<(), String> {
         .y_desc("p99 ms")
         .x_labels(usize::try_from(x_max as u64 + 1).unwrap_or(9))
         .x_label_formatter(&x_label)
-        .y_label_formatter(&|y| crate::report::fmt_ms(*y))
+        .y_label_formatter(&|y| tick(*y))
         .label_style((FAMILY, 14))
         .draw()
         .map_err(err)?;
 
     for (i, s) in series.iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
+        let color = color_of(&s.name, i);
         let rates: Vec<(f64, f64)> = s.points.iter().map(|p| (x_of(p.0), p.1)).collect();
         let lat: Vec<(f64, f64)> = s
             .points
@@ -169,5 +188,13 @@ mod tests {
         draw(&out, "test", &series).unwrap();
         let bytes = std::fs::read(&out).unwrap();
         assert_eq!(&bytes[1..4], b"PNG");
+    }
+
+    #[test]
+    fn ticks_lose_trailing_zeros() {
+        assert_eq!(tick(100.0), "100");
+        assert_eq!(tick(0.5), "0.5");
+        assert_eq!(tick(0.05), "0.05");
+        assert_eq!(tick(2.25), "2.25");
     }
 }
