@@ -6,6 +6,7 @@ mod changes;
 pub mod entities;
 mod error;
 mod keys;
+mod seed;
 mod sessions;
 mod signing_keys;
 mod users;

@@ -1,0 +1,285 @@
+//! The report: one row per measured scenario, as an aligned text table and as Markdown,
+//! plus the targets checked against the figures.
+
+use std::{collections::BTreeMap, fmt::Write};
+
+use crate::driver::{Label, Measurement, OK};
+
+#[derive(Debug, Clone)]
+pub struct Row {
+    pub scenario: String,
+    /// What else sets this row apart: keys stored, signing algorithm, backend.
+    pub setting: String,
+    pub concurrency: usize,
+    pub calls_per_s: f64,
+    /// Calls/s divided by the same run's `health` calls/s.
+    pub ratio: Option<f64>,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    /// The server's largest RSS while the scenario ran.
+    pub peak_rss_kib: Option<u64>,
+    pub outcomes: BTreeMap<Label, u64>,
+}
+
+impl Row {
+    pub fn new(
+        scenario: &str,
+        setting: String,
+        concurrency: usize,
+        m: &Measurement,
+        baseline: Option<f64>,
+        peak_rss_kib: Option<u64>,
+    ) -> Self {
+        let calls_per_s = m.calls_per_second();
+        Self {
+            scenario: scenario.to_owned(),
+            setting,
+            concurrency,
+            calls_per_s,
+            ratio: baseline.filter(|b| *b > 0.0).map(|b| calls_per_s / b),
+            p50_ms: m.quantile_ms(0.5),
+            p99_ms: m.quantile_ms(0.99),
+            p999_ms: m.quantile_ms(0.999),
+            peak_rss_kib,
+            outcomes: m.outcomes.clone(),
+        }
+    }
+
+    /// Calls that did not end as the scenario expects (anything but OK).
+    pub fn unexpected(&self) -> u64 {
+        self.outcomes
+            .iter()
+            .filter(|(l, _)| **l != OK)
+            .map(|(_, n)| n)
+            .sum()
+    }
+}
+
+/// `OK=123456 UNAVAILABLE=3`: OK first, then the rest by name.
+pub fn fmt_outcomes(outcomes: &BTreeMap<Label, u64>) -> String {
+    let mut parts = Vec::new();
+    if let Some(n) = outcomes.get(OK) {
+        parts.push(format!("{OK}={n}"));
+    }
+    for (label, n) in outcomes.iter().filter(|(l, _)| **l != OK) {
+        parts.push(format!("{label}={n}"));
+    }
+    if parts.is_empty() {
+        "no calls".into()
+    } else {
+        parts.join(" ")
+    }
+}
+
+/// Milliseconds with 3 decimals under 10 ms, 2 under 100 ms, 1 above.
+pub fn fmt_ms(ms: f64) -> String {
+    if ms < 10.0 {
+        format!("{ms:.3}")
+    } else if ms < 100.0 {
+        format!("{ms:.2}")
+    } else {
+        format!("{ms:.1}")
+    }
+}
+
+/// A whole number with thousands separators: `12,345`.
+pub fn fmt_count(n: f64) -> String {
+    let rounded = n.round().max(0.0) as u64;
+    let digits = rounded.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+pub fn fmt_ratio(r: Option<f64>) -> String {
+    r.map_or_else(|| "-".into(), |r| format!("{:.0}%", r * 100.0))
+}
+
+pub fn fmt_mib(kib: Option<u64>) -> String {
+    kib.map_or_else(|| "-".into(), |k| format!("{:.1}", k as f64 / 1024.0))
+}
+
+const HEADERS: [&str; 10] = [
+    "scenario",
+    "setting",
+    "in flight",
+    "calls/s",
+    "vs health",
+    "p50 ms",
+    "p99 ms",
+    "p99.9 ms",
+    "peak RSS MiB",
+    "statuses",
+];
+
+fn cells(row: &Row) -> [String; 10] {
+    [
+        row.scenario.clone(),
+        row.setting.clone(),
+        row.concurrency.to_string(),
+        fmt_count(row.calls_per_s),
+        fmt_ratio(row.ratio),
+        fmt_ms(row.p50_ms),
+        fmt_ms(row.p99_ms),
+        fmt_ms(row.p999_ms),
+        fmt_mib(row.peak_rss_kib),
+        fmt_outcomes(&row.outcomes),
+    ]
+}
+
+/// An aligned plain-text table for the terminal.
+pub fn text_table(rows: &[Row]) -> String {
+    let all: Vec<[String; 10]> = rows.iter().map(cells).collect();
+    let mut widths = HEADERS.map(str::len);
+    for r in &all {
+        for (w, c) in widths.iter_mut().zip(r.iter()) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let line = |out: &mut String, cols: &[String]| {
+        let mut s = String::new();
+        for (i, (c, w)) in cols.iter().zip(widths.iter()).enumerate() {
+            // Text left, numbers right.
+            if (2..=8).contains(&i) {
+                let _ = write!(s, "{c:>w$}  ");
+            } else {
+                let _ = write!(s, "{c:<w$}  ");
+            }
+        }
+        out.push_str(s.trim_end());
+        out.push('\n');
+    };
+    line(&mut out, &HEADERS.map(String::from));
+    for r in &all {
+        line(&mut out, r);
+    }
+    out
+}
+
+pub fn markdown_table(rows: &[Row]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "| {} |", HEADERS.join(" | "));
+    let align: Vec<&str> = (0..HEADERS.len())
+        .map(|i| if (2..=8).contains(&i) { "---:" } else { "---" })
+        .collect();
+    let _ = writeln!(out, "|{}|", align.join("|"));
+    for row in rows {
+        let _ = writeln!(out, "| {} |", cells(row).join(" | "));
+    }
+    out
+}
+
+/// One of the targets, with the figure measured against it.
+#[derive(Debug, Clone)]
+pub struct Check {
+    pub what: String,
+    pub target: String,
+    pub measured: String,
+    /// `None`: reported, not judged (e.g. commit-bound figures).
+    pub met: Option<bool>,
+}
+
+impl Check {
+    pub fn new(what: &str, target: &str, measured: String, met: Option<bool>) -> Self {
+        Self {
+            what: what.into(),
+            target: target.into(),
+            measured,
+            met,
+        }
+    }
+}
+
+pub fn markdown_checks(checks: &[Check]) -> String {
+    let mut out = String::from("| target | wanted | measured | met |\n|---|---|---|---|\n");
+    for c in checks {
+        let met = match c.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "-",
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {met} |",
+            c.what, c.target, c.measured
+        );
+    }
+    out
+}
+
+pub fn text_checks(checks: &[Check]) -> String {
+    let mut out = String::new();
+    for c in checks {
+        let met = match c.met {
+            Some(true) => "met",
+            Some(false) => "NOT MET",
+            None => "reported",
+        };
+        let _ = writeln!(
+            out,
+            "  {:<8} {}: {} (target: {})",
+            met, c.what, c.measured, c.target
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row() -> Row {
+        Row {
+            scenario: "verify".into(),
+            setting: "1,000 keys".into(),
+            concurrency: 64,
+            calls_per_s: 12345.6,
+            ratio: Some(0.715),
+            p50_ms: 1.23456,
+            p99_ms: 12.3456,
+            p999_ms: 123.456,
+            peak_rss_kib: Some(20480),
+            outcomes: BTreeMap::from([("UNAVAILABLE", 3), (OK, 123456)]),
+        }
+    }
+
+    #[test]
+    fn outcomes_put_ok_first() {
+        assert_eq!(fmt_outcomes(&row().outcomes), "OK=123456 UNAVAILABLE=3");
+        assert_eq!(fmt_outcomes(&BTreeMap::new()), "no calls");
+        assert_eq!(row().unexpected(), 3);
+    }
+
+    #[test]
+    fn numbers() {
+        assert_eq!(fmt_count(1234567.4), "1,234,567");
+        assert_eq!(fmt_count(999.0), "999");
+        assert_eq!(fmt_count(0.0), "0");
+        assert_eq!(fmt_ms(1.23456), "1.235");
+        assert_eq!(fmt_ms(12.3456), "12.35");
+        assert_eq!(fmt_ms(123.456), "123.5");
+        assert_eq!(fmt_ratio(Some(0.715)), "72%");
+        assert_eq!(fmt_ratio(None), "-");
+        assert_eq!(fmt_mib(Some(20480)), "20.0");
+    }
+
+    #[test]
+    fn tables() {
+        let md = markdown_table(&[row()]);
+        assert!(md.starts_with("| scenario | setting |"), "{md}");
+        assert!(
+            md.contains("| verify | 1,000 keys | 64 | 12,346 | 72% | 1.235 | 12.35 | 123.5 | 20.0 | OK=123456 UNAVAILABLE=3 |"),
+            "{md}"
+        );
+        let text = text_table(&[row()]);
+        assert_eq!(text.lines().count(), 2);
+        assert!(text.lines().all(|l| !l.ends_with(' ')));
+    }
+}
