@@ -163,3 +163,58 @@ async fn propagation(backend: Backend) {
     b.stop().await;
     a.stop().await;
 }
+
+/// The fallback: a replica whose listening connection dies can miss a notification.
+/// It must still refuse a key revoked meanwhile within a second (it stops trusting
+/// its caches when its own heartbeats stop coming back, and empties them when it
+/// reconnects).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_loses_its_listener_still_honours_changes_within_a_second() {
+    let Some(backend) = Backend::postgres() else {
+        eprintln!("KMS_TEST_POSTGRES_URL not set: PostgreSQL run skipped");
+        return;
+    };
+    let a = TestServer::start(backend).await;
+    let b = a.replica().await;
+    let admin = a.admin_token().await;
+    let created = a
+        .keys()
+        .create_key(authed(
+            pb::CreateKeyRequest {
+                service_name: "deaf".into(),
+                api_key: None,
+                description: String::new(),
+                ttl_seconds: 0,
+            },
+            &admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    for _ in 0..3 {
+        assert!(valid(&b, &admin, &created.api_key).await);
+    }
+    // Every replica's listening connection, ours included, is killed by the database.
+    let db = sea_orm::Database::connect(a.db_url()).await.unwrap();
+    use sea_orm::ConnectionTrait;
+    db.execute_unprepared(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE query = 'LISTEN \"kms_changes\"' AND pid <> pg_backend_pid()",
+    )
+    .await
+    .unwrap();
+    db.close().await.unwrap();
+    a.keys()
+        .revoke_key(authed(
+            pb::RevokeKeyRequest {
+                service_name: "deaf".into(),
+            },
+            &admin,
+        ))
+        .await
+        .unwrap();
+    let took = until_refused(&b, &admin, Some(&created.api_key), "revocation on B").await;
+    eprintln!("revocation reached a replica whose listener was killed in {took:?}");
+    b.stop().await;
+    a.stop().await;
+}
