@@ -119,15 +119,32 @@ pub async fn append(store: &Store, record: AuditRecord) {
 const QUEUE_MAX: usize = 4_096;
 const BATCH_MAX: usize = 256;
 
-/// Events recorded off the caller's path, in batches: refusals that anyone holding a
-/// token can cause at the rate of a hot path (a failed VerifyKey), where a database
-/// write per call would make the refusal the most expensive answer. The queue is
-/// bounded: when it is full (the database is down or far behind) an event is dropped
-/// and counted, never waited for.
+/// An event for the writer, with whoever waits for it to be committed.
+struct Queued {
+    record: AuditRecord,
+    committed: Option<tokio::sync::oneshot::Sender<bool>>,
+}
+
+/// Events written by a background writer in batches, one transaction each.
+///
+/// `push` is for refusals that anyone holding a token can cause at the rate of a hot
+/// path (a failed VerifyKey), where a database write per call would make the refusal
+/// the most expensive answer: bounded, and when the queue is full (the database is
+/// down or far behind) the event is dropped and counted, never waited for.
+///
+/// `record` is for events that must be on disk before the call answers (reading a
+/// secret): the caller waits for the commit of the batch that holds its event, so
+/// concurrent reads share one commit (group commit) instead of paying one each.
 #[derive(Debug, Clone)]
 pub struct AuditQueue {
-    tx: tokio::sync::mpsc::Sender<AuditRecord>,
+    tx: tokio::sync::mpsc::Sender<Queued>,
     dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl std::fmt::Debug for Queued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.record.fmt(f)
+    }
 }
 
 impl AuditQueue {
@@ -141,14 +158,33 @@ impl AuditQueue {
         }
     }
 
+    /// Best effort, never waits.
     pub fn push(&self, record: AuditRecord) {
         use std::sync::atomic::Ordering;
-        if self.tx.try_send(record).is_err() {
+        let queued = Queued {
+            record,
+            committed: None,
+        };
+        if self.tx.try_send(queued).is_err() {
             let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             // Logged on the first drop and every thousandth after it.
             if dropped % 1000 == 1 {
                 tracing::warn!(dropped, "audit queue full: events dropped");
             }
+        }
+    }
+
+    /// Waits until the event is committed; `Unavailable` if it could not be.
+    pub async fn record(&self, record: AuditRecord) -> Result<()> {
+        let (committed, done) = tokio::sync::oneshot::channel();
+        let queued = Queued {
+            record,
+            committed: Some(committed),
+        };
+        self.tx.send(queued).await.map_err(|_| Error::Unavailable)?;
+        match done.await {
+            Ok(true) => Ok(()),
+            _ => Err(Error::Unavailable),
         }
     }
 
@@ -158,12 +194,21 @@ impl AuditQueue {
     }
 }
 
-async fn write_batches(store: Store, mut rx: tokio::sync::mpsc::Receiver<AuditRecord>) {
+async fn write_batches(store: Store, mut rx: tokio::sync::mpsc::Receiver<Queued>) {
     let mut batch = Vec::with_capacity(BATCH_MAX);
     while rx.recv_many(&mut batch, BATCH_MAX).await > 0 {
         let count = batch.len();
-        if let Err(e) = store.audit_many(std::mem::take(&mut batch)).await {
+        let (records, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut batch)
+            .into_iter()
+            .map(|q| (q.record, q.committed))
+            .unzip();
+        let written = store.audit_many(records).await;
+        if let Err(e) = &written {
             tracing::error!(error = %e, count, "audit events could not be recorded");
+        }
+        for committed in waiting.into_iter().flatten() {
+            // The caller may have gone away (cancelled): nothing to tell then.
+            let _ = committed.send(written.is_ok());
         }
     }
 }

@@ -54,14 +54,16 @@ pub struct KeyService {
     store: Store,
     sealer: Sealer,
     caches: Arc<Caches>,
-    refusals: audit::AuditQueue,
+    /// Failed verifications (best effort) and secret reads (committed before the
+    /// secret is handed out), written in batches.
+    audit: audit::AuditQueue,
 }
 
 impl KeyService {
     /// Starts the background audit writer for refused keys: call inside the runtime.
     pub fn new(store: Store, sealer: Sealer, caches: Arc<Caches>) -> Self {
         Self {
-            refusals: audit::AuditQueue::start(store.clone()),
+            audit: audit::AuditQueue::start(store.clone()),
             store,
             sealer,
             caches,
@@ -161,9 +163,10 @@ impl KeyService {
             .await?
             .ok_or_else(|| not_found(service_name))?;
         let view = self.view(found, true)?;
-        // Reading a secret is a security event: recorded before it is handed out.
-        self.store
-            .audit(audit::event(
+        // Reading a secret is a security event: committed before it is handed out
+        // (in one transaction with other reads happening at the same time).
+        self.audit
+            .record(audit::event(
                 &caller.subject,
                 action::KEY_GET,
                 service_name,
@@ -267,7 +270,7 @@ impl KeyService {
             // Failures only: successes are the hot path and say nothing new. The target
             // is the key's display prefix, never the key. Written in the background:
             // anyone with a token can send these as fast as valid ones.
-            self.refusals.push(audit::event(
+            self.audit.push(audit::event(
                 &caller.subject,
                 action::KEY_VERIFY,
                 &api_key::display_prefix(presented),
