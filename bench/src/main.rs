@@ -380,7 +380,7 @@ async fn scenarios(args: ScenarioArgs) -> Result<bool, String> {
     }
     wanted.retain(|s| *s != Scenario::Health);
     let rows = with_session(session, async move |s| {
-        let health = measure_row(
+        let mut health = measure_row(
             s,
             Scenario::Health,
             load.concurrency,
@@ -390,6 +390,7 @@ async fn scenarios(args: ScenarioArgs) -> Result<bool, String> {
         )
         .await?;
         let baseline = Some(health.calls_per_s);
+        health.ratio = Some(1.0);
         let mut rows = vec![health];
         for sc in wanted {
             rows.push(
@@ -425,8 +426,9 @@ async fn smoke(args: SmokeArgs) -> Result<bool, String> {
     let session = Session::open(&args.server.choice(), prepare).await?;
     let second = Duration::from_secs(1);
     let rows = with_session(session, async move |s| {
-        let health = measure_row(s, Scenario::Health, 4, second, Duration::ZERO, None).await?;
+        let mut health = measure_row(s, Scenario::Health, 4, second, Duration::ZERO, None).await?;
         let baseline = Some(health.calls_per_s);
+        health.ratio = Some(1.0);
         let mut rows = vec![health];
         for sc in Scenario::ALL.into_iter().skip(1) {
             rows.push(measure_row(s, sc, 4, second, Duration::ZERO, baseline).await?);
@@ -601,8 +603,9 @@ async fn run(args: RunArgs) -> Result<bool, String> {
         let mut checks = Vec::new();
         let idle = s.idle_memory;
 
-        let health = measure_row(s, Scenario::Health, c, d, w, None).await?;
+        let mut health = measure_row(s, Scenario::Health, c, d, w, None).await?;
         let baseline = Some(health.calls_per_s);
+        health.ratio = Some(1.0);
         let mut rows = vec![health];
         for sc in Scenario::ALL.into_iter().skip(1) {
             rows.push(measure_row(s, sc, c, d, w, baseline).await?);

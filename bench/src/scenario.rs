@@ -1,6 +1,12 @@
 //! The scenarios: one kind of call each, with the data it needs prepared beforehand.
 
-use std::{str::FromStr, sync::Arc};
+use std::{
+    str::FromStr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+};
 
 use kms::proto::kms::v1::{
     CreateKeyRequest, GetKeyRequest, LoginRequest, RotateKeyRequest, ValidateTokenRequest,
@@ -95,6 +101,8 @@ pub struct Fixture {
     pub login_password: String,
     /// Makes `create`'s service names unique across runs on one database.
     pub run_id: String,
+    /// Numbers `create`'s service names, across warm-up and measurement.
+    pub created: AtomicU64,
 }
 
 impl Fixture {
@@ -185,10 +193,11 @@ pub fn call_fn(scenario: Scenario, fx: Arc<Fixture>, concurrency: usize) -> Resu
                 })
             })
         }
-        Scenario::Create => Arc::new(move |ch, worker, seq| {
+        Scenario::Create => Arc::new(move |ch, _, _| {
+            let n = fx.created.fetch_add(1, Ordering::Relaxed);
             let request = authed(
                 CreateKeyRequest {
-                    service_name: format!("c{}-{worker}-{seq}", fx.run_id),
+                    service_name: format!("c{}-{n}", fx.run_id),
                     api_key: None,
                     description: "kms-bench create".into(),
                     ttl_seconds: 0,

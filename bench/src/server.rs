@@ -246,10 +246,13 @@ impl ServerSpec {
             .env("KMS_BOOTSTRAP_ADMIN_PASSWORD", self.admin_password.as_str())
             // Limits that would distort a benchmark: the login flood keeps ~1,000 calls
             // queued for argon2 for many seconds, beyond the default 1,024 in flight
-            // and 30 s timeout. (Only correct passwords are sent: the throttle never
-            // counts a failure.)
+            // and 30 s timeout. The login throttle counts attempts in flight against
+            // the client address (4 x KMS_LOGIN_MAX_FAILURES = 20 by default), and
+            // every bench call comes from 127.0.0.1: the largest setting lets 4,000
+            // through. Only right passwords are sent, so no failure is ever counted.
             .env("KMS_MAX_CONCURRENT_REQUESTS", "1000000")
             .env("KMS_REQUEST_TIMEOUT_SECONDS", "600")
+            .env("KMS_LOGIN_MAX_FAILURES", "1000")
             .env("KMS_SHUTDOWN_GRACE_SECONDS", "2")
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))

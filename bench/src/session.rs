@@ -3,7 +3,7 @@
 
 use std::{
     path::PathBuf,
-    sync::Arc,
+    sync::{Arc, atomic::AtomicU64},
     time::{Duration, Instant},
 };
 
@@ -169,6 +169,7 @@ impl Session {
                 login_users: (0..prepare.users.max(1)).map(seed::username).collect(),
                 login_password,
                 run_id: server::random_hex(4)?,
+                created: AtomicU64::new(0),
             }),
             keys_stored: prepare.keys,
             prepare,
@@ -280,6 +281,7 @@ impl Session {
                 login_users: vec![username],
                 login_password,
                 run_id,
+                created: AtomicU64::new(0),
             }),
             keys_stored: prepare.keys,
             prepare,
