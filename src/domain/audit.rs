@@ -187,11 +187,6 @@ impl AuditQueue {
             _ => Err(Error::Unavailable),
         }
     }
-
-    /// Events dropped so far because the queue was full.
-    pub fn dropped(&self) -> u64 {
-        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
-    }
 }
 
 async fn write_batches(store: Store, mut rx: tokio::sync::mpsc::Receiver<Queued>) {
