@@ -4,8 +4,7 @@ use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tokio::{net::TcpListener, sync::watch};
-use tokio_stream::wrappers::TcpListenerStream;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+use tonic::transport::{Certificate, Identity, ServerTlsConfig, server::TcpIncoming};
 use zeroize::Zeroizing;
 
 use crate::{
@@ -39,6 +38,10 @@ use crate::{
 
 /// Length of a generated bootstrap admin password (base62, about 143 bits).
 const BOOTSTRAP_PASSWORD_LEN: usize = 24;
+
+/// Idle time before the kernel probes a silent gRPC peer, so connections
+/// from crashed clients are reaped instead of held open.
+const TCP_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -238,7 +241,12 @@ impl App {
             .add_service(audit)
             .add_optional_service(ext_authz)
             .serve_with_incoming_shutdown(
-                TcpListenerStream::new(listeners.grpc),
+                // tonic applies its own `tcp_nodelay` only to listeners it binds,
+                // so set it here: without it Nagle's algorithm holds small
+                // responses back for up to 40 ms behind a delayed ACK.
+                TcpIncoming::from(listeners.grpc)
+                    .with_nodelay(Some(true))
+                    .with_keepalive(Some(TCP_KEEPALIVE)),
                 wait_for(stop_rx.clone()),
             );
 
