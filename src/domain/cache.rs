@@ -9,6 +9,7 @@
 use std::{
     borrow::Borrow,
     collections::HashMap,
+    future::Future,
     hash::{BuildHasher, Hash, RandomState},
     sync::{
         Mutex, MutexGuard, PoisonError,
@@ -123,6 +124,31 @@ impl<K: Hash + Eq + Clone, V: Clone> TtlCache<K, V> {
         self.retain(|_, _| false);
     }
 
+    /// A read through the cache: answered from it when `trusted`; otherwise `fetch`
+    /// is awaited and its value kept (when `trusted` and `keep` likes it), unless an
+    /// invalidation happened while it was being fetched.
+    pub async fn get_or_fetch<Q, E>(
+        &self,
+        trusted: bool,
+        key: &Q,
+        fetch: impl Future<Output = Result<V, E>>,
+        keep: impl FnOnce(&V) -> bool,
+    ) -> Result<V, E>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        if trusted && let Some(hit) = self.get(key) {
+            return Ok(hit);
+        }
+        let seen = self.generation();
+        let value = fetch.await?;
+        if trusted && keep(&value) {
+            self.insert(key.to_owned(), value.clone(), seen);
+        }
+        Ok(value)
+    }
+
     pub fn len(&self) -> usize {
         self.shards
             .iter()
@@ -175,6 +201,42 @@ mod tests {
         assert_eq!(cache.get(&2), Some(0));
         cache.clear();
         assert!(cache.is_empty());
+    }
+
+    #[tokio::test]
+    async fn get_or_fetch_keeps_only_trusted_liked_values() {
+        let cache: TtlCache<String, Option<u32>> = TtlCache::new(100, Duration::from_secs(60));
+        let fetched = |v| async move { Ok::<_, ()>(v) };
+        let keep = |v: &Option<u32>| v.is_some();
+        assert_eq!(
+            cache.get_or_fetch(true, "a", fetched(None), keep).await,
+            Ok(None)
+        );
+        assert_eq!(cache.get("a"), None, "disliked: not kept");
+        assert_eq!(
+            cache.get_or_fetch(false, "a", fetched(Some(1)), keep).await,
+            Ok(Some(1))
+        );
+        assert_eq!(cache.get("a"), None, "untrusted: not kept");
+        assert_eq!(
+            cache.get_or_fetch(true, "a", fetched(Some(2)), keep).await,
+            Ok(Some(2))
+        );
+        assert_eq!(
+            cache.get_or_fetch(true, "a", fetched(Some(3)), keep).await,
+            Ok(Some(2)),
+            "a hit"
+        );
+        assert_eq!(
+            cache.get_or_fetch(false, "a", fetched(Some(3)), keep).await,
+            Ok(Some(3)),
+            "untrusted: no hit"
+        );
+        let failed = async { Err::<Option<u32>, _>("down") };
+        assert_eq!(
+            cache.get_or_fetch(true, "b", failed, keep).await,
+            Err("down")
+        );
     }
 
     #[test]

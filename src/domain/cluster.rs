@@ -28,7 +28,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
 use super::{cache::TtlCache, signing::SigningKeys, token::TokenAuthority};
-use crate::store::{Change, ChangeFeed, Heard, SessionState, Store};
+use crate::store::{Change, ChangeFeed, Heard, KeyWithSecret, SessionState, Store};
 
 /// How often a replica sends itself a heartbeat over the channel.
 pub const BEAT_INTERVAL: Duration = Duration::from_millis(200);
@@ -45,6 +45,8 @@ const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 const KEY_TTL: Duration = Duration::from_secs(10);
 const SESSION_TTL: Duration = Duration::from_secs(10);
 const KEYS_MAX: usize = 200_000;
+/// GetKey reads by admins: far fewer names than verified secrets.
+const CURRENT_MAX: usize = 10_000;
 const SESSIONS_MAX: usize = 100_000;
 
 /// A verified API key secret, as VerifyKey needs it. Times are checked on every hit,
@@ -78,6 +80,9 @@ enum Trust {
 pub struct Caches {
     /// Verified API key secrets by SHA-256 digest.
     pub keys: TtlCache<[u8; 32], CachedKey>,
+    /// Each live key with its current secret (still sealed) by service name, for
+    /// GetKey. Only found keys are kept: creating a key needs no invalidation.
+    pub current: TtlCache<String, Option<Arc<KeyWithSecret>>>,
     /// Login state by session id (`None`: no such session).
     pub sessions: TtlCache<String, Option<SessionState>>,
     trust: Trust,
@@ -111,6 +116,7 @@ impl Caches {
         let id: [u8; 8] = crate::crypto::random::bytes().unwrap_or_default();
         Self {
             keys: TtlCache::new(KEYS_MAX, KEY_TTL),
+            current: TtlCache::new(CURRENT_MAX, KEY_TTL),
             sessions: TtlCache::new(SESSIONS_MAX, SESSION_TTL),
             trust,
             replica: id.iter().map(|b| format!("{b:02x}")).collect(),
@@ -152,7 +158,10 @@ impl Caches {
     /// Forgets whatever `change` made stale.
     pub fn apply(&self, change: &Change) {
         match change {
-            Change::Key(name) => self.keys.retain(|_, k| *k.service_name != **name),
+            Change::Key(name) => {
+                self.current.remove(name.as_str());
+                self.keys.retain(|_, k| *k.service_name != **name);
+            }
             Change::Session(sid) => self.sessions.remove(sid.as_str()),
             Change::User(name) => self
                 .sessions
@@ -163,6 +172,7 @@ impl Caches {
 
     pub fn clear(&self) {
         self.keys.clear();
+        self.current.clear();
         self.sessions.clear();
     }
 }

@@ -80,7 +80,7 @@ impl KeyService {
         })
     }
 
-    fn view(&self, found: KeyWithSecret, with_secret: bool) -> Result<ApiKeyView> {
+    fn view(&self, found: &KeyWithSecret, with_secret: bool) -> Result<ApiKeyView> {
         let api_key = if with_secret {
             let plain = self
                 .sealer
@@ -91,10 +91,10 @@ impl KeyService {
             String::new()
         };
         Ok(ApiKeyView {
-            service_name: found.key.service_name,
+            service_name: found.key.service_name.clone(),
             api_key,
-            key_prefix: found.secret.key_prefix,
-            description: found.key.description,
+            key_prefix: found.secret.key_prefix.clone(),
+            description: found.key.description.clone(),
             created_at: found.key.created_at,
             updated_at: found.key.updated_at,
             expires_at: found.key.expires_at,
@@ -140,7 +140,7 @@ impl KeyService {
         match self.store.create_key(new, now, record).await? {
             Ok(created) => {
                 tracing::info!(service_name = %req.service_name, key_prefix = %created.secret.key_prefix, "key created");
-                let mut view = self.view(created, false)?;
+                let mut view = self.view(&created, false)?;
                 view.api_key = secret;
                 Ok(view)
             }
@@ -158,11 +158,17 @@ impl KeyService {
         require_admin(caller)?;
         validate::service_name(service_name)?;
         let found = self
-            .store
-            .current_key(service_name)
+            .caches
+            .current
+            .get_or_fetch(
+                self.caches.trusted(),
+                service_name,
+                async { Ok::<_, Error>(self.store.current_key(service_name).await?.map(Arc::new)) },
+                Option::is_some,
+            )
             .await?
             .ok_or_else(|| not_found(service_name))?;
-        let view = self.view(found, true)?;
+        let view = self.view(&found, true)?;
         // Reading a secret is a security event: committed before it is handed out
         // (in one transaction with other reads happening at the same time).
         self.audit
@@ -183,7 +189,7 @@ impl KeyService {
         let rows = self.store.list_keys(after.as_deref(), size + 1).await?;
         let (rows, next_page_token) = paging::page(rows, size, |r| &r.key.service_name);
         let keys = rows
-            .into_iter()
+            .iter()
             .map(|row| self.view(row, false))
             .collect::<Result<Vec<_>>>()?;
         Ok(KeyPage {
@@ -236,7 +242,7 @@ impl KeyService {
             .ok_or_else(|| not_found(service_name))?;
         self.caches.apply(&Change::Key(service_name.to_owned()));
         tracing::info!(%service_name, key_prefix = %rotated.secret.key_prefix, grace_period_seconds, "key rotated");
-        let mut view = self.view(rotated, false)?;
+        let mut view = self.view(&rotated, false)?;
         view.api_key = secret;
         Ok(view)
     }

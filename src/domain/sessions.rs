@@ -108,24 +108,20 @@ impl Authenticator {
     }
 
     async fn session(&self, sid: &str) -> Result<Option<SessionState>, AuthFailure> {
-        let trusted = self.caches.trusted();
-        if trusted && let Some(state) = self.caches.sessions.get(sid) {
-            return Ok(state);
-        }
-        let seen = self.caches.sessions.generation();
-        let state = self.store.session_state(sid).await.map_err(|e| match e {
-            StoreError::Unavailable(_) => AuthFailure::Unavailable,
-            other => {
-                tracing::error!(error = %other, "session lookup failed");
-                AuthFailure::Unavailable
-            }
-        })?;
-        if trusted {
-            self.caches
-                .sessions
-                .insert(sid.to_owned(), state.clone(), seen);
-        }
-        Ok(state)
+        let fetch = async {
+            self.store.session_state(sid).await.map_err(|e| match e {
+                StoreError::Unavailable(_) => AuthFailure::Unavailable,
+                other => {
+                    tracing::error!(error = %other, "session lookup failed");
+                    AuthFailure::Unavailable
+                }
+            })
+        };
+        // "No such session" is kept too: session ids are never reused.
+        self.caches
+            .sessions
+            .get_or_fetch(self.caches.trusted(), sid, fetch, |_| true)
+            .await
     }
 
     /// Re-reads the signing keys when a token names one this replica does not know:

@@ -499,6 +499,13 @@ async fn rotate_with_grace_then_without(backend: Backend) {
         .await
         .unwrap()
         .into_inner();
+    // Read first, so that the rotation below has a cached copy to invalidate.
+    let got = keys
+        .get_key(authed(get("rot"), &admin))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.api_key, v1.api_key);
 
     let v2 = keys
         .rotate_key(authed(rotate("rot", 2), &admin))
@@ -573,6 +580,13 @@ async fn revoke_stops_every_secret_and_frees_the_name(backend: Backend) {
         .unwrap()
         .into_inner();
     assert!(verifies(&server, &admin, &v1.api_key).await.valid);
+    // Read first, so that the revocation below has a cached copy to invalidate.
+    let got = keys
+        .get_key(authed(get("rev"), &admin))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.api_key, v2.api_key);
 
     // RevokeKey answers with an empty message.
     let () = keys

@@ -70,6 +70,38 @@ async fn until_refused(
     }
 }
 
+/// The secret GetKey gives for "shared" (`None`: NOT_FOUND).
+async fn current(server: &TestServer, token: &str) -> Option<String> {
+    let answer = server
+        .keys()
+        .get_key(authed(
+            pb::GetKeyRequest {
+                service_name: "shared".into(),
+            },
+            token,
+        ))
+        .await;
+    match answer {
+        Ok(r) => Some(r.into_inner().api_key),
+        Err(s) if s.code() == Code::NotFound => None,
+        Err(s) => panic!("GetKey: {s:?}"),
+    }
+}
+
+/// Polls GetKey on `server` until it gives `expected`; the time it took. Fails after
+/// `LIMIT`.
+async fn until(server: &TestServer, token: &str, expected: Option<&str>, what: &str) -> Duration {
+    let started = Instant::now();
+    while current(server, token).await.as_deref() != expected {
+        assert!(
+            started.elapsed() < LIMIT,
+            "{what}: not seen within {LIMIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    started.elapsed()
+}
+
 /// A second server on the same SQLite file is refused at start, with a reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_serves_exactly_one_server() {
@@ -108,10 +140,18 @@ async fn propagation(backend: Backend) {
         .await
         .unwrap()
         .into_inner();
-    // Verified on both, so both may hold it in their caches.
+    // Verified and read on both, so both may hold it in their caches.
     for _ in 0..3 {
         assert!(valid(&a, &admin, &created.api_key).await);
         assert!(valid(&b, &admin, &created.api_key).await);
+        assert_eq!(
+            current(&a, &admin).await.as_deref(),
+            Some(&*created.api_key)
+        );
+        assert_eq!(
+            current(&b, &admin).await.as_deref(),
+            Some(&*created.api_key)
+        );
     }
 
     // Rotation without grace on B: the old secret dies on A too.
@@ -131,10 +171,22 @@ async fn propagation(backend: Backend) {
     let took = until_refused(&a, &admin, Some(&created.api_key), "rotation on A").await;
     eprintln!("rotation reached the other replica in {took:?}");
     assert!(valid(&a, &admin, &rotated.api_key).await);
+    let took = until(
+        &a,
+        &admin,
+        Some(&rotated.api_key),
+        "GetKey after rotation on A",
+    )
+    .await;
+    eprintln!("GetKey on the other replica gave the rotated secret after {took:?}");
 
     // Revocation on A: B refuses the current secret.
     for _ in 0..3 {
         assert!(valid(&b, &admin, &rotated.api_key).await);
+        assert_eq!(
+            current(&b, &admin).await.as_deref(),
+            Some(&*rotated.api_key)
+        );
     }
     a.keys()
         .revoke_key(authed(
@@ -147,6 +199,7 @@ async fn propagation(backend: Backend) {
         .unwrap();
     let took = until_refused(&b, &admin, Some(&rotated.api_key), "revocation on B").await;
     eprintln!("revocation reached the other replica in {took:?}");
+    until(&b, &admin, None, "GetKey after revocation on B").await;
 
     // Logout on B: A refuses the token it has been accepting.
     let user = a.user_token("replicated").await;
