@@ -112,15 +112,21 @@ pub enum UserCommand {
     Create(UserCreateArgs),
 }
 
+const POSTGRES_MAX_CONNECTIONS: u32 = 16;
+/// Each SQLite connection is a thread with its own page and statement caches: more
+/// than a few only cost memory and context switches.
+const SQLITE_MAX_CONNECTIONS: u32 = 4;
+
 #[derive(Debug, Args)]
 pub struct DatabaseArgs {
     /// Database URL: sqlite://PATH?mode=rwc or postgres://USER@HOST/DB [default:
     /// DATABASE_URL of the original service, else sqlite://kms-data/kms.db?mode=rwc].
     #[arg(long, env = "KMS_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
-    /// Largest number of pooled database connections.
-    #[arg(long, env = "KMS_DATABASE_MAX_CONNECTIONS", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=1000))]
-    pub database_max_connections: u32,
+    /// Largest number of pooled database connections [default: 16 on PostgreSQL, 4 on
+    /// SQLite, which has one writer and whose readers need no more on few cores].
+    #[arg(long, env = "KMS_DATABASE_MAX_CONNECTIONS", value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub database_max_connections: Option<u32>,
 }
 
 impl DatabaseArgs {
@@ -135,9 +141,14 @@ impl DatabaseArgs {
                 .database_url()
                 .unwrap_or_else(|| DEFAULT_DATABASE_URL.to_owned()),
         };
+        let default_max = if url.starts_with("sqlite:") {
+            SQLITE_MAX_CONNECTIONS
+        } else {
+            POSTGRES_MAX_CONNECTIONS
+        };
         StoreOptions {
             url,
-            max_connections: self.database_max_connections,
+            max_connections: self.database_max_connections.unwrap_or(default_max),
         }
     }
 }

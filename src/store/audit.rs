@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait,
 };
 
 use super::{Store, StoreError, entities::audit_event};
@@ -43,6 +44,11 @@ fn clip(s: &str, max: usize) -> String {
         .collect()
 }
 
+/// The largest power of two not above `n` (1 for 0).
+fn largest_power_of_two_within(n: usize) -> usize {
+    1 << n.max(1).ilog2()
+}
+
 fn active(record: AuditRecord) -> audit_event::ActiveModel {
     audit_event::ActiveModel {
         id: NotSet,
@@ -70,14 +76,22 @@ impl Store {
         insert_audit(&self.db, record).await
     }
 
-    /// Appends several such events in one statement.
+    /// Appends several such events in one transaction. The rows go in statements of
+    /// power-of-two sizes (37 = 32 + 4 + 1), so each pooled connection caches at most
+    /// a few prepared shapes instead of one per batch size.
     pub async fn audit_many(&self, records: Vec<AuditRecord>) -> Result<(), StoreError> {
         if records.is_empty() {
             return Ok(());
         }
-        audit_event::Entity::insert_many(records.into_iter().map(active))
-            .exec(&self.db)
-            .await?;
+        let txn = self.db.begin().await?;
+        let mut rest = records.into_iter().map(active).peekable();
+        while rest.peek().is_some() {
+            let chunk = largest_power_of_two_within(rest.len());
+            audit_event::Entity::insert_many(rest.by_ref().take(chunk))
+                .exec(&txn)
+                .await?;
+        }
+        txn.commit().await?;
         Ok(())
     }
 
@@ -117,7 +131,25 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::clip;
+    use super::{clip, largest_power_of_two_within};
+
+    #[test]
+    fn batches_split_into_power_of_two_statements() {
+        let sizes = |mut n: usize| {
+            let mut out = Vec::new();
+            while n > 0 {
+                let chunk = largest_power_of_two_within(n);
+                out.push(chunk);
+                n -= chunk;
+            }
+            out
+        };
+        assert_eq!(sizes(1), [1]);
+        assert_eq!(sizes(37), [32, 4, 1]);
+        assert_eq!(sizes(256), [256]);
+        assert_eq!(sizes(255).len(), 8);
+        assert_eq!(largest_power_of_two_within(0), 1);
+    }
 
     #[test]
     fn recorded_text_is_clipped_and_has_no_control_characters() {
