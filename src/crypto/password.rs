@@ -9,7 +9,7 @@ use argon2::{
     Algorithm, Argon2, Block, Params, Version,
     password_hash::phc::{Output, ParamsString, PasswordHash, Salt},
 };
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use zeroize::Zeroizing;
 
 use super::{CryptoError, random};
@@ -156,7 +156,7 @@ fn verify_with(
 const WAITING_PER_SLOT: usize = 32;
 
 /// Idle working memory is given back after this long without a hash.
-const IDLE_RELEASE: Duration = Duration::from_secs(5);
+pub const IDLE_RELEASE: Duration = Duration::from_secs(5);
 
 /// Working memory not in use, and when it was last used.
 struct Spare {
@@ -164,8 +164,56 @@ struct Spare {
     last_used: Instant,
 }
 
-/// Runs argon2 on tokio's blocking threads, at most `max_parallel` at once, so a flood
-/// of logins neither starves the async workers nor takes unbounded memory: each hash
+/// A job for a hashing thread.
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Nice value of the hashing threads. When the cores are busy, the async workers
+/// (every other call: VerifyKey, ValidateToken) get about nine tenths of the CPU and
+/// hashing the rest, so logins slow down but are never starved; when the cores are
+/// idle, hashing gets them all. Linux's nice is per thread.
+const HASHING_NICENESS: i32 = 10;
+
+/// `n` threads of their own, at lower priority, running jobs from one queue. They
+/// end when the last sender is dropped (with the pool).
+fn start_hashing_threads(n: usize) -> Result<std::sync::mpsc::Sender<Job>, CryptoError> {
+    let (tx, rx) = std::sync::mpsc::channel::<Job>();
+    let rx = Arc::new(Mutex::new(rx));
+    for i in 0..n {
+        let rx = rx.clone();
+        std::thread::Builder::new()
+            .name(format!("kms-argon2-{i}"))
+            .spawn(move || {
+                lower_priority();
+                loop {
+                    // The lock is held only while waiting for the next job.
+                    let job = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                    let Ok(job) = job else { return };
+                    // A job that panics drops its answer channel (the caller sees
+                    // `PoolClosed`); the thread stays.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                }
+            })
+            .map_err(|e| {
+                CryptoError::PasswordHash(format!("cannot start a hashing thread: {e}"))
+            })?;
+    }
+    Ok(tx)
+}
+
+#[cfg(target_os = "linux")]
+fn lower_priority() {
+    let thread = rustix::thread::gettid();
+    if let Err(e) = rustix::process::setpriority_process(Some(thread), HASHING_NICENESS) {
+        tracing::debug!(error = %e, "hashing threads keep normal priority");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_priority() {}
+
+/// Runs argon2 on threads of its own, at most `max_parallel` at once and at lower
+/// priority, so a flood of logins neither starves the async workers nor takes
+/// unbounded memory: each hash
 /// works in one of at most `max_parallel` buffers of `M_COST_KIB`, which are kept
 /// while logins come and given back after `IDLE_RELEASE` without one. Requests wait in
 /// a bounded line.
@@ -175,6 +223,8 @@ pub struct PasswordHasherPool {
     /// Slots in the line: running and waiting hashes together.
     line: Arc<Semaphore>,
     spare: Arc<Mutex<Spare>>,
+    /// The hashing threads' queue; never longer than `max_parallel` (the permits).
+    jobs: std::sync::mpsc::Sender<Job>,
     /// A hash of a random password, verified against when a user does not exist so
     /// that "unknown user" costs the same as "wrong password".
     dummy_hash: Arc<str>,
@@ -198,6 +248,7 @@ impl PasswordHasherPool {
         }));
         tokio::spawn(release_when_idle(Arc::downgrade(&spare)));
         Ok(Self {
+            jobs: start_hashing_threads(max_parallel)?,
             permits,
             line,
             spare,
@@ -209,15 +260,25 @@ impl PasswordHasherPool {
         self.spare.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    async fn run<T: Send + 'static>(
-        &self,
-        job: impl FnOnce(&mut Memory) -> Result<T, CryptoError> + Send + 'static,
-    ) -> Result<T, CryptoError> {
+    /// A place in the line for one hash, or `Busy` at once. Taken before any other
+    /// work for a login, so that a refused login costs next to nothing.
+    pub fn reserve(&self) -> Result<Reserved, CryptoError> {
         let place = self
             .line
             .clone()
             .try_acquire_owned()
             .map_err(|_| CryptoError::Busy)?;
+        Ok(Reserved {
+            pool: self.clone(),
+            place,
+        })
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        place: OwnedSemaphorePermit,
+        job: impl FnOnce(&mut Memory) -> Result<T, CryptoError> + Send + 'static,
+    ) -> Result<T, CryptoError> {
         // The permit travels with the job: if the caller gives up (the RPC is
         // cancelled), the hash still runs to completion holding its permit, so the
         // bound on concurrent hashes (and their memory) holds.
@@ -230,7 +291,8 @@ impl PasswordHasherPool {
         // Holding a permit guarantees a buffer: there are never more buffers than permits.
         let mut memory = self.spare().memory.pop().unwrap_or_else(Memory::new);
         let spare = self.spare.clone();
-        tokio::task::spawn_blocking(move || {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move || {
             let result = job(&mut memory);
             let mut spare = spare.lock().unwrap_or_else(PoisonError::into_inner);
             spare.memory.push(memory);
@@ -238,15 +300,14 @@ impl PasswordHasherPool {
             // Returned before the permits are released, so the next holder finds it.
             drop(spare);
             drop((place, permit));
-            result
-        })
-        .await
-        .map_err(|_| CryptoError::PoolClosed)?
+            let _ = answer.send(result);
+        });
+        self.jobs.send(job).map_err(|_| CryptoError::PoolClosed)?;
+        answered.await.map_err(|_| CryptoError::PoolClosed)?
     }
 
     pub async fn hash(&self, password: Zeroizing<String>) -> Result<String, CryptoError> {
-        self.run(move |memory| hash_with(memory, password.as_bytes()))
-            .await
+        self.reserve()?.hash(password).await
     }
 
     /// Verifies `password` against `stored`, or against the dummy hash when there is
@@ -256,10 +317,38 @@ impl PasswordHasherPool {
         password: Zeroizing<String>,
         stored: Option<String>,
     ) -> Result<Verification, CryptoError> {
+        self.reserve()?.verify(password, stored).await
+    }
+}
+
+/// A place in the pool's line, held until its hash is done.
+pub struct Reserved {
+    pool: PasswordHasherPool,
+    place: OwnedSemaphorePermit,
+}
+
+impl Reserved {
+    pub async fn hash(self, password: Zeroizing<String>) -> Result<String, CryptoError> {
+        self.pool
+            .run(self.place, move |memory| {
+                hash_with(memory, password.as_bytes())
+            })
+            .await
+    }
+
+    /// As `PasswordHasherPool::verify`.
+    pub async fn verify(
+        self,
+        password: Zeroizing<String>,
+        stored: Option<String>,
+    ) -> Result<Verification, CryptoError> {
         let known = stored.is_some();
-        let stored = stored.unwrap_or_else(|| self.dummy_hash.to_string());
+        let stored = stored.unwrap_or_else(|| self.pool.dummy_hash.to_string());
         let outcome = self
-            .run(move |memory| verify_with(memory, password.as_bytes(), &stored))
+            .pool
+            .run(self.place, move |memory| {
+                verify_with(memory, password.as_bytes(), &stored)
+            })
             .await?;
         Ok(if known {
             outcome
@@ -272,7 +361,8 @@ impl PasswordHasherPool {
 /// Gives idle working memory back to the system; ends with the pool.
 async fn release_when_idle(spare: std::sync::Weak<Mutex<Spare>>) {
     loop {
-        tokio::time::sleep(IDLE_RELEASE).await;
+        // Checked every second, so memory goes back within a second of the deadline.
+        tokio::time::sleep(Duration::from_secs(1)).await;
         let Some(spare) = spare.upgrade() else {
             return;
         };
@@ -412,6 +502,23 @@ mod tests {
             call.await.unwrap().unwrap();
         }
         assert!((1..=2).contains(&pool.spare().memory.len()));
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn hashing_runs_at_lower_priority_off_the_async_workers() {
+        let pool = PasswordHasherPool::new(1).await.unwrap();
+        let place = pool.reserve().unwrap().place;
+        let (nice, name) = pool
+            .run(place, |_| {
+                let me = rustix::thread::gettid();
+                let nice = rustix::process::getpriority_process(Some(me)).unwrap_or(0);
+                Ok((nice, std::thread::current().name().map(str::to_owned)))
+            })
+            .await
+            .unwrap();
+        assert_eq!(nice, HASHING_NICENESS);
+        assert_eq!(name.as_deref(), Some("kms-argon2-0"));
     }
 
     #[tokio::test]

@@ -236,9 +236,11 @@ impl AuthService {
                 });
             }
         };
+        // A place for the hash first: in a flood, refusals cost no database read.
+        let hashing = self.hasher.reserve()?;
         let user = self.store.find_user(username).await?;
         let stored = user.as_ref().map(|u| u.password_hash.clone());
-        let outcome = self.hasher.verify(password.clone(), stored).await?;
+        let outcome = hashing.verify(password.clone(), stored).await?;
         let (Verification::Match { needs_rehash }, Some(user)) = (outcome, user) else {
             attempt.failed(Instant::now());
             tracing::info!(%username, client = ?client, "login failed");
