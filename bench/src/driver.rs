@@ -2,6 +2,10 @@
 //! the connections, for a fixed time. Latencies go to one HDR histogram (each task
 //! buffers a few hundred and merges them under a lock, so 1,000 tasks cost little
 //! memory and the lock is rarely taken); outcomes are counted per label.
+//!
+//! A task told RESOURCE_EXHAUSTED backs off before its next call, exponentially with
+//! jitter as gRPC clients do, so an overloaded server is measured against clients
+//! that behave, not against a busy loop of refusals.
 
 use std::{
     collections::BTreeMap,
@@ -103,6 +107,40 @@ pub enum Stop {
 
 const FLUSH_EVERY: usize = 256;
 
+/// First and largest pause after RESOURCE_EXHAUSTED; the pause doubles in between.
+const BACKOFF_FIRST: Duration = Duration::from_millis(20);
+const BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Exponential backoff with "equal jitter": half the pause fixed, half random.
+#[derive(Debug, Default)]
+struct Backoff {
+    refusals: u32,
+}
+
+impl Backoff {
+    /// The pause after one more refusal; `noise` is any well-mixed number.
+    fn next(&mut self, noise: u64) -> Duration {
+        let pause = BACKOFF_FIRST
+            .saturating_mul(1 << self.refusals.min(16))
+            .min(BACKOFF_MAX);
+        self.refusals = self.refusals.saturating_add(1);
+        let half = pause / 2;
+        half + half.mul_f64((noise % 1024) as f64 / 1024.0)
+    }
+
+    fn reset(&mut self) {
+        self.refusals = 0;
+    }
+}
+
+/// A cheap, well-mixed number from a task's number and call count (splitmix64).
+fn noise(worker: usize, seq: u64) -> u64 {
+    let mut z = (worker as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seq;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
 struct Shared {
     histogram: Mutex<Histogram<u64>>,
 }
@@ -145,6 +183,7 @@ pub async fn drive(
             let mut buffer = Vec::with_capacity(FLUSH_EVERY);
             let mut seq = 0u64;
             let mut calls = 0u64;
+            let mut backoff = Backoff::default();
             while tokio::time::Instant::now() < deadline {
                 let began = Instant::now();
                 let fut = call(channel.clone(), worker, seq);
@@ -161,6 +200,13 @@ pub async fn drive(
                 calls += 1;
                 if buffer.len() >= FLUSH_EVERY {
                     shared.flush(&mut buffer);
+                }
+                if label == code_label(tonic::Code::ResourceExhausted) {
+                    let pause = backoff.next(noise(worker, seq));
+                    tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + pause))
+                        .await;
+                } else {
+                    backoff.reset();
                 }
             }
             shared.flush(&mut buffer);
@@ -205,6 +251,22 @@ mod tests {
             "RESOURCE_EXHAUSTED"
         );
         assert_eq!(code_label(tonic::Code::Unauthenticated), "UNAUTHENTICATED");
+    }
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_a_bound_and_resets() {
+        let mut b = Backoff::default();
+        let pauses: Vec<Duration> = (0..10).map(|i| b.next(noise(3, i))).collect();
+        for (i, p) in pauses.iter().enumerate() {
+            let full = BACKOFF_FIRST.saturating_mul(1 << i).min(BACKOFF_MAX);
+            assert!(
+                *p >= full / 2 && *p <= full,
+                "pause {i}: {p:?} against {full:?}"
+            );
+        }
+        assert!(pauses[9] >= BACKOFF_MAX / 2);
+        b.reset();
+        assert!(b.next(0) <= BACKOFF_FIRST);
     }
 
     #[test]

@@ -20,6 +20,8 @@ pub struct Row {
     /// The server's largest RSS while the scenario ran.
     pub peak_rss_kib: Option<u64>,
     pub outcomes: BTreeMap<Label, u64>,
+    /// A flood beyond the server's bounds: RESOURCE_EXHAUSTED is the expected refusal.
+    pub sheds: bool,
 }
 
 impl Row {
@@ -43,14 +45,25 @@ impl Row {
             p999_ms: m.quantile_ms(0.999),
             peak_rss_kib,
             outcomes: m.outcomes.clone(),
+            sheds: false,
         }
     }
 
-    /// Calls that did not end as the scenario expects (anything but OK).
+    /// Marks a flood row, where refusals with RESOURCE_EXHAUSTED are expected.
+    pub fn shedding(self) -> Self {
+        Self {
+            sheds: true,
+            ..self
+        }
+    }
+
+    /// Calls that did not end as the scenario expects (anything but OK, and in a
+    /// flood RESOURCE_EXHAUSTED).
     pub fn unexpected(&self) -> u64 {
+        let shed = crate::driver::code_label(tonic::Code::ResourceExhausted);
         self.outcomes
             .iter()
-            .filter(|(l, _)| **l != OK)
+            .filter(|(l, _)| **l != OK && !(self.sheds && **l == shed))
             .map(|(_, n)| n)
             .sum()
     }
@@ -247,7 +260,18 @@ mod tests {
             p999_ms: 123.456,
             peak_rss_kib: Some(20480),
             outcomes: BTreeMap::from([("UNAVAILABLE", 3), (OK, 123456)]),
+            sheds: false,
         }
+    }
+
+    #[test]
+    fn a_flood_expects_refusals_for_load_only() {
+        let mut flood = row().shedding();
+        flood.outcomes.insert("RESOURCE_EXHAUSTED", 10);
+        assert_eq!(flood.unexpected(), 3);
+        let mut normal = row();
+        normal.outcomes.insert("RESOURCE_EXHAUSTED", 10);
+        assert_eq!(normal.unexpected(), 13);
     }
 
     #[test]

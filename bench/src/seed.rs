@@ -218,3 +218,33 @@ pub async fn argon2_time(runs: usize) -> Result<Duration, String> {
     times.sort();
     Ok(times[times.len() / 2])
 }
+
+/// Hashes per second with `parallel` hashes running at once (the server's pool of
+/// that size, kept full): what the cores allow when they share caches and memory
+/// bandwidth, as they do under load.
+pub async fn argon2_parallel_rate(parallel: usize, per_slot: usize) -> Result<f64, String> {
+    let pool = PasswordHasherPool::new(parallel)
+        .await
+        .map_err(|e| e.to_string())?;
+    let password = "bench-password-for-timing";
+    let stored = pool
+        .hash(Zeroizing::new(password.to_owned()))
+        .await
+        .map_err(|e| e.to_string())?;
+    let total = parallel.max(1) * per_slot.max(1);
+    let began = Instant::now();
+    let mut tasks = Vec::with_capacity(total);
+    for _ in 0..total {
+        let (pool, stored) = (pool.clone(), stored.clone());
+        tasks.push(tokio::spawn(async move {
+            pool.verify(Zeroizing::new(password.to_owned()), Some(stored))
+                .await
+        }));
+    }
+    for task in tasks {
+        task.await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(total as f64 / began.elapsed().as_secs_f64())
+}

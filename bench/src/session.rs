@@ -184,7 +184,9 @@ impl Session {
             session.admin_password = sp.spec.admin_password.to_string();
         }
         session.start().await?;
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Idle: nothing in flight, and the admin's login has handed argon2's working
+        // memory back (it is kept for `IDLE_RELEASE` in case more logins follow).
+        tokio::time::sleep(kms::crypto::password::IDLE_RELEASE + Duration::from_secs(2)).await;
         session.idle_memory = session.memory();
         Ok(session)
     }
