@@ -196,23 +196,35 @@ pub async fn seed_users(
     })
 }
 
-/// The time one argon2 verification takes with the server's parameters: the median
-/// of `runs`, each on the blocking pool as the server runs it.
-pub async fn argon2_time(runs: usize) -> Result<Duration, String> {
-    let pool = PasswordHasherPool::new(1)
+const TIMING_PASSWORD: &str = "bench-password-for-timing";
+
+/// The server's hashing pool with `parallel` slots, and a hash to verify against.
+async fn timing_pool(parallel: usize) -> Result<(PasswordHasherPool, String), String> {
+    let pool = PasswordHasherPool::new(parallel)
         .await
         .map_err(|e| e.to_string())?;
-    let password = "bench-password-for-timing";
     let stored = pool
-        .hash(Zeroizing::new(password.to_owned()))
+        .hash(Zeroizing::new(TIMING_PASSWORD.to_owned()))
         .await
         .map_err(|e| e.to_string())?;
+    Ok((pool, stored))
+}
+
+async fn verify_once(pool: &PasswordHasherPool, stored: String) -> Result<(), String> {
+    pool.verify(Zeroizing::new(TIMING_PASSWORD.to_owned()), Some(stored))
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+/// The time one argon2 verification takes with the server's parameters: the median
+/// of `runs`, each on the server's hashing threads.
+pub async fn argon2_time(runs: usize) -> Result<Duration, String> {
+    let (pool, stored) = timing_pool(1).await?;
     let mut times = Vec::with_capacity(runs);
     for _ in 0..runs.max(1) {
         let began = Instant::now();
-        pool.verify(Zeroizing::new(password.to_owned()), Some(stored.clone()))
-            .await
-            .map_err(|e| e.to_string())?;
+        verify_once(&pool, stored.clone()).await?;
         times.push(began.elapsed());
     }
     times.sort();
@@ -223,28 +235,18 @@ pub async fn argon2_time(runs: usize) -> Result<Duration, String> {
 /// that size, kept full): what the cores allow when they share caches and memory
 /// bandwidth, as they do under load.
 pub async fn argon2_parallel_rate(parallel: usize, per_slot: usize) -> Result<f64, String> {
-    let pool = PasswordHasherPool::new(parallel)
-        .await
-        .map_err(|e| e.to_string())?;
-    let password = "bench-password-for-timing";
-    let stored = pool
-        .hash(Zeroizing::new(password.to_owned()))
-        .await
-        .map_err(|e| e.to_string())?;
+    let (pool, stored) = timing_pool(parallel).await?;
     let total = parallel.max(1) * per_slot.max(1);
     let began = Instant::now();
     let mut tasks = Vec::with_capacity(total);
     for _ in 0..total {
         let (pool, stored) = (pool.clone(), stored.clone());
-        tasks.push(tokio::spawn(async move {
-            pool.verify(Zeroizing::new(password.to_owned()), Some(stored))
-                .await
-        }));
+        tasks.push(tokio::spawn(
+            async move { verify_once(&pool, stored).await },
+        ));
     }
     for task in tasks {
-        task.await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
+        task.await.map_err(|e| e.to_string())??;
     }
     Ok(total as f64 / began.elapsed().as_secs_f64())
 }
