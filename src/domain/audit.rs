@@ -138,6 +138,9 @@ struct Queued {
 #[derive(Debug, Clone)]
 pub struct AuditQueue {
     tx: tokio::sync::mpsc::Sender<Queued>,
+    /// How long `record` waits for its commit: the store's own bound, so that an
+    /// outage answers UNAVAILABLE as fast as a direct query would.
+    wait: std::time::Duration,
     dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -151,9 +154,11 @@ impl AuditQueue {
     /// Starts the writer; it ends once every handle is dropped and the queue is empty.
     pub fn start(store: Store) -> Self {
         let (tx, rx) = tokio::sync::mpsc::channel(QUEUE_MAX);
+        let wait = store.wait();
         tokio::spawn(write_batches(store, rx));
         Self {
             tx,
+            wait,
             dropped: Default::default(),
         }
     }
@@ -174,18 +179,26 @@ impl AuditQueue {
         }
     }
 
-    /// Waits until the event is committed; `Unavailable` if it could not be.
+    /// Waits until the event is committed; `Unavailable` if it could not be, or not
+    /// within the store's wait (the writer may be stuck on an earlier batch during an
+    /// outage). An event given up on may still be written later: the trail then shows
+    /// a read that was refused, never misses one that was answered.
     pub async fn record(&self, record: AuditRecord) -> Result<()> {
         let (committed, done) = tokio::sync::oneshot::channel();
         let queued = Queued {
             record,
             committed: Some(committed),
         };
-        self.tx.send(queued).await.map_err(|_| Error::Unavailable)?;
-        match done.await {
-            Ok(true) => Ok(()),
-            _ => Err(Error::Unavailable),
-        }
+        let committed = async {
+            self.tx.send(queued).await.map_err(|_| Error::Unavailable)?;
+            match done.await {
+                Ok(true) => Ok(()),
+                _ => Err(Error::Unavailable),
+            }
+        };
+        tokio::time::timeout(self.wait, committed)
+            .await
+            .map_err(|_| Error::Unavailable)?
     }
 }
 

@@ -80,6 +80,8 @@ pub struct Store {
     pg_url: Option<std::sync::Arc<str>>,
     /// The database file (SQLite only).
     sqlite_file: Option<std::path::PathBuf>,
+    /// The longest any query waits for a connection or a lock.
+    wait: Duration,
 }
 
 /// Held by the one server a SQLite database may have; released when dropped.
@@ -162,6 +164,7 @@ impl Store {
             db,
             pg_url,
             sqlite_file,
+            wait,
         })
     }
 
@@ -171,6 +174,12 @@ impl Store {
 
     fn postgres_url(&self) -> Option<&str> {
         self.pg_url.as_deref()
+    }
+
+    /// The longest a query waits for a connection or a lock before it fails as
+    /// unavailable: the bound for anyone waiting on the database indirectly.
+    pub fn wait(&self) -> Duration {
+        self.wait
     }
 
     /// Whether other processes may share this database (PostgreSQL: replicas).
