@@ -10,7 +10,7 @@ use std::future::Future;
 use chrono::{DateTime, Utc};
 
 use super::{Caller, Error, Result, paging, require_admin, validate};
-use crate::store::{AuditFilter, AuditRecord, Store, StoredAuditEvent};
+use crate::store::{AuditFilter, AuditRecord, Store, StoredAuditEvent, audit_batch_len};
 
 tokio::task_local! {
     static REQUEST: RequestMeta;
@@ -202,12 +202,26 @@ impl AuditQueue {
     }
 }
 
+/// Writes what is queued, oldest first, in batches the store takes as one statement;
+/// whatever does not fit a batch waits for the next one, topped up from the queue.
 async fn write_batches(store: Store, mut rx: tokio::sync::mpsc::Receiver<Queued>) {
-    let mut batch = Vec::with_capacity(BATCH_MAX);
-    while rx.recv_many(&mut batch, BATCH_MAX).await > 0 {
-        let count = batch.len();
-        let (records, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut batch)
-            .into_iter()
+    let mut queued = Vec::with_capacity(BATCH_MAX);
+    loop {
+        if queued.is_empty() {
+            if rx.recv_many(&mut queued, BATCH_MAX).await == 0 {
+                return;
+            }
+        } else {
+            while queued.len() < BATCH_MAX {
+                match rx.try_recv() {
+                    Ok(more) => queued.push(more),
+                    Err(_) => break,
+                }
+            }
+        }
+        let count = audit_batch_len(queued.len());
+        let (records, waiting): (Vec<_>, Vec<_>) = queued
+            .drain(..count)
             .map(|q| (q.record, q.committed))
             .unzip();
         let written = store.audit_many(records).await;

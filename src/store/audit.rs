@@ -49,6 +49,13 @@ fn largest_power_of_two_within(n: usize) -> usize {
     1 << n.max(1).ilog2()
 }
 
+/// How many of `queued` events a writer should hand to `audit_many` at once: the
+/// largest power of two, which goes in as one statement (one round trip, its own
+/// commit) in one of a few prepared shapes.
+pub fn audit_batch_len(queued: usize) -> usize {
+    largest_power_of_two_within(queued).min(queued)
+}
+
 fn active(record: AuditRecord) -> audit_event::ActiveModel {
     audit_event::ActiveModel {
         id: NotSet,
@@ -76,11 +83,18 @@ impl Store {
         insert_audit(&self.db, record).await
     }
 
-    /// Appends several such events in one transaction. The rows go in statements of
+    /// Appends several such events, all or none. The rows go in statements of
     /// power-of-two sizes (37 = 32 + 4 + 1), so each pooled connection caches at most
-    /// a few prepared shapes instead of one per batch size.
+    /// a few prepared shapes instead of one per batch size; a power-of-two count is one
+    /// statement, which needs no transaction around it.
     pub async fn audit_many(&self, records: Vec<AuditRecord>) -> Result<(), StoreError> {
         if records.is_empty() {
+            return Ok(());
+        }
+        if records.len() == largest_power_of_two_within(records.len()) {
+            audit_event::Entity::insert_many(records.into_iter().map(active))
+                .exec_without_returning(&self.db)
+                .await?;
             return Ok(());
         }
         let txn = self.db.begin().await?;
@@ -88,7 +102,7 @@ impl Store {
         while rest.peek().is_some() {
             let chunk = largest_power_of_two_within(rest.len());
             audit_event::Entity::insert_many(rest.by_ref().take(chunk))
-                .exec(&txn)
+                .exec_without_returning(&txn)
                 .await?;
         }
         txn.commit().await?;
@@ -149,6 +163,9 @@ mod tests {
         assert_eq!(sizes(256), [256]);
         assert_eq!(sizes(255).len(), 8);
         assert_eq!(largest_power_of_two_within(0), 1);
+        assert_eq!(super::audit_batch_len(0), 0);
+        assert_eq!(super::audit_batch_len(37), 32);
+        assert_eq!(super::audit_batch_len(256), 256);
     }
 
     #[test]

@@ -19,7 +19,7 @@ use sea_orm::{
 };
 use sea_orm_migration::MigratorTrait;
 
-pub use audit::{AuditFilter, AuditRecord, StoredAuditEvent};
+pub use audit::{AuditFilter, AuditRecord, StoredAuditEvent, audit_batch_len};
 pub use changes::{Change, ChangeFeed, ChangeSender, Heard};
 pub use error::StoreError;
 pub use keys::{CreateConflict, KeyWithSecret, NewKey, NewSecret, Rotation};
@@ -124,6 +124,12 @@ impl Store {
             create_sqlite_parent_dir(url)?;
         }
         let mut opts = ConnectOptions::new(url);
+        if url.starts_with("sqlite:") {
+            // A SQLite connection is a file handle of this process: no server or proxy
+            // can have dropped it, and the ping before each checkout cost every query
+            // an extra round trip to the connection's thread.
+            opts.test_before_acquire(false);
+        }
         opts.max_connections(options.max_connections)
             .min_connections(1)
             .connect_timeout(wait)
