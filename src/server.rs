@@ -101,6 +101,9 @@ impl App {
             Authenticator::new(tokens.clone(), store.clone(), caches.clone())
                 .with_signing_keys(signing.clone()),
         );
+        // One set of counters: a password guessed through ChangePassword and through
+        // Login is the same guessing.
+        let throttle = LoginThrottle::new(config.login_throttle.clone());
         let auth = AuthService::new(
             store.clone(),
             hasher.clone(),
@@ -112,14 +115,15 @@ impl App {
             },
         )
         .with_signing_keys(signing.clone())
-        .with_login_throttle(LoginThrottle::new(config.login_throttle.clone()));
+        .with_login_throttle(throttle.clone());
         let keys = KeyService::new(store.clone(), sealer, caches.clone());
         let users = UserAdmin::new(
             store.clone(),
             hasher,
             authenticator,
             config.password_min_length,
-        );
+        )
+        .with_login_throttle(throttle);
 
         let created_admin = match &config.bootstrap_admin {
             Some(admin) => bootstrap(&auth, admin).await?,

@@ -1,7 +1,7 @@
 //! User administration: list, read, set roles, delete, change passwords. Every change
 //! that alters what a user may do invalidates the tokens they hold.
 
-use std::sync::Arc;
+use std::{net::IpAddr, sync::Arc, time::Instant};
 
 use chrono::{DateTime, Utc};
 use zeroize::Zeroizing;
@@ -11,6 +11,7 @@ use super::{
     audit::{self, action, outcome},
     paging, require_admin,
     sessions::Authenticator,
+    throttle::{LoginThrottle, ThrottleSettings, retry_after_secs},
     validate,
 };
 use crate::{
@@ -43,6 +44,8 @@ pub struct PasswordChange {
     pub username: String,
     pub old_password: Zeroizing<String>,
     pub new_password: Zeroizing<String>,
+    /// The TCP peer, counted like a login's by the throttle.
+    pub client: Option<IpAddr>,
 }
 
 #[derive(Clone)]
@@ -51,6 +54,8 @@ pub struct UserAdmin {
     hasher: PasswordHasherPool,
     authenticator: Arc<Authenticator>,
     password_min_bytes: usize,
+    /// The login throttle: a wrong old password is a failed login of that user.
+    throttle: LoginThrottle,
 }
 
 fn not_found(username: &str) -> Error {
@@ -71,7 +76,15 @@ impl UserAdmin {
             hasher,
             authenticator,
             password_min_bytes,
+            throttle: LoginThrottle::new(ThrottleSettings::default()),
         }
+    }
+
+    /// Shares the login throttle, so that guessing a password through ChangePassword
+    /// (with a stolen access token) is slowed and locked out exactly as through Login.
+    pub fn with_login_throttle(mut self, throttle: LoginThrottle) -> Self {
+        self.throttle = throttle;
+        self
     }
 
     pub async fn list(
@@ -183,20 +196,25 @@ impl UserAdmin {
                 return Err(Error::invalid("old_password", "must not be empty"));
             }
             validate::password("old_password", &change.old_password, 1)?;
+            let attempt = match self.throttle.admit(&target, change.client, Instant::now()) {
+                Ok(attempt) => attempt,
+                Err(wait) => {
+                    self.deny(caller, &target).await;
+                    return Err(Error::Throttled {
+                        retry_after_secs: retry_after_secs(wait),
+                    });
+                }
+            };
             let outcome = self
                 .hasher
                 .verify(change.old_password, Some(user.password_hash.clone()))
                 .await?;
             if outcome == Verification::Mismatch {
-                let record = audit::event(
-                    &caller.subject,
-                    action::PASSWORD_CHANGE,
-                    &target,
-                    audit::outcome::DENIED,
-                );
-                audit::append(&self.store, record).await;
+                attempt.failed(Instant::now());
+                self.deny(caller, &target).await;
                 return Err(Error::PermissionDenied("old_password: does not match"));
             }
+            attempt.succeeded();
         }
         let hash = self.hasher.hash(change.new_password).await?;
         let record = audit::event(
@@ -211,5 +229,15 @@ impl UserAdmin {
         self.authenticator.forget_user(&target);
         tracing::info!(username = %target, by = %caller.subject, "password changed");
         Ok(())
+    }
+
+    async fn deny(&self, caller: &Caller, target: &str) {
+        let record = audit::event(
+            &caller.subject,
+            action::PASSWORD_CHANGE,
+            target,
+            audit::outcome::DENIED,
+        );
+        audit::append(&self.store, record).await;
     }
 }

@@ -87,6 +87,8 @@ impl Users for UsersApi {
         request: Request<pb::ChangePasswordRequest>,
     ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
         let caller = caller(&request)?;
+        // The TCP peer, as for Login: never a header a client could forge.
+        let client = request.remote_addr().map(|addr| addr.ip());
         let req = request.into_inner();
         self.service
             .change_password(
@@ -95,6 +97,7 @@ impl Users for UsersApi {
                     username: req.username,
                     old_password: Zeroizing::new(req.old_password),
                     new_password: Zeroizing::new(req.new_password),
+                    client,
                 },
             )
             .await?;

@@ -5,14 +5,14 @@ use std::time::Duration;
 
 use kms::{
     domain::throttle::{ADDRESS_FAILURE_FACTOR, ThrottleSettings},
-    proto::kms::v1 as pb,
+    proto::kms::v1::{self as pb, users_client::UsersClient},
 };
 use serde_json::json;
 use tonic::{Code, Status};
 
 use crate::{
     both_backends,
-    common::{ADMIN, ADMIN_PASSWORD, Backend, TestServer},
+    common::{ADMIN, ADMIN_PASSWORD, Backend, TestServer, authed},
     http_client::Http,
 };
 
@@ -22,6 +22,7 @@ both_backends!(
     unknown_usernames_are_throttled_alike,
     one_address_is_throttled_across_usernames,
     rest_login_answers_429_with_retry_after,
+    wrong_old_passwords_count_as_failed_logins,
 );
 
 const MAX_FAILURES: u32 = 3;
@@ -195,4 +196,47 @@ async fn rest_login_answers_429_with_retry_after(backend: Backend) {
     // One set of counters behind both APIs.
     throttled(login(&server, "alice", PASSWORD).await);
     server.stop().await;
+}
+
+/// ChangePassword checks the old password: someone holding a stolen access token must
+/// not get to guess it faster than through Login. The two share the counters.
+async fn wrong_old_passwords_count_as_failed_logins(backend: Backend) {
+    let server = start(backend).await;
+    register(&server, "alice").await;
+    let token = server.login("alice", PASSWORD).await;
+    let change = |old: &str| {
+        authed(
+            pb::ChangePasswordRequest {
+                username: String::new(),
+                old_password: old.into(),
+                new_password: "alice-new-password-2".into(),
+            },
+            &token,
+        )
+    };
+    for _ in 0..MAX_FAILURES {
+        let err = UsersClient::new(server.channel.clone())
+            .change_password(change("wrong-password-x"))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    }
+    // Locked out: the right old password is not even looked at, nor is a login's.
+    let wait = throttled(
+        UsersClient::new(server.channel.clone())
+            .change_password(change(PASSWORD))
+            .await
+            .map(drop),
+    );
+    assert_eq!(wait, Duration::from_secs(1));
+    throttled(login(&server, "alice", PASSWORD).await);
+    // Once the lockout ends, the right old password works and the new one logs in.
+    tokio::time::sleep(wait + Duration::from_millis(100)).await;
+    UsersClient::new(server.channel.clone())
+        .change_password(change(PASSWORD))
+        .await
+        .unwrap();
+    login(&server, "alice", "alice-new-password-2")
+        .await
+        .unwrap();
 }
