@@ -6,7 +6,6 @@ use chrono::{DateTime, Utc};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    TransactionTrait,
 };
 
 use super::{Store, StoreError, entities::audit_event};
@@ -83,29 +82,16 @@ impl Store {
         insert_audit(&self.db, record).await
     }
 
-    /// Appends several such events, all or none. The rows go in statements of
-    /// power-of-two sizes (37 = 32 + 4 + 1), so each pooled connection caches at most
-    /// a few prepared shapes instead of one per batch size; a power-of-two count is one
-    /// statement, which needs no transaction around it.
+    /// Appends several such events in one statement, all or none. A writer that
+    /// appends batches all the time keeps to `audit_batch_len` sizes, so that each
+    /// pooled connection prepares a few statement shapes instead of one per count.
     pub async fn audit_many(&self, records: Vec<AuditRecord>) -> Result<(), StoreError> {
         if records.is_empty() {
             return Ok(());
         }
-        if records.len() == largest_power_of_two_within(records.len()) {
-            audit_event::Entity::insert_many(records.into_iter().map(active))
-                .exec_without_returning(&self.db)
-                .await?;
-            return Ok(());
-        }
-        let txn = self.db.begin().await?;
-        let mut rest = records.into_iter().map(active).peekable();
-        while rest.peek().is_some() {
-            let chunk = largest_power_of_two_within(rest.len());
-            audit_event::Entity::insert_many(rest.by_ref().take(chunk))
-                .exec_without_returning(&txn)
-                .await?;
-        }
-        txn.commit().await?;
+        audit_event::Entity::insert_many(records.into_iter().map(active))
+            .exec_without_returning(&self.db)
+            .await?;
         Ok(())
     }
 
