@@ -122,8 +122,8 @@ impl App {
             hasher,
             authenticator,
             config.password_min_length,
-        )
-        .with_login_throttle(throttle);
+            throttle,
+        );
 
         let created_admin = match &config.bootstrap_admin {
             Some(admin) => bootstrap(&auth, admin).await?,

@@ -11,7 +11,7 @@ use super::{
     audit::{self, action, outcome},
     paging, require_admin,
     sessions::Authenticator,
-    throttle::{LoginThrottle, ThrottleSettings, retry_after_secs},
+    throttle::{LoginThrottle, retry_after_secs},
     validate,
 };
 use crate::{
@@ -54,7 +54,8 @@ pub struct UserAdmin {
     hasher: PasswordHasherPool,
     authenticator: Arc<Authenticator>,
     password_min_bytes: usize,
-    /// The login throttle: a wrong old password is a failed login of that user.
+    /// Login's throttle, shared: a wrong old password is a failed login of that user,
+    /// so a stolen access token guesses no faster through ChangePassword.
     throttle: LoginThrottle,
 }
 
@@ -70,21 +71,15 @@ impl UserAdmin {
         hasher: PasswordHasherPool,
         authenticator: Arc<Authenticator>,
         password_min_bytes: usize,
+        throttle: LoginThrottle,
     ) -> Self {
         Self {
             store,
             hasher,
             authenticator,
             password_min_bytes,
-            throttle: LoginThrottle::new(ThrottleSettings::default()),
+            throttle,
         }
-    }
-
-    /// Shares the login throttle, so that guessing a password through ChangePassword
-    /// (with a stolen access token) is slowed and locked out exactly as through Login.
-    pub fn with_login_throttle(mut self, throttle: LoginThrottle) -> Self {
-        self.throttle = throttle;
-        self
     }
 
     pub async fn list(

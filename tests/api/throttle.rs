@@ -239,4 +239,5 @@ async fn wrong_old_passwords_count_as_failed_logins(backend: Backend) {
     login(&server, "alice", "alice-new-password-2")
         .await
         .unwrap();
+    server.stop().await;
 }
