@@ -4,6 +4,7 @@
 //! The original HTTP service's variable names are fallbacks for some of these
 //! (`legacy`): a `KMS_*` name or flag wins over them, a default loses.
 
+mod connections;
 mod legacy;
 
 use std::{
@@ -26,6 +27,7 @@ use crate::{
     store::StoreOptions,
 };
 
+pub use connections::{ConnectionArgs, ConnectionLimits};
 pub use legacy::{LegacyEnv, translate_database_url};
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://kms-data/kms.db?mode=rwc";
@@ -68,6 +70,16 @@ pub const KNOWN_ENV: &[&str] = &[
     "KMS_LOGIN_FAILURE_WINDOW_SECONDS",
     "KMS_LOGIN_LOCKOUT_BASE_SECONDS",
     "KMS_LOGIN_LOCKOUT_MAX_SECONDS",
+    "KMS_PROBE_ADDR",
+    "KMS_MAX_CONNECTIONS",
+    "KMS_MAX_CONNECTIONS_PER_PEER",
+    "KMS_HANDSHAKE_TIMEOUT_SECONDS",
+    "KMS_CONNECTION_IDLE_TIMEOUT_SECONDS",
+    "KMS_HTTP2_MAX_CONCURRENT_STREAMS",
+    "KMS_MAX_STREAMS",
+    "KMS_MAX_STREAMS_PER_PEER",
+    "KMS_STREAM_IDLE_TIMEOUT_SECONDS",
+    "KMS_MAX_PUBLIC_CALLS_PER_PEER",
 ];
 
 #[derive(Debug, Parser)]
@@ -98,6 +110,9 @@ pub struct HealthcheckArgs {
     /// The server's HTTP listener (a 0.0.0.0 address is asked on 127.0.0.1).
     #[arg(long, env = "KMS_HTTP_ADDR", default_value = "127.0.0.1:8003")]
     pub http_addr: SocketAddr,
+    /// The server's plaintext probe listener; asked instead of KMS_HTTP_ADDR when set.
+    #[arg(long, env = "KMS_PROBE_ADDR")]
+    pub probe_addr: Option<SocketAddr>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -264,6 +279,12 @@ pub struct ServeArgs {
     /// The longest lockout.
     #[arg(long, env = "KMS_LOGIN_LOCKOUT_MAX_SECONDS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub login_lockout_max_seconds: u64,
+    /// A plaintext listener carrying only `/health` and `/metrics`, for probes and
+    /// Prometheus when TLS (and mutual TLS) guards the HTTP port. Unset: none.
+    #[arg(long, env = "KMS_PROBE_ADDR")]
+    pub probe_addr: Option<SocketAddr>,
+    #[command(flatten)]
+    pub connections: ConnectionArgs,
 }
 
 /// The JWT signing secret. `Debug` prints nothing of it.
@@ -337,6 +358,7 @@ pub struct Limits {
     pub request_timeout: std::time::Duration,
     pub max_concurrent_requests: usize,
     pub shutdown_grace: std::time::Duration,
+    pub connections: ConnectionLimits,
 }
 
 impl Default for Limits {
@@ -346,6 +368,7 @@ impl Default for Limits {
             request_timeout: std::time::Duration::from_secs(30),
             max_concurrent_requests: 1024,
             shutdown_grace: std::time::Duration::from_secs(10),
+            connections: ConnectionLimits::default(),
         }
     }
 }
@@ -371,6 +394,8 @@ pub struct Config {
     pub password_hash_concurrency: usize,
     pub dev: bool,
     pub http_addr: SocketAddr,
+    /// The plaintext `/health` + `/metrics` listener, if any.
+    pub probe_addr: Option<SocketAddr>,
     pub tls: Option<TlsFiles>,
     pub limits: Limits,
     /// Serve `envoy.service.auth.v3.Authorization/Check`.
@@ -524,6 +549,7 @@ impl ServeArgs {
             max_concurrent_requests: usize::try_from(self.max_concurrent_requests)
                 .map_err(|_| out_of_range("KMS_MAX_CONCURRENT_REQUESTS"))?,
             shutdown_grace: std::time::Duration::from_secs(self.shutdown_grace_seconds),
+            connections: self.connections.resolve()?,
         };
         let password_min_length = usize::try_from(self.password_min_length)
             .map_err(|_| ConfigError("KMS_PASSWORD_MIN_LENGTH is out of range".into()))?;
@@ -556,6 +582,7 @@ impl ServeArgs {
             password_hash_concurrency: default_hash_concurrency(),
             dev: self.dev,
             http_addr: self.http_addr,
+            probe_addr: self.probe_addr,
             tls,
             limits,
             ext_authz: self.ext_authz,

@@ -20,7 +20,8 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// The services reported: overall ("") and each public service.
 pub const SERVICES: &[&str] = &["", "kms.v1.Auth", "kms.v1.Keys"];
 
-/// Whether the database answered the last probe. Cheap to clone and read.
+/// Whether the server is serving: the database answered the last probe and the API
+/// is admitting calls. Cheap to clone and read.
 #[derive(Clone, Debug)]
 pub struct DbHealth(Arc<AtomicBool>);
 
@@ -46,11 +47,14 @@ async fn report(reporter: &HealthReporter, serving: bool) {
 }
 
 /// Probes until `stop` changes, flipping both health views on every change. Recovery
-/// needs no restart: the pool reconnects on its own, the probe just notices.
+/// needs no restart: the pool reconnects on its own, the probe just notices. Health
+/// also says NOT_SERVING while `refusing_everything` does: a server whose API answers
+/// nothing but RESOURCE_EXHAUSTED must not tell its load balancer it is serving.
 pub async fn monitor(
     store: Store,
     reporter: HealthReporter,
     health: DbHealth,
+    refusing_everything: impl Fn() -> bool + Send,
     mut stop: watch::Receiver<bool>,
 ) {
     report(&reporter, health.is_serving()).await;
@@ -59,15 +63,21 @@ pub async fn monitor(
             _ = stop.changed() => break,
             () = tokio::time::sleep(PROBE_INTERVAL) => {}
         }
-        let serving = matches!(
+        let database = matches!(
             tokio::time::timeout(PROBE_TIMEOUT, store.ping()).await,
             Ok(Ok(()))
         );
+        let saturated = refusing_everything();
+        let serving = database && !saturated;
         if serving != health.0.swap(serving, Ordering::Relaxed) {
             if serving {
-                tracing::info!("database reachable again: SERVING");
-            } else {
+                tracing::info!("database reachable and calls admitted again: SERVING");
+            } else if !database {
                 tracing::warn!("database unreachable: NOT_SERVING");
+            } else {
+                tracing::warn!(
+                    "every API call is being refused at the concurrency limit: NOT_SERVING"
+                );
             }
             report(&reporter, serving).await;
         }

@@ -15,6 +15,7 @@ pub mod health;
 pub mod http;
 #[path = "../migrations/mod.rs"]
 pub mod migrations;
+pub mod net;
 pub mod proto;
 pub mod server;
 pub mod store;

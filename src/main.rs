@@ -90,10 +90,19 @@ async fn serve(args: kms::config::ServeArgs) -> Result<(), String> {
         "plaintext"
     };
     tracing::info!(transport = tls, addr = %local_addr(&grpc)?, "gRPC listening");
-    tracing::info!(addr = %local_addr(&http)?, "HTTP listening (REST API, /health, /metrics, /openapi.json)");
+    tracing::info!(transport = tls, addr = %local_addr(&http)?, "HTTP listening (REST API, /health, /metrics, /openapi.json)");
+    let probe = match config.probe_addr {
+        Some(addr) => {
+            let probe = bind(addr).await?;
+            tracing::info!(addr = %local_addr(&probe)?, "probe listening (plaintext /health and /metrics only)");
+            Some(probe)
+        }
+        None => None,
+    };
     let listeners = Listeners {
         grpc,
         http: Some(http),
+        probe,
     };
     app.serve(listeners, shutdown_signal())
         .await
@@ -113,7 +122,8 @@ fn local_addr(listener: &tokio::net::TcpListener) -> Result<std::net::SocketAddr
 }
 
 async fn healthcheck(args: HealthcheckArgs) -> Result<(), String> {
-    let mut addr = args.http_addr;
+    // With TLS on the HTTP port, the plaintext probe listener is the one to ask.
+    let mut addr = args.probe_addr.unwrap_or(args.http_addr);
     if addr.ip().is_unspecified() {
         addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
     }

@@ -1,10 +1,9 @@
 //! Assembles the server: store, services, the auth layer, limits and shutdown.
 
-use std::{future::Future, net::SocketAddr, sync::Arc};
+use std::{future::Future, sync::Arc};
 
 use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tokio::{net::TcpListener, sync::watch};
-use tonic::transport::{Certificate, Identity, ServerTlsConfig, server::TcpIncoming};
 use zeroize::Zeroizing;
 
 use crate::{
@@ -22,9 +21,10 @@ use crate::{
         token::{SigningAlgorithm, TokenAuthority},
         users::UserAdmin,
     },
-    grpc::{AuditApi, AuthApi, AuthLayer, ExtAuthz, KeysApi, ObserveLayer, UsersApi},
+    grpc::{AuditApi, AuthApi, AuthLayer, Budgets, ExtAuthz, KeysApi, ObserveLayer, UsersApi},
     health::DbHealth,
     http::HttpState,
+    net::{self, ConnSettings, ConnectionLimiter, Protocols, Timeouts},
     proto::{
         FILE_DESCRIPTOR_SET,
         kms::v1::{
@@ -38,10 +38,6 @@ use crate::{
 
 /// Length of a generated bootstrap admin password (base62, about 143 bits).
 const BOOTSTRAP_PASSWORD_LEN: usize = 24;
-
-/// Idle time before the kernel probes a silent gRPC peer, so connections
-/// from crashed clients are reaped instead of held open.
-const TCP_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -181,13 +177,6 @@ impl App {
                 .map(|signing| (signing.clone(), self.tokens.clone())),
             stop_rx.clone(),
         ));
-        let monitor = tokio::spawn(crate::health::monitor(
-            self.store.clone(),
-            reporter,
-            db_health.clone(),
-            stop_rx.clone(),
-        ));
-
         let reflection_v1 = tonic_reflection::server::Builder::configure()
             .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -216,67 +205,109 @@ impl App {
             .max_decoding_message_size(max)
         });
 
+        let budgets = Budgets::new(&limits);
         let layers = tower::ServiceBuilder::new()
             .layer(ObserveLayer::new(
                 self.metrics.clone(),
-                limits.max_concurrent_requests,
+                budgets.clone(),
                 limits.request_timeout,
+                limits.connections.stream_idle_timeout,
             ))
             .layer(AuthLayer::new(self.auth.authenticator().clone()));
-        let mut builder = tonic::transport::Server::builder();
-        if let Some(tls) = &self.tls {
-            let mut tls_config = ServerTlsConfig::new()
-                .identity(Identity::from_pem(&tls.cert_pem, tls.key_pem.as_slice()));
-            if let Some(ca) = &tls.client_ca_pem {
-                tls_config = tls_config.client_ca_root(Certificate::from_pem(ca));
-            }
-            builder = builder
-                .tls_config(tls_config)
-                .map_err(|e| StartError::Serve(format!("TLS configuration: {e}")))?;
-        }
-        let grpc = builder
-            .layer(layers)
-            .add_service(health_service)
+        let mut routes = tonic::service::Routes::new(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(auth)
             .add_service(keys)
             .add_service(users)
-            .add_service(audit)
-            .add_optional_service(ext_authz)
-            .serve_with_incoming_shutdown(
-                // tonic applies its own `tcp_nodelay` only to listeners it binds,
-                // so set it here: without it Nagle's algorithm holds small
-                // responses back for up to 40 ms behind a delayed ACK.
-                TcpIncoming::from(listeners.grpc)
-                    .with_nodelay(Some(true))
-                    .with_keepalive(Some(TCP_KEEPALIVE)),
-                wait_for(stop_rx.clone()),
-            );
+            .add_service(audit);
+        if let Some(ext_authz) = ext_authz {
+            routes = routes.add_service(ext_authz);
+        }
+        let grpc_service = layers.service(routes.prepare());
 
-        let http = listeners.http.map(|listener| {
-            let app = crate::http::router(HttpState {
-                health: db_health.clone(),
-                metrics: self.metrics.clone(),
-                store: self.store.clone(),
-                // The same services and token authority as gRPC: one set of rules.
-                auth: self.auth,
-                keys: self.keys,
-                authenticator: authenticator.clone(),
-                max_request_bytes: max,
-            });
-            let stop = stop_rx.clone();
-            tokio::spawn(async move {
-                // Connect info gives /login the peer address it throttles by.
-                let app = app.into_make_service_with_connect_info::<SocketAddr>();
-                if let Err(e) = axum::serve(listener, app)
-                    .with_graceful_shutdown(wait_for(stop))
-                    .await
-                {
-                    tracing::error!(error = %e, "HTTP listener failed");
-                }
-            })
+        // One TLS configuration for every port that carries secrets: the REST API
+        // takes passwords and returns keys just as gRPC does.
+        let (grpc_tls, http_tls) = match &self.tls {
+            Some(files) => (
+                Some(
+                    net::server_config(files, &[b"h2"])
+                        .map_err(|e| StartError::Serve(e.to_string()))?,
+                ),
+                Some(
+                    net::server_config(files, &[b"h2", b"http/1.1"])
+                        .map_err(|e| StartError::Serve(e.to_string()))?,
+                ),
+            ),
+            None => (None, None),
+        };
+        let connections = &limits.connections;
+        let limiter = ConnectionLimiter::new(
+            net::limiter::fit_to_descriptors(connections.max_connections),
+            connections.max_connections_per_peer,
+        );
+        tracing::info!(
+            max_connections = limiter.max_total(),
+            per_peer = connections.max_connections_per_peer,
+            "connection limits"
+        );
+        let settings = ConnSettings {
+            timeouts: Timeouts {
+                handshake: connections.handshake_timeout,
+                idle: connections.idle_timeout,
+            },
+            http2_max_streams: connections.http2_max_streams,
+        };
+        let grpc = net::serve(
+            listeners.grpc,
+            Protocols::Http2,
+            grpc_tls,
+            grpc_service,
+            limiter.clone(),
+            settings,
+            stop_rx.clone(),
+        );
+
+        let http_state = HttpState {
+            health: db_health.clone(),
+            metrics: self.metrics.clone(),
+            store: self.store.clone(),
+            // The same services and token authority as gRPC: one set of rules.
+            auth: self.auth,
+            keys: self.keys,
+            authenticator: authenticator.clone(),
+            max_request_bytes: max,
+            request_timeout: limits.request_timeout,
+        };
+        let probe = listeners.probe.map(|listener| {
+            net::serve(
+                listener,
+                Protocols::Any,
+                None,
+                crate::http::probe_router(http_state.clone()),
+                limiter.clone(),
+                settings,
+                stop_rx.clone(),
+            )
         });
+        let http = listeners.http.map(|listener| {
+            net::serve(
+                listener,
+                Protocols::Any,
+                http_tls,
+                crate::http::router(http_state),
+                limiter.clone(),
+                settings,
+                stop_rx.clone(),
+            )
+        });
+        let monitor = tokio::spawn(crate::health::monitor(
+            self.store.clone(),
+            reporter,
+            db_health.clone(),
+            move || budgets.refusing_everything(),
+            stop_rx.clone(),
+        ));
 
         // The signal flips `stop`; everything above watches it.
         let signal = async move {
@@ -287,29 +318,41 @@ impl App {
             wait_for(stop_rx.clone()).await;
             tokio::time::sleep(limits.shutdown_grace).await;
         };
-        tokio::pin!(grpc);
-        let outcome = tokio::select! {
-            result = &mut grpc => result.map_err(|e| StartError::Serve(e.to_string())),
+        let served = async {
+            tokio::join!(
+                grpc,
+                async {
+                    if let Some(http) = http {
+                        http.await;
+                    }
+                },
+                async {
+                    if let Some(probe) = probe {
+                        probe.await;
+                    }
+                },
+            );
+        };
+        tokio::select! {
+            () = served => {}
             ((), ()) = async { tokio::join!(signal, grace) } => {
                 tracing::warn!(grace = ?limits.shutdown_grace, "shutdown grace period over; closing the remaining connections");
-                Ok(())
             }
-        };
-        let _ = monitor.await;
-        if let Some(http) = http {
-            let _ = http.await;
         }
+        let _ = monitor.await;
         if let Err(e) = self.store.close().await {
             tracing::warn!(error = %e, "closing the database pool failed");
         }
-        outcome
+        Ok(())
     }
 }
 
-/// The listeners a server runs on: gRPC, and optionally the HTTP side.
+/// The listeners a server runs on: gRPC, optionally the HTTP side, and optionally a
+/// plaintext listener for `/health` and `/metrics` alone (`KMS_PROBE_ADDR`).
 pub struct Listeners {
     pub grpc: TcpListener,
     pub http: Option<TcpListener>,
+    pub probe: Option<TcpListener>,
 }
 
 async fn wait_for(mut stop: watch::Receiver<bool>) {

@@ -69,7 +69,7 @@ impl Auth for AuthApi {
     ) -> Result<Response<pb::LoginResponse>, Status> {
         // The TCP peer, never a forwarded-for header: any client could forge that to
         // escape its address's throttle.
-        let client = request.remote_addr().map(|addr| addr.ip());
+        let client = super::client_ip(&request);
         let req = request.into_inner();
         let result = self
             .service

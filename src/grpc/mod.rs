@@ -5,6 +5,7 @@
 mod audit_service;
 pub mod auth_layer;
 mod auth_service;
+pub mod budget;
 pub mod codec;
 mod convert;
 mod ext_authz;
@@ -16,7 +17,17 @@ mod users_service;
 pub use audit_service::AuditApi;
 pub use auth_layer::AuthLayer;
 pub use auth_service::AuthApi;
+pub use budget::Budgets;
 pub use ext_authz::ExtAuthz;
 pub use keys_service::KeysApi;
 pub use observe::ObserveLayer;
 pub use users_service::UsersApi;
+
+/// The client's address: the TCP peer of the connection the call came on (set by the
+/// listener, `crate::net`).
+fn client_ip<T>(request: &tonic::Request<T>) -> Option<std::net::IpAddr> {
+    request
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|info| info.0.ip())
+}

@@ -1,11 +1,11 @@
 //! The outermost layer: every call gets a tracing span (method, subject), the
-//! go-grpc-prometheus metrics, a server-side deadline, and a slot under the global
-//! concurrency limit. Over the limit a call is answered RESOURCE_EXHAUSTED at once
-//! instead of queueing without bound.
+//! go-grpc-prometheus metrics, a server-side deadline, and a slot in its budget
+//! (`budget.rs`). Over a budget a call is answered RESOURCE_EXHAUSTED at once instead
+//! of queueing without bound. A reflection stream whose client falls silent is ended.
 
 use std::{
+    future::Future,
     pin::Pin,
-    sync::Arc,
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -13,26 +13,15 @@ use std::{
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-use tonic::{
-    Code, Status,
-    body::Body,
-    transport::server::{TcpConnectInfo, TlsConnectInfo},
-};
+use tonic::{Code, Status, body::Body};
 use tower::{Layer, Service};
 use tracing::{Instrument, Span, field::Empty};
 
+use super::budget::{self, Budgets, Class, Slot};
 use crate::{
     domain::audit::{self, RequestMeta},
     telemetry::Metrics,
 };
-
-/// Methods exempt from the concurrency limit: health probes must answer under load,
-/// or orchestrators restart a server that is merely busy.
-const UNLIMITED: &[&str] = &[
-    "/grpc.health.v1.Health/Check",
-    "/grpc.health.v1.Health/Watch",
-];
 
 /// Methods whose names are used as metric labels as they are; any other path is
 /// labelled `unknown`, so a client cannot mint label values.
@@ -66,16 +55,23 @@ const KNOWN_METHODS: &[&str] = &[
 #[derive(Clone)]
 pub struct ObserveLayer {
     metrics: Metrics,
-    slots: Arc<Semaphore>,
+    budgets: Budgets,
     deadline: Duration,
+    stream_idle: Duration,
 }
 
 impl ObserveLayer {
-    pub fn new(metrics: Metrics, max_concurrent_calls: usize, deadline: Duration) -> Self {
+    pub fn new(
+        metrics: Metrics,
+        budgets: Budgets,
+        deadline: Duration,
+        stream_idle: Duration,
+    ) -> Self {
         Self {
             metrics,
-            slots: Arc::new(Semaphore::new(max_concurrent_calls.max(1))),
+            budgets,
             deadline,
+            stream_idle,
         }
     }
 }
@@ -142,20 +138,31 @@ pub fn code_label(code: Code) -> &'static str {
 const REQUEST_ID: &str = "x-request-id";
 
 /// The request id and client address, for audit rows.
-fn request_meta<B>(req: &Request<B>) -> RequestMeta {
+fn request_meta<B>(req: &Request<B>, client: Option<std::net::IpAddr>) -> RequestMeta {
     let sent = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok());
-    let ext = req.extensions();
-    let client = ext
-        .get::<TcpConnectInfo>()
-        .and_then(TcpConnectInfo::remote_addr)
-        .or_else(|| {
-            ext.get::<TlsConnectInfo<TcpConnectInfo>>()
-                .and_then(|tls| tls.get_ref().remote_addr())
-        });
     RequestMeta {
         request_id: audit::request_id(sent),
-        client_addr: client.map(|a| a.ip().to_string()),
+        client_addr: client.map(|ip| ip.to_string()),
     }
+}
+
+/// The client's own deadline (`grpc-timeout`, e.g. `250m`): work past it is wasted.
+fn client_timeout(headers: &HeaderMap) -> Option<Duration> {
+    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
 }
 
 fn status_code(headers: &HeaderMap) -> Option<Code> {
@@ -173,7 +180,7 @@ struct CallRecord {
     labels: (&'static str, &'static str, &'static str),
     started: Instant,
     span: Span,
-    _slot: Option<OwnedSemaphorePermit>,
+    _slot: Option<Slot>,
     done: bool,
 }
 
@@ -249,13 +256,14 @@ impl HttpBody for ObservedBody {
     }
 }
 
-type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
 
 impl<S, B> Service<Request<B>> for Observe<S>
 where
-    S: Service<Request<B>, Response = Response<Body>> + Clone + Send + 'static,
+    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
     S::Future: Send + 'static,
-    B: Send + 'static,
+    B: HttpBody<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<tonic::codegen::StdError>,
 {
     type Response = Response<Body>;
     type Error = S::Error;
@@ -276,27 +284,27 @@ where
             .with_label_values(&[labels.0, labels.1, labels.2])
             .inc();
         let span = tracing::info_span!("rpc", method = %path, subject = Empty);
-        let unlimited = UNLIMITED.contains(&path);
-        let slot = if unlimited {
-            None
-        } else {
-            match self.layer.slots.clone().try_acquire_owned() {
-                Ok(slot) => Some(slot),
-                Err(_) => {
-                    let mut record = CallRecord {
-                        metrics,
-                        labels,
-                        started: Instant::now(),
-                        span,
-                        _slot: None,
-                        done: false,
-                    };
-                    record.finish(Code::ResourceExhausted);
-                    let status = Status::resource_exhausted(
-                        "the server is at its concurrency limit; retry with backoff",
-                    );
-                    return Box::pin(async move { Ok(status.into_http()) });
-                }
+        let streaming = labels.0 != "unary";
+        let class = budget::class(
+            path,
+            streaming,
+            req.headers().contains_key(http::header::AUTHORIZATION),
+        );
+        let client = crate::net::peer_addr(&req).map(|addr| addr.ip());
+        let slot = match self.layer.budgets.acquire(class, client) {
+            Ok(slot) => slot,
+            Err(message) => {
+                let mut record = CallRecord {
+                    metrics,
+                    labels,
+                    started: Instant::now(),
+                    span,
+                    _slot: None,
+                    done: false,
+                };
+                record.finish(Code::ResourceExhausted);
+                let status = Status::resource_exhausted(message);
+                return Box::pin(async move { Ok(status.into_http()) });
             }
         };
         let mut record = CallRecord {
@@ -304,13 +312,23 @@ where
             labels,
             started: Instant::now(),
             span: span.clone(),
-            _slot: slot,
+            _slot: Some(slot),
             done: false,
         };
-        // Streams (health Watch, reflection) live as long as the client wants.
-        let deadline = (!unlimited && record.labels.0 == "unary").then_some(self.layer.deadline);
-        let meta = request_meta(&req);
+        // Streams (health Watch, reflection) live as long as the client wants; a
+        // reflection stream's client must keep talking, or it is ended.
+        let deadline = (class != Class::Unlimited && !streaming).then(|| {
+            client_timeout(req.headers())
+                .map_or(self.layer.deadline, |t| t.min(self.layer.deadline))
+        });
+        let meta = request_meta(&req, client);
         let request_id = HeaderValue::from_str(&meta.request_id).ok();
+        let stream_idle = self.layer.stream_idle;
+        let req = if streaming {
+            req.map(|body| Body::new(IdleBody::new(body, stream_idle)))
+        } else {
+            req.map(Body::new)
+        };
         let future = audit::scope(meta, span.in_scope(|| inner.call(req))).instrument(span);
         Box::pin(async move {
             let response = match deadline {
@@ -347,6 +365,62 @@ where
     }
 }
 
+/// A streaming call's request body that fails once the client has sent nothing for
+/// `idle`: the service then sees the stream end with an error and closes it.
+struct IdleBody<B> {
+    inner: B,
+    idle: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<B> IdleBody<B> {
+    fn new(inner: B, idle: Duration) -> Self {
+        Self {
+            inner,
+            idle,
+            timer: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+}
+
+impl<B> HttpBody for IdleBody<B>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+    B::Error: Into<tonic::codegen::StdError>,
+{
+    type Data = Bytes;
+    type Error = tonic::codegen::StdError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                let deadline = tokio::time::Instant::now() + this.idle;
+                this.timer.as_mut().reset(deadline);
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => match this.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Status::cancelled(
+                    "the stream was idle for longer than the server allows",
+                )
+                .into()))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,6 +438,20 @@ mod tests {
         );
         assert_eq!(labels("garbage").1, "unknown");
         assert_eq!(labels("/kms.v1.Keys/Zzz123").2, "unknown");
+    }
+
+    #[test]
+    fn client_deadlines_are_read() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(client_timeout(&headers), None);
+        headers.insert("grpc-timeout", HeaderValue::from_static("250m"));
+        assert_eq!(client_timeout(&headers), Some(Duration::from_millis(250)));
+        headers.insert("grpc-timeout", HeaderValue::from_static("3S"));
+        assert_eq!(client_timeout(&headers), Some(Duration::from_secs(3)));
+        for bad in ["", "m", "12x", "999999999S", "-1S"] {
+            headers.insert("grpc-timeout", HeaderValue::from_str(bad).unwrap());
+            assert_eq!(client_timeout(&headers), None, "{bad}");
+        }
     }
 
     #[test]

@@ -88,7 +88,7 @@ impl Users for UsersApi {
     ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
         let caller = caller(&request)?;
         // The TCP peer, as for Login: never a header a client could forge.
-        let client = request.remote_addr().map(|addr| addr.ip());
+        let client = super::client_ip(&request);
         let req = request.into_inner();
         self.service
             .change_password(

@@ -96,6 +96,17 @@ impl ApiError {
         }
     }
 
+    /// The request was not done by its deadline (KMS_REQUEST_TIMEOUT_SECONDS):
+    /// nearly always a body that stopped arriving, since the database's own waits end
+    /// before it with a 503.
+    pub fn timed_out() -> Self {
+        Self {
+            status: StatusCode::REQUEST_TIMEOUT,
+            detail: "the request took longer than the server allows".into(),
+            retry_after_secs: None,
+        }
+    }
+
     /// Spelled as FastAPI spells them, for clients that compare.
     pub fn unknown_path() -> Self {
         Self {

@@ -11,9 +11,10 @@ use std::sync::Arc;
 
 use axum::{
     Json, Router,
-    extract::State,
+    extract::{Request, State},
     http::{StatusCode, header},
-    response::IntoResponse,
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
     routing::get,
 };
 use http_body_util::{BodyExt, Empty};
@@ -41,6 +42,8 @@ pub struct HttpState {
     pub authenticator: Arc<Authenticator>,
     /// Largest accepted request body (KMS_MAX_REQUEST_BYTES, as for gRPC messages).
     pub max_request_bytes: usize,
+    /// Longest a request may take, its body included (KMS_REQUEST_TIMEOUT_SECONDS).
+    pub request_timeout: std::time::Duration,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -50,6 +53,7 @@ struct Health {
 }
 
 pub fn router(state: HttpState) -> Router {
+    let deadline = state.request_timeout;
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -58,7 +62,37 @@ pub fn router(state: HttpState) -> Router {
         .merge(rest::router(state.max_request_bytes))
         .fallback(|| async { ApiError::unknown_path() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
+            within(deadline, req, next)
+        }))
         .with_state(state)
+}
+
+/// Only the probes' endpoints, for the plaintext listener beside a TLS HTTP port
+/// (`KMS_PROBE_ADDR`): nothing on it takes or returns a secret.
+pub fn probe_router(state: HttpState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::unknown_path() })
+        .with_state(state)
+}
+
+/// A request, its body included, must be done by its deadline: a client that sends
+/// a body a byte a minute must not hold a connection and a handler for ever.
+async fn within(deadline: std::time::Duration, req: Request, next: Next) -> Response {
+    match tokio::time::timeout(deadline, next.run(req)).await {
+        Ok(response) => response,
+        Err(_) => {
+            let mut response = ApiError::timed_out().into_response();
+            // The unread rest of the body makes the connection unusable.
+            response.headers_mut().insert(
+                header::CONNECTION,
+                header::HeaderValue::from_static("close"),
+            );
+            response
+        }
+    }
 }
 
 /// The public keys that verify access tokens (RFC 7517): a gateway validates KMS

@@ -150,6 +150,7 @@ pub fn test_config(db_url: &str) -> Config {
         password_hash_concurrency: 2,
         dev: false,
         http_addr: "127.0.0.1:0".parse().unwrap(),
+        probe_addr: None,
         tls: None,
         limits: Limits::default(),
         ext_authz: true,
@@ -160,6 +161,8 @@ pub fn test_config(db_url: &str) -> Config {
 pub struct TestServer {
     pub addr: std::net::SocketAddr,
     pub http_addr: std::net::SocketAddr,
+    /// The plaintext /health + /metrics listener, when the config set `probe_addr`.
+    pub probe_addr: Option<std::net::SocketAddr>,
     pub channel: Channel,
     shutdown: Option<oneshot::Sender<()>>,
     handle: Option<JoinHandle<()>>,
@@ -203,10 +206,17 @@ impl TestServer {
         let addr = listener.local_addr().unwrap();
         let http = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let http_addr = http.local_addr().unwrap();
+        // A probe listener when the config asks for one (its port is chosen here).
+        let probe = match config.probe_addr {
+            Some(_) => Some(TcpListener::bind("127.0.0.1:0").await.unwrap()),
+            None => None,
+        };
+        let probe_addr = probe.as_ref().map(|p| p.local_addr().unwrap());
         let (tx, rx) = oneshot::channel::<()>();
         let listeners = Listeners {
             grpc: listener,
             http: Some(http),
+            probe,
         };
         let handle = tokio::spawn(async move {
             app.serve(listeners, async {
@@ -227,6 +237,7 @@ impl TestServer {
         Self {
             addr,
             http_addr,
+            probe_addr,
             channel,
             shutdown: Some(tx),
             handle: Some(handle),

@@ -288,6 +288,8 @@ struct Pki {
     server_cert_pem: String,
     server_key_pem: String,
     client_identity: Identity,
+    client_cert_pem: String,
+    client_key_pem: String,
 }
 
 fn make_pki() -> Pki {
@@ -309,6 +311,8 @@ fn make_pki() -> Pki {
         server_cert_pem: server_cert.pem(),
         server_key_pem: server_key.serialize_pem(),
         client_identity: Identity::from_pem(client_cert.pem(), client_key.serialize_pem()),
+        client_cert_pem: client_cert.pem(),
+        client_key_pem: client_key.serialize_pem(),
     }
 }
 
@@ -406,5 +410,137 @@ async fn ext_authz_can_be_switched_off() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::Unimplemented, "{err:?}");
+    server.stop().await;
+}
+
+/// One HTTPS/1.1 request: (status, body), or why it failed. `client_cert` presents the
+/// PKI's client certificate.
+async fn https(
+    addr: std::net::SocketAddr,
+    pki: &Pki,
+    client_cert: bool,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<(u16, String), String> {
+    use http_body_util::{BodyExt, Full};
+    use tokio_rustls::rustls::{
+        ClientConfig, RootCertStore,
+        crypto::aws_lc_rs,
+        pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject},
+    };
+    let mut roots = RootCertStore::empty();
+    roots
+        .add(CertificateDer::from_pem_slice(pki.ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let builder =
+        ClientConfig::builder_with_provider(std::sync::Arc::new(aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+    let config = if client_cert {
+        builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(pki.client_cert_pem.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(pki.client_key_pem.as_bytes()).unwrap(),
+            )
+            .unwrap()
+    } else {
+        builder.with_no_client_auth()
+    };
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let tls = connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let request = http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .body(Full::new(bytes::Bytes::from(body.to_owned())))
+        .unwrap();
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("request: {e}"))?;
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// With TLS and mutual TLS configured, the REST API is served over the same TLS with
+/// the same client-certificate rule; probes use the plaintext probe listener, which
+/// carries nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rest_api_is_served_over_the_same_tls() {
+    let pki = make_pki();
+    let server = TestServer::start_with_tls(Backend::Sqlite, |c| {
+        c.tls = Some(TlsFiles {
+            cert_pem: pki.server_cert_pem.clone().into_bytes(),
+            key_pem: Zeroizing::new(pki.server_key_pem.clone().into_bytes()),
+            client_ca_pem: Some(pki.ca_pem.clone().into_bytes()),
+        });
+        c.probe_addr = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let login = format!(r#"{{"username":"{ADMIN}","password":"{ADMIN_PASSWORD}"}}"#);
+
+    // Plaintext: no HTTP answer at all, so no password can travel in the clear.
+    assert!(http_get(server.http_addr, "/health").await.is_err());
+    let mut plain = tokio::net::TcpStream::connect(server.http_addr)
+        .await
+        .unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let request = format!(
+        "POST /login HTTP/1.1\r\nHost: kms\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{login}",
+        login.len()
+    );
+    let _ = plain.write_all(request.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), plain.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(!answer.contains("access_token"), "{answer}");
+    assert!(!answer.starts_with("HTTP/"), "{answer}");
+
+    // TLS without a client certificate: refused.
+    assert!(
+        https(server.http_addr, &pki, false, "POST", "/login", &login)
+            .await
+            .is_err()
+    );
+    // TLS with one: the REST API works.
+    let (status, body) = https(server.http_addr, &pki, true, "POST", "/login", &login)
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("access_token"));
+    let (status, _) = https(server.http_addr, &pki, true, "GET", "/health", "")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+
+    // The probe listener: /health and /metrics in plaintext, nothing else.
+    let probe = server.probe_addr.unwrap();
+    assert_eq!(http_get(probe, "/health").await.unwrap().0, 200);
+    let (status, metrics) = http_get(probe, "/metrics").await.unwrap();
+    assert_eq!(status, 200);
+    assert!(metrics.contains("kms_keys_active"), "{metrics}");
+    for path in ["/keys/anything", "/openapi.json", "/.well-known/jwks.json"] {
+        assert_eq!(http_get(probe, path).await.unwrap().0, 404, "{path}");
+    }
     server.stop().await;
 }

@@ -75,6 +75,15 @@ impl Cluster {
 
     /// Starts `kms serve` named `name` and waits until its health is SERVING.
     pub async fn start(&self, name: &str) -> KmsProcess {
+        self.start_with_nofile(name, None).await
+    }
+
+    /// `start` with RLIMIT_NOFILE set to `nofile` (soft and hard), through `prlimit`.
+    pub async fn start_limited(&self, name: &str, nofile: u64) -> KmsProcess {
+        self.start_with_nofile(name, Some(nofile)).await
+    }
+
+    async fn start_with_nofile(&self, name: &str, nofile: Option<u64>) -> KmsProcess {
         let generation = std::fs::read_dir(self.dir.path())
             .unwrap()
             .filter(|e| {
@@ -87,7 +96,14 @@ impl Cluster {
             .count();
         let log = self.dir.path().join(format!("{name}-{generation}.log"));
         let file = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(KMS);
+        let mut cmd = match nofile {
+            None => Command::new(KMS),
+            Some(n) => {
+                let mut cmd = Command::new("/usr/bin/prlimit");
+                cmd.arg(format!("--nofile={n}:{n}")).arg(KMS);
+                cmd
+            }
+        };
         // A clean environment: nothing from the developer's or CI's KMS_* variables,
         // and a working directory without a `.env`.
         cmd.env_clear()

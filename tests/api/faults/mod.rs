@@ -4,6 +4,7 @@
 //! `cargo test --test api -- faults:: cluster::` (cluster: the two-replica test).
 
 mod crash;
+mod hostile_clients;
 mod outage;
 mod overload;
 mod races;
