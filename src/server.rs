@@ -2,7 +2,6 @@
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
-use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tokio::{net::TcpListener, sync::watch};
 use tonic::transport::{Certificate, Identity, ServerTlsConfig, server::TcpIncoming};
 use zeroize::Zeroizing;
@@ -208,7 +207,7 @@ impl App {
         let audit = AuditServer::new(AuditApi::new(AuditLog::new(self.store.clone())))
             .max_decoding_message_size(max);
         let ext_authz = self.ext_authz.then(|| {
-            AuthorizationServer::new(ExtAuthz::new(
+            crate::grpc::ExtAuthzServer::new(ExtAuthz::new(
                 self.auth.authenticator().clone(),
                 self.keys.clone(),
                 self.metrics.clone(),
