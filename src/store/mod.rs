@@ -85,9 +85,21 @@ pub struct Store {
 }
 
 /// Held by the one server a SQLite database may have; released when dropped.
+///
+/// Drop it only after the pool is closed. It holds a descriptor of the database file,
+/// and closing any descriptor of a file releases every POSIX (`fcntl`) lock the process
+/// holds on that file: SQLite's own locks, taken through its connections' descriptors.
+/// Closed while the pool still works, the other connections would go on believing they
+/// hold locks that another process could then take.
 #[derive(Debug)]
 pub struct ServerLock {
-    _file: std::fs::File,
+    /// `flock` on `<database>.lock` (of the canonical path): what earlier releases
+    /// take, so that one of them started on the same file still conflicts.
+    _lock_file: std::fs::File,
+    /// `flock` on the database file itself, whatever path (symlink, hard link) it was
+    /// opened by. On Linux `flock` locks are independent of the `fcntl` locks SQLite
+    /// uses, so the two do not interfere.
+    _db_file: std::fs::File,
 }
 
 impl std::fmt::Debug for Store {
@@ -194,33 +206,57 @@ impl Store {
     }
 
     /// A SQLite database serves one server: its caches see every change only because
-    /// every change passes through it. Takes an exclusive lock on `<file>.lock` for
-    /// as long as the returned guard lives; `Config` error if another server holds it.
-    /// `None` for PostgreSQL, which any number of replicas share.
+    /// every change passes through it. Takes an exclusive lock on the database file
+    /// itself and on `<file>.lock` for as long as the returned guard lives (see
+    /// `ServerLock` for when to drop it); `Config` error if another server holds either,
+    /// whichever path (a symlink, a hard link) it opened the file by. `None` for
+    /// PostgreSQL, which any number of replicas share.
     pub fn lock_single_server(&self) -> Result<Option<ServerLock>, StoreError> {
         let Some(db_file) = &self.sqlite_file else {
             return Ok(None);
         };
-        let mut path = db_file.clone().into_os_string();
-        path.push(".lock");
-        let path = std::path::PathBuf::from(path);
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| StoreError::Config(format!("cannot open {}: {e}", path.display())))?;
-        match file.try_lock() {
-            Ok(()) => Ok(Some(ServerLock { _file: file })),
-            Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Config(format!(
-                "another kms server is using {}: SQLite serves exactly one server; use PostgreSQL to run several replicas",
-                db_file.display()
-            ))),
+        let real = std::fs::canonicalize(db_file).map_err(|e| {
+            StoreError::Config(format!("cannot resolve {}: {e}", db_file.display()))
+        })?;
+        let in_use = || {
+            let shown = if real == *db_file {
+                db_file.display().to_string()
+            } else {
+                format!("{} (that is {})", db_file.display(), real.display())
+            };
+            StoreError::Config(format!(
+                "another kms server is using {shown}: SQLite serves exactly one server; use PostgreSQL to run several replicas"
+            ))
+        };
+        let try_lock = |file: &std::fs::File, path: &std::path::Path| match file.try_lock() {
+            Ok(()) => Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) => Err(in_use()),
             Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Config(format!(
                 "cannot lock {}: {e}",
                 path.display()
             ))),
-        }
+        };
+        // The lock file first: a second server on the same path (or a symlink to it)
+        // is refused without ever opening a descriptor of the database file, whose
+        // closing would release this process's SQLite locks (see `ServerLock`).
+        let mut lock_path = real.clone().into_os_string();
+        lock_path.push(".lock");
+        let lock_path = std::path::PathBuf::from(lock_path);
+        let lock_file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| StoreError::Config(format!("cannot open {}: {e}", lock_path.display())))?;
+        try_lock(&lock_file, &lock_path)?;
+        // Then the file itself: the only name two hard links share.
+        let db = std::fs::File::open(&real)
+            .map_err(|e| StoreError::Config(format!("cannot open {}: {e}", real.display())))?;
+        try_lock(&db, &real)?;
+        Ok(Some(ServerLock {
+            _lock_file: lock_file,
+            _db_file: db,
+        }))
     }
 
     /// Applies pending migrations. On PostgreSQL, replicas starting together take

@@ -135,3 +135,102 @@ async fn unknown_methods_of_public_services_are_unimplemented(backend: Backend) 
     }
     server.stop().await;
 }
+
+// ---- `kms` as a process: the one-server guard, the master key, the data folder ----
+
+const KMS: &str = env!("CARGO_BIN_EXE_kms");
+
+/// `kms <args>` in `dir` with a clean environment plus `env` (addresses on port 0).
+fn kms(dir: &std::path::Path, args: &[&str], env: &[(&str, &str)]) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(KMS);
+    cmd.env_clear()
+        .current_dir(dir)
+        .args(args)
+        .env("RUST_LOG", "info")
+        .env("KMS_GRPC_ADDR", "127.0.0.1:0")
+        .env("KMS_HTTP_ADDR", "127.0.0.1:0")
+        .envs(env.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    cmd
+}
+
+/// Runs a `kms` command that must fail within 60 s; its output (stdout and stderr).
+async fn refused(mut cmd: tokio::process::Command, what: &str) -> String {
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("{what}: still running after 60 s, expected a refusal"))
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !out.status.success(),
+        "{what}: expected a refusal, got success:\n{text}"
+    );
+    text
+}
+
+fn sqlite_path(url: &str) -> std::path::PathBuf {
+    let path = url.strip_prefix("sqlite://").unwrap();
+    path.split('?').next().unwrap().into()
+}
+
+fn master_key_b64() -> String {
+    use base64::Engine;
+    let key: [u8; 32] = kms::crypto::random::bytes().unwrap();
+    base64::engine::general_purpose::STANDARD.encode(key)
+}
+
+/// A second `kms serve` on another path to a running server's SQLite file (a symlink,
+/// a hard link) is refused, as the same path always was.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_server_on_a_link_to_the_sqlite_file_is_refused() {
+    let cluster = crate::process::Cluster::new(&Backend::Sqlite, &[]).await;
+    let first = cluster.start("first").await;
+    let db = sqlite_path(cluster.db_url());
+    let links = tempfile::tempdir().unwrap();
+    let symlink = links.path().join("symlinked.db");
+    std::os::unix::fs::symlink(&db, &symlink).unwrap();
+    let hard = db.with_file_name("hard-linked.db");
+    std::fs::hard_link(&db, &hard).unwrap();
+    let secret = std::str::from_utf8(crate::common::JWT_SECRET).unwrap();
+    let master = master_key_b64();
+    for (what, path) in [
+        ("symlink", &symlink),
+        ("hard link", &hard),
+        ("same path", &db),
+    ] {
+        let url = format!("sqlite://{}?mode=rwc", path.display());
+        let env = [
+            ("KMS_DATABASE_URL", url.as_str()),
+            ("KMS_MASTER_KEY", master.as_str()),
+            ("KMS_JWT_ALGORITHM", "HS256"),
+            ("KMS_JWT_SECRET", secret),
+        ];
+        let text = refused(kms(links.path(), &["serve"], &env), what).await;
+        assert!(
+            text.contains("another kms server is using")
+                && text.contains("SQLite serves exactly one server"),
+            "{what}: {text}"
+        );
+        eprintln!("hardening: second server on a {what}: refused");
+    }
+    // The first server is unharmed: it still answers and writes.
+    let admin = first.admin_token().await;
+    first
+        .keys()
+        .create_key(crate::common::authed(
+            kms::proto::kms::v1::CreateKeyRequest {
+                service_name: "still-mine".into(),
+                api_key: None,
+                description: String::new(),
+                ttl_seconds: 0,
+            },
+            &admin,
+        ))
+        .await
+        .expect("the first server still writes");
+}
