@@ -242,12 +242,16 @@ impl Store {
         let mut lock_path = real.clone().into_os_string();
         lock_path.push(".lock");
         let lock_path = std::path::PathBuf::from(lock_path);
-        let lock_file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
+        let mut options = std::fs::OpenOptions::new();
+        options.create(true).truncate(false).write(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let lock_file = options
             .open(&lock_path)
             .map_err(|e| StoreError::Config(format!("cannot open {}: {e}", lock_path.display())))?;
+        // One left by an earlier release may be world-readable. Nothing is in it, but
+        // nothing of the database's should be: best effort, like the database's mode.
+        restrict(&lock_path);
         try_lock(&lock_file, &lock_path)?;
         // Then the file itself: the only name two hard links share.
         let db = std::fs::File::open(&real)
@@ -304,7 +308,6 @@ impl Store {
 fn restrict_sqlite_files(url: &str) {
     #[cfg(unix)]
     if let Ok(opts) = url.parse::<SqliteConnectOptions>() {
-        use std::os::unix::fs::PermissionsExt;
         let db = opts.get_filename().to_path_buf();
         let mut paths = vec![db.clone()];
         for suffix in ["-wal", "-shm"] {
@@ -313,9 +316,21 @@ fn restrict_sqlite_files(url: &str) {
             paths.push(p.into());
         }
         for path in paths.iter().filter(|p| p.exists()) {
-            if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
-                tracing::warn!(path = %path.display(), error = %e, "cannot restrict database file permissions");
-            }
+            restrict(path);
+        }
+    }
+}
+
+/// Mode 0600 unless it is already, with a warning when that fails.
+fn restrict(path: &std::path::Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let private = std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 == 0);
+        if !private
+            && let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        {
+            tracing::warn!(path = %path.display(), error = %e, "cannot restrict database file permissions");
         }
     }
 }
@@ -328,7 +343,13 @@ fn create_sqlite_parent_dir(url: &str) -> Result<(), StoreError> {
     if let Some(parent) = opts.get_filename().parent()
         && !parent.as_os_str().is_empty()
     {
-        std::fs::create_dir_all(parent)
+        // Owner-only when we create it: it will hold the database and its WAL.
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder
+            .create(parent)
             .map_err(|e| StoreError::Config(format!("cannot create {}: {e}", parent.display())))?;
     }
     Ok(())

@@ -234,3 +234,85 @@ async fn a_second_server_on_a_link_to_the_sqlite_file_is_refused() {
         .await
         .expect("the first server still writes");
 }
+
+/// Starts `kms <args>` (a server) with its output in `log`, and waits until it listens.
+async fn serving(
+    dir: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, &str)],
+    log: &std::path::Path,
+) -> tokio::process::Child {
+    let file = std::fs::File::create(log).unwrap();
+    let mut child = kms(dir, args, env)
+        .stdout(std::process::Stdio::from(file.try_clone().unwrap()))
+        .stderr(std::process::Stdio::from(file))
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        if text.contains("gRPC listening") {
+            return child;
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("kms exited before listening ({status}):\n{text}");
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "kms did not listen within 60 s:\n{text}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+fn mode(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// `--dev` with a data folder that exists already, open to everyone (0755): the folder
+/// is made 0700, and every file the server keeps in it is 0600, the lock file too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_makes_an_existing_data_folder_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("kms-data");
+    let log = dir.path().join("serve.log");
+    // The first start generates the master key; the second is given it and so writes
+    // no secret into the folder, which must be made private all the same.
+    let mut master = String::new();
+    for run in ["generated master key", "configured master key"] {
+        let env: Vec<(&str, &str)> = if master.is_empty() {
+            vec![]
+        } else {
+            vec![("KMS_MASTER_KEY", master.as_str())]
+        };
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let lock = data.join("kms.db.lock");
+        if lock.exists() {
+            std::fs::set_permissions(&lock, std::fs::Permissions::from_mode(0o644)).unwrap();
+        }
+        let mut server = serving(dir.path(), &["serve", "--dev"], &env, &log).await;
+        assert_eq!(
+            format!("{:o}", mode(&data)),
+            "700",
+            "{run}: the data folder"
+        );
+        for entry in std::fs::read_dir(&data).unwrap() {
+            let path = entry.unwrap().path();
+            let m = mode(&path);
+            assert_eq!(m & 0o077, 0, "{run}: {} is {m:o}", path.display());
+        }
+        for file in ["master.key", "kms.db", "kms.db.lock"] {
+            assert_eq!(
+                format!("{:o}", mode(&data.join(file))),
+                "600",
+                "{run}: {file}"
+            );
+        }
+        server.kill().await.unwrap();
+        eprintln!("hardening: --dev on a 0755 data folder ({run}): folder 0700, files 0600");
+        master = std::fs::read_to_string(data.join("master.key")).unwrap();
+    }
+}
