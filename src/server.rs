@@ -91,6 +91,9 @@ impl App {
         tracing::info!(database = %redact_url(&config.database.url), "database ready");
 
         let sealer = Sealer::new(&config.master_key);
+        domain::master_key::check(&store, &sealer)
+            .await
+            .map_err(|e| StartError::Database(e.to_string()))?;
         let (tokens, signing) = token_authority(config, &store, &sealer).await?;
         let hasher = PasswordHasherPool::new(config.password_hash_concurrency)
             .await

@@ -316,3 +316,130 @@ async fn dev_mode_makes_an_existing_data_folder_private() {
         master = std::fs::read_to_string(data.join("master.key")).unwrap();
     }
 }
+
+both_backends!(a_wrong_master_key_is_refused_at_start_and_by_the_cli);
+
+fn refs<'a>(env: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+}
+
+/// The gRPC address a server logged.
+fn grpc_addr(log: &std::path::Path) -> std::net::SocketAddr {
+    let text = std::fs::read_to_string(log).unwrap();
+    let line = text.lines().find(|l| l.contains("gRPC listening")).unwrap();
+    line.rsplit("addr=").next().unwrap().trim().parse().unwrap()
+}
+
+/// A server started with one master key stores sealed secrets; started again with
+/// another key it refuses to start, saying that the configured master key does not
+/// open them, with HS256 (an API key secret) and with EdDSA (a signing key). The right
+/// key still starts; `kms signing-key rotate` with the wrong one gives the same
+/// message, not "internal error".
+async fn a_wrong_master_key_is_refused_at_start_and_by_the_cli(backend: Backend) {
+    use crate::common::{ADMIN, ADMIN_PASSWORD, JWT_SECRET, TestDb, authed};
+    use kms::proto::kms::v1::{self as pb, auth_client::AuthClient, keys_client::KeysClient};
+
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("serve.log");
+    let (key_a, key_b) = (master_key_b64(), master_key_b64());
+    let jwt_secret = std::str::from_utf8(JWT_SECRET).unwrap();
+    for algorithm in ["HS256", "EdDSA"] {
+        let db = TestDb::new(&backend).await;
+        let env = |master: &str| {
+            let mut env = vec![
+                ("KMS_DATABASE_URL", db.url.clone()),
+                ("KMS_JWT_ALGORITHM", algorithm.to_owned()),
+                ("KMS_BOOTSTRAP_ADMIN_USERNAME", ADMIN.to_owned()),
+                ("KMS_BOOTSTRAP_ADMIN_PASSWORD", ADMIN_PASSWORD.to_owned()),
+                ("KMS_MASTER_KEY", master.to_owned()),
+            ];
+            if algorithm == "HS256" {
+                env.push(("KMS_JWT_SECRET", jwt_secret.to_owned()));
+            }
+            env
+        };
+        let (with_a, with_b) = (env(&key_a), env(&key_b));
+
+        // Key A on an empty database: starts. With HS256, store an API key secret (the
+        // only sealed value an HS256 server has); EdDSA stores its signing key.
+        let mut server = serving(dir.path(), &["serve"], &refs(&with_a), &log).await;
+        if algorithm == "HS256" {
+            let channel = Channel::from_shared(format!("http://{}", grpc_addr(&log)))
+                .unwrap()
+                .connect()
+                .await
+                .unwrap();
+            let token = AuthClient::new(channel.clone())
+                .login(pb::LoginRequest {
+                    username: ADMIN.into(),
+                    password: ADMIN_PASSWORD.into(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .access_token;
+            KeysClient::new(channel)
+                .create_key(authed(
+                    pb::CreateKeyRequest {
+                        service_name: "sealed-with-a".into(),
+                        api_key: None,
+                        description: String::new(),
+                        ttl_seconds: 0,
+                    },
+                    &token,
+                ))
+                .await
+                .unwrap();
+        }
+        server.kill().await.unwrap();
+
+        // Key B: refused, with the reason and the settings' names, and no key material.
+        let text = refused(kms(dir.path(), &["serve"], &refs(&with_b)), algorithm).await;
+        let what = if algorithm == "HS256" {
+            "the API key secret of service 'sealed-with-a'"
+        } else {
+            "the token signing key"
+        };
+        for needle in [
+            "the configured master key",
+            "KMS_MASTER_KEY / KMS_MASTER_KEY_FILE",
+            "does not open the secrets stored in this database",
+            what,
+        ] {
+            assert!(
+                text.contains(needle),
+                "{algorithm}: no {needle:?} in:\n{text}"
+            );
+        }
+        assert!(!text.contains("internal error"), "{algorithm}: {text}");
+        assert!(
+            !text.contains(&key_a) && !text.contains(&key_b),
+            "{algorithm}: a key in the output"
+        );
+        let said = text
+            .lines()
+            .find(|l| l.starts_with("kms:"))
+            .unwrap_or_default();
+        eprintln!("hardening: {algorithm} server started with another master key: {said}");
+
+        // The right key still starts.
+        let mut server = serving(dir.path(), &["serve"], &refs(&with_a), &log).await;
+        server.kill().await.unwrap();
+
+        if algorithm == "EdDSA" {
+            let rotate = ["signing-key", "rotate"];
+            let text = refused(kms(dir.path(), &rotate, &refs(&with_b)), "rotate").await;
+            assert!(
+                text.contains("does not open the secrets stored in this database")
+                    && !text.contains("internal error"),
+                "signing-key rotate: {text}"
+            );
+            let out = kms(dir.path(), &rotate, &refs(&with_a))
+                .output()
+                .await
+                .unwrap();
+            assert!(out.status.success(), "rotate with the right key: {out:?}");
+            eprintln!("hardening: kms signing-key rotate with another master key: refused");
+        }
+    }
+}
