@@ -2,6 +2,7 @@
 //! SQL exists; it knows nothing of requests or domain rules.
 
 mod audit;
+mod audit_coalesce;
 mod changes;
 pub mod entities;
 mod error;
@@ -84,6 +85,8 @@ pub struct Store {
     sqlite_file: Option<std::path::PathBuf>,
     /// The longest any query waits for a connection or a lock.
     wait: Duration,
+    /// Refusals counted but not yet written, shared by every clone.
+    refusals: std::sync::Arc<audit_coalesce::Refusals>,
 }
 
 /// Held by the one server a SQLite database may have; released when dropped.
@@ -185,6 +188,7 @@ impl Store {
             pg_url,
             sqlite_file,
             wait,
+            refusals: audit_coalesce::Refusals::new(audit_coalesce::Limits::DEFAULT),
         })
     }
 
@@ -299,7 +303,9 @@ impl Store {
         self.db.ping().await.map_err(StoreError::from)
     }
 
+    /// Writes the refusals still being counted, then closes the pool.
     pub async fn close(self) -> Result<(), StoreError> {
+        self.refusals.close(&self.db, self.wait).await;
         self.db.close().await.map_err(StoreError::from)
     }
 }

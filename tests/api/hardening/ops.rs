@@ -443,3 +443,45 @@ async fn a_wrong_master_key_is_refused_at_start_and_by_the_cli(backend: Backend)
         }
     }
 }
+
+both_backends!(the_audit_count_migration_keeps_earlier_rows);
+
+/// `audit_events.count` arrives on a database of the previous release, full of rows:
+/// each of them stands for one event.
+async fn the_audit_count_migration_keeps_earlier_rows(backend: Backend) {
+    use kms::{
+        migrations::Migrator,
+        store::{AuditFilter, Store, StoreOptions},
+    };
+    use sea_orm::{ConnectionTrait, Database};
+    use sea_orm_migration::MigratorTrait;
+
+    let db = crate::common::TestDb::new(&backend).await;
+    let conn = Database::connect(db.url.as_str()).await.unwrap();
+    // The five migrations of the first release, and rows written by it.
+    Migrator::up(&conn, Some(5)).await.unwrap();
+    for i in 0..50 {
+        conn.execute_unprepared(&format!(
+            "INSERT INTO audit_events (at, actor, action, target, outcome, client_addr, request_id) \
+             VALUES ('2026-11-30T12:00:00Z', 'anonymous', 'login_throttled', 'ghost', 'denied', '192.0.2.1', 'r{i}')"
+        ))
+        .await
+        .unwrap();
+    }
+    conn.close().await.unwrap();
+
+    let store = Store::connect(&StoreOptions {
+        url: db.url.clone(),
+        max_connections: 2,
+    })
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    let rows = store
+        .list_audit(&AuditFilter::default(), None, 100)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 50);
+    assert!(rows.iter().all(|r| r.count == 1));
+    store.close().await.unwrap();
+}
