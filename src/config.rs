@@ -472,7 +472,9 @@ impl ServeArgs {
         };
         let hs256 = jwt_algorithm == SigningAlgorithm::Hs256;
         if self.dev {
-            if master_key.is_none() || (hs256 && jwt_secret.is_none()) {
+            // An existing folder is made private even when nothing is generated into
+            // it: it holds the database by default, and secrets from earlier starts.
+            if master_key.is_none() || (hs256 && jwt_secret.is_none()) || self.data_dir.exists() {
                 ensure_private_dir(&self.data_dir)?;
             }
             if master_key.is_none() {
@@ -627,6 +629,9 @@ fn read_jwt_secret_file(path: &Path) -> Result<JwtSecret, ConfigError> {
     JwtSecret::new(text.trim().as_bytes().to_vec())
 }
 
+/// The data folder holds secrets: owner-only. A new one is created 0700; an existing
+/// one that other users may read or enter is tightened to 0700, and refused when that
+/// fails (it belongs to someone else, a read-only mount): never used as it is.
 fn ensure_private_dir(dir: &Path) -> Result<(), ConfigError> {
     let mut builder = fs::DirBuilder::new();
     builder.recursive(true);
@@ -634,7 +639,26 @@ fn ensure_private_dir(dir: &Path) -> Result<(), ConfigError> {
     std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
     builder
         .create(dir)
-        .map_err(|e| ConfigError(format!("cannot create {}: {e}", dir.display())))
+        .map_err(|e| ConfigError(format!("cannot create {}: {e}", dir.display())))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(dir)
+            .map_err(|e| ConfigError(format!("cannot read {}: {e}", dir.display())))?
+            .permissions()
+            .mode()
+            & 0o777;
+        if mode & 0o077 != 0 {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| {
+                ConfigError(format!(
+                    "the data folder {} is open to other users (mode {mode:o}) and cannot be made private: {e}. Run `chmod 700` on it as its owner, or set KMS_DATA_DIR to a folder of your own",
+                    dir.display()
+                ))
+            })?;
+            tracing::warn!(path = %dir.display(), was = %format!("{mode:o}"), "the data folder was open to other users: made private (0700)");
+        }
+    }
+    Ok(())
 }
 
 /// Creates a file readable by its owner only (0600) and fails if it exists.

@@ -147,9 +147,13 @@ async fn rotate_signing_key(args: kms::config::ServeArgs) -> Result<(), String> 
         .await
         .map_err(|e| e.to_string())?;
     store.migrate().await.map_err(|e| e.to_string())?;
+    let sealer = Sealer::new(&config.master_key);
+    kms::domain::master_key::check(&store, &sealer)
+        .await
+        .map_err(|e| e.to_string())?;
     let signing = SigningKeys::new(
         store,
-        Sealer::new(&config.master_key),
+        sealer,
         config.jwt_algorithm,
         config.access_token_ttl_seconds,
     );

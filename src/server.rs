@@ -2,7 +2,6 @@
 
 use std::{future::Future, sync::Arc};
 
-use envoy_types::ext_authz::v3::pb::AuthorizationServer;
 use tokio::{net::TcpListener, sync::watch};
 use zeroize::Zeroizing;
 
@@ -88,6 +87,9 @@ impl App {
         tracing::info!(database = %redact_url(&config.database.url), "database ready");
 
         let sealer = Sealer::new(&config.master_key);
+        domain::master_key::check(&store, &sealer)
+            .await
+            .map_err(|e| StartError::Database(e.to_string()))?;
         let (tokens, signing) = token_authority(config, &store, &sealer).await?;
         let hasher = PasswordHasherPool::new(config.password_hash_concurrency)
             .await
@@ -197,7 +199,7 @@ impl App {
         let audit = AuditServer::new(AuditApi::new(AuditLog::new(self.store.clone())))
             .max_decoding_message_size(max);
         let ext_authz = self.ext_authz.then(|| {
-            AuthorizationServer::new(ExtAuthz::new(
+            crate::grpc::ExtAuthzServer::new(ExtAuthz::new(
                 self.auth.authenticator().clone(),
                 self.keys.clone(),
                 self.metrics.clone(),

@@ -5,11 +5,11 @@
 //! each transport runs a call inside `scope`, and `event` reads it when it builds a
 //! row. Outside a request (start-up, the CLI) the fields are simply empty.
 
-use std::future::Future;
+use std::{future::Future, net::IpAddr};
 
 use chrono::{DateTime, Utc};
 
-use super::{Caller, Error, Result, paging, require_admin, validate};
+use super::{Caller, Error, Result, paging, require_admin, throttle::address_key, validate};
 use crate::store::{AuditFilter, AuditRecord, Store, StoredAuditEvent, audit_batch_len};
 
 tokio::task_local! {
@@ -109,9 +109,34 @@ pub fn event(
 
 /// Appends an event that changes nothing else (a read, a refusal). A failure to record
 /// it is logged, not turned into the caller's error: the answer stands either way.
+///
+/// A refusal (any outcome but success) is something anyone can cause at will, as fast
+/// as they can send: it is counted rather than written row by row. The first of a
+/// burst is written at once (in the background: the refusal does not wait for the
+/// database), its repeats from the same source as one row with their count, within
+/// bounds per source and in all (`store::audit_coalesce`). Successes are written as
+/// they happen.
 pub async fn append(store: &Store, record: AuditRecord) {
+    if record.outcome != outcome::SUCCESS {
+        let source = source_of(record.client_addr.as_deref());
+        store.audit_refusal(record, source);
+        return;
+    }
     if let Err(e) = store.audit(record).await {
         tracing::error!(error = %e, "audit event could not be recorded");
+    }
+}
+
+/// The source a refusal is counted against: its client address, grouped as the login
+/// throttle groups addresses (an IPv6 client controls a whole /64); empty if unknown.
+fn source_of(client_addr: Option<&str>) -> String {
+    match client_addr
+        .and_then(|a| a.parse::<IpAddr>().ok())
+        .map(address_key)
+    {
+        Some(IpAddr::V4(v4)) => v4.to_string(),
+        Some(IpAddr::V6(v6)) => format!("{v6}/64"),
+        None => String::new(),
     }
 }
 
@@ -122,26 +147,19 @@ const BATCH_MAX: usize = 256;
 /// An event for the writer, with whoever waits for it to be committed.
 struct Queued {
     record: AuditRecord,
-    committed: Option<tokio::sync::oneshot::Sender<bool>>,
+    committed: tokio::sync::oneshot::Sender<bool>,
 }
 
-/// Events written by a background writer in batches, one transaction each.
-///
-/// `push` is for refusals that anyone holding a token can cause at the rate of a hot
-/// path (a failed VerifyKey), where a database write per call would make the refusal
-/// the most expensive answer: bounded, and when the queue is full (the database is
-/// down or far behind) the event is dropped and counted, never waited for.
-///
-/// `record` is for events that must be on disk before the call answers (reading a
-/// secret): the caller waits for the commit of the batch that holds its event, so
-/// concurrent reads share one commit (group commit) instead of paying one each.
+/// Events that must be on disk before the call answers (reading a secret), written by
+/// a background writer in batches, one transaction each: the caller waits for the
+/// commit of the batch that holds its event, so concurrent reads share one commit
+/// (group commit) instead of paying one each. (Refusals go through `append`.)
 #[derive(Debug, Clone)]
 pub struct AuditQueue {
     tx: tokio::sync::mpsc::Sender<Queued>,
     /// How long `record` waits for its commit: the store's own bound, so that an
     /// outage answers UNAVAILABLE as fast as a direct query would.
     wait: std::time::Duration,
-    dropped: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Queued {
@@ -156,27 +174,7 @@ impl AuditQueue {
         let (tx, rx) = tokio::sync::mpsc::channel(QUEUE_MAX);
         let wait = store.wait();
         tokio::spawn(write_batches(store, rx));
-        Self {
-            tx,
-            wait,
-            dropped: Default::default(),
-        }
-    }
-
-    /// Best effort, never waits.
-    pub fn push(&self, record: AuditRecord) {
-        use std::sync::atomic::Ordering;
-        let queued = Queued {
-            record,
-            committed: None,
-        };
-        if self.tx.try_send(queued).is_err() {
-            let dropped = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
-            // Logged on the first drop and every thousandth after it.
-            if dropped % 1000 == 1 {
-                tracing::warn!(dropped, "audit queue full: events dropped");
-            }
-        }
+        Self { tx, wait }
     }
 
     /// Waits until the event is committed; `Unavailable` if it could not be, or not
@@ -185,10 +183,7 @@ impl AuditQueue {
     /// a read that was refused, never misses one that was answered.
     pub async fn record(&self, record: AuditRecord) -> Result<()> {
         let (committed, done) = tokio::sync::oneshot::channel();
-        let queued = Queued {
-            record,
-            committed: Some(committed),
-        };
+        let queued = Queued { record, committed };
         let committed = async {
             self.tx.send(queued).await.map_err(|_| Error::Unavailable)?;
             match done.await {
@@ -228,7 +223,7 @@ async fn write_batches(store: Store, mut rx: tokio::sync::mpsc::Receiver<Queued>
         if let Err(e) = &written {
             tracing::error!(error = %e, count, "audit events could not be recorded");
         }
-        for committed in waiting.into_iter().flatten() {
+        for committed in waiting {
             // The caller may have gone away (cancelled): nothing to tell then.
             let _ = committed.send(written.is_ok());
         }
@@ -249,6 +244,7 @@ pub struct AuditEvent {
     pub outcome: String,
     pub client_addr: String,
     pub request_id: String,
+    pub count: i64,
 }
 
 impl From<StoredAuditEvent> for AuditEvent {
@@ -262,6 +258,7 @@ impl From<StoredAuditEvent> for AuditEvent {
             outcome: e.outcome,
             client_addr: e.client_addr.unwrap_or_default(),
             request_id: e.request_id,
+            count: e.count,
         }
     }
 }
@@ -317,5 +314,15 @@ mod tests {
         }
         assert_ne!(request_id(None), request_id(None));
         assert_ne!(request_id(Some(&"x".repeat(65))), "x".repeat(65));
+    }
+
+    #[test]
+    fn refusals_are_counted_per_address_or_ipv6_64() {
+        assert_eq!(source_of(Some("192.0.2.7")), "192.0.2.7");
+        assert_eq!(source_of(Some("::ffff:192.0.2.7")), "192.0.2.7");
+        assert_eq!(source_of(Some("2001:db8:1:2:3:4:5:6")), "2001:db8:1:2::/64");
+        assert_eq!(source_of(Some("2001:db8:1:2::9")), "2001:db8:1:2::/64");
+        assert_eq!(source_of(Some("not an address")), "");
+        assert_eq!(source_of(None), "");
     }
 }

@@ -54,8 +54,7 @@ pub struct KeyService {
     store: Store,
     sealer: Sealer,
     caches: Arc<Caches>,
-    /// Failed verifications (best effort) and secret reads (committed before the
-    /// secret is handed out), written in batches.
+    /// Secret reads, committed before the secret is handed out, written in batches.
     audit: audit::AuditQueue,
 }
 
@@ -274,14 +273,18 @@ impl KeyService {
         let verified = self.check_presented_key(presented).await?;
         if verified.is_none() {
             // Failures only: successes are the hot path and say nothing new. The target
-            // is the key's display prefix, never the key. Written in the background:
-            // anyone with a token can send these as fast as valid ones.
-            self.audit.push(audit::event(
-                &caller.subject,
-                action::KEY_VERIFY,
-                &api_key::display_prefix(presented),
-                outcome::FAILURE,
-            ));
+            // is the key's display prefix, never the key. Anyone with a token can send
+            // these as fast as valid ones: counted, never waited for (see `append`).
+            audit::append(
+                &self.store,
+                audit::event(
+                    &caller.subject,
+                    action::KEY_VERIFY,
+                    &api_key::display_prefix(presented),
+                    outcome::FAILURE,
+                ),
+            )
+            .await;
         }
         Ok(verified)
     }

@@ -9,6 +9,7 @@ pub mod caller;
 pub mod cluster;
 pub mod error;
 pub mod keys;
+pub mod master_key;
 pub mod paging;
 pub mod sessions;
 pub mod signing;

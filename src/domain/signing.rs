@@ -25,7 +25,7 @@ pub const REFRESH_INTERVAL: std::time::Duration = std::time::Duration::from_secs
 const RETIRED_KEY_MARGIN_SECONDS: i64 = 2 * REFRESH_INTERVAL.as_secs() as i64;
 
 /// Associated data binding a sealed private key to its `kid`.
-fn aad(kid: &str) -> Vec<u8> {
+pub(super) fn aad(kid: &str) -> Vec<u8> {
     format!("kms signing key {kid}").into_bytes()
 }
 

@@ -67,6 +67,7 @@ fn event(e: AuditEvent) -> pb::AuditEvent {
         outcome: e.outcome,
         client_address: e.client_addr,
         request_id: e.request_id,
+        count: e.count,
     }
 }
 

@@ -30,7 +30,7 @@ pub enum Access {
     Required,
 }
 
-/// Methods that do not require a token. Everything else does.
+/// kms.v1 methods that do not require a token. Every other kms.v1 method does.
 const NO_TOKEN_REQUIRED: &[(&str, Access)] = &[
     ("/kms.v1.Auth/Login", Access::Public),
     ("/kms.v1.Auth/ValidateToken", Access::Public),
@@ -39,29 +39,40 @@ const NO_TOKEN_REQUIRED: &[(&str, Access)] = &[
     ("/kms.v1.Auth/Register", Access::Optional),
     // Public keys: publishing them is their purpose.
     ("/kms.v1.Auth/GetJwks", Access::Public),
-    ("/grpc.health.v1.Health/Check", Access::Public),
-    ("/grpc.health.v1.Health/Watch", Access::Public),
-    (
-        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
-        Access::Public,
-    ),
-    (
-        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
-        Access::Public,
-    ),
+];
+
+/// Services all of whose methods are public: any method, known or not, goes through
+/// without a token, so that one the service lacks is answered UNIMPLEMENTED by the
+/// router (a client probing health or reflection is told the truth, not asked for a
+/// token it could never need).
+const PUBLIC_SERVICES: &[&str] = &[
+    "grpc.health.v1.Health",
+    "grpc.reflection.v1.ServerReflection",
+    "grpc.reflection.v1alpha.ServerReflection",
     // Envoy's ext_authz filter: the sidecar asks us to authenticate the requests it
     // carries, not itself, so the call holds no KMS token of its own. Unlike VerifyKey,
-    // anyone who reaches this method can test API keys without a token: protect the
+    // anyone who reaches this service can test API keys without a token: protect the
     // port with mTLS (KMS_TLS_CLIENT_CA) or a network policy that admits only the
     // sidecars.
-    ("/envoy.service.auth.v3.Authorization/Check", Access::Public),
+    "envoy.service.auth.v3.Authorization",
 ];
 
 pub fn access(path: &str) -> Access {
-    NO_TOKEN_REQUIRED
-        .iter()
-        .find(|(method, _)| *method == path)
-        .map_or(Access::Required, |(_, access)| *access)
+    if let Some((_, access)) = NO_TOKEN_REQUIRED.iter().find(|(method, _)| *method == path) {
+        return *access;
+    }
+    // `/<service>/<method>`, the method one non-empty segment: no prefix tricks.
+    let public_service = path
+        .strip_prefix('/')
+        .and_then(|rest| rest.split_once('/'))
+        .is_some_and(|(service, method)| {
+            PUBLIC_SERVICES.contains(&service) && !method.is_empty() && !method.contains('/')
+        });
+    if public_service {
+        Access::Public
+    } else {
+        Access::Required
+    }
 }
 
 /// Shared with ext_authz, which reads the same header from Envoy's CheckRequest.
@@ -186,5 +197,36 @@ mod tests {
             access("/kms.v1.Auth/Login/../../kms.v1.Keys/GetKey"),
             Access::Required
         );
+        // Unknown kms.v1 methods still need a token (fail closed).
+        assert_eq!(access("/kms.v1.Keys/Nope"), Access::Required);
+        assert_eq!(access("/kms.v1.Nope/Nope"), Access::Required);
+    }
+
+    #[test]
+    fn every_method_of_a_public_service_is_public() {
+        for path in [
+            "/grpc.health.v1.Health/Check",
+            "/grpc.health.v1.Health/Watch",
+            "/grpc.health.v1.Health/List",
+            "/grpc.health.v1.Health/Nope",
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+            "/grpc.reflection.v1alpha.ServerReflection/Other",
+            "/envoy.service.auth.v3.Authorization/Check",
+            "/envoy.service.auth.v3.Authorization/Nope",
+        ] {
+            assert_eq!(access(path), Access::Public, "{path}");
+        }
+        for path in [
+            "/grpc.health.v1.Health/",
+            "/grpc.health.v1.Health",
+            "/grpc.health.v1.Health/a/b",
+            "/grpc.health.v1.Health/../../kms.v1.Keys/GetKey",
+            "grpc.health.v1.Health/Check",
+            "/grpc.health.v1.HealthX/Check",
+            "/x/grpc.health.v1.Health/Check",
+        ] {
+            assert_eq!(access(path), Access::Required, "{path}");
+        }
     }
 }

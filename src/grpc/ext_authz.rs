@@ -5,8 +5,17 @@
 //! A bad credential is an answer, not an error: Envoy gets an OK gRPC call carrying a
 //! denial (HTTP 401 with `www-authenticate`). Only a check that could not be made (the
 //! database is down) is a gRPC error, so that Envoy's `failure_mode_allow` decides.
+//!
+//! The service is served by `ExtAuthzServer`, not envoy-types' generated
+//! `AuthorizationServer`: that one hard-codes tonic-prost's codec, which answers bytes
+//! that do not decode (or a header value that is not UTF-8) with INTERNAL. Ours uses
+//! the kms.v1 codec, so they are INVALID_ARGUMENT like on every other service.
 
-use std::sync::Arc;
+use std::{
+    convert::Infallible,
+    sync::Arc,
+    task::{Context, Poll},
+};
 
 use envoy_types::{
     ext_authz::v3::{
@@ -15,7 +24,11 @@ use envoy_types::{
     },
     pb::envoy::service::auth::v3::attribute_context::HttpRequest,
 };
-use tonic::{Request, Response, Status};
+use tonic::{
+    Request, Response, Status,
+    codegen::{BoxFuture, StdError},
+    server::{NamedService, UnaryService},
+};
 
 use super::auth_layer::bearer_token;
 use crate::{
@@ -251,6 +264,79 @@ impl Authorization for ExtAuthz {
             }
         };
         Ok(Response::new(response))
+    }
+}
+
+/// The path of the one method; any other path of the service is UNIMPLEMENTED.
+const CHECK_PATH: &str = "/envoy.service.auth.v3.Authorization/Check";
+
+/// `envoy.service.auth.v3.Authorization` as a tower service, written the way generated
+/// server code is, with the codec of the kms.v1 services (see the module comment).
+#[derive(Clone)]
+pub struct ExtAuthzServer {
+    inner: Arc<ExtAuthz>,
+    max_decoding_message_size: Option<usize>,
+}
+
+impl ExtAuthzServer {
+    pub fn new(inner: ExtAuthz) -> Self {
+        Self {
+            inner: Arc::new(inner),
+            max_decoding_message_size: None,
+        }
+    }
+
+    /// Limits the size of a decoded CheckRequest (tonic's default: 4 MiB).
+    #[must_use]
+    pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+        self.max_decoding_message_size = Some(limit);
+        self
+    }
+}
+
+impl NamedService for ExtAuthzServer {
+    const NAME: &'static str = "envoy.service.auth.v3.Authorization";
+}
+
+struct CheckMethod(Arc<ExtAuthz>);
+
+impl UnaryService<CheckRequest> for CheckMethod {
+    type Response = CheckResponse;
+    type Future = BoxFuture<Response<CheckResponse>, Status>;
+
+    fn call(&mut self, request: Request<CheckRequest>) -> Self::Future {
+        let inner = self.0.clone();
+        Box::pin(async move { inner.check(request).await })
+    }
+}
+
+impl<B> tower::Service<http::Request<B>> for ExtAuthzServer
+where
+    B: http_body::Body + Send + 'static,
+    B::Error: Into<StdError> + Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        if req.uri().path() != CHECK_PATH {
+            return Box::pin(async { Ok(Status::unimplemented("").into_http()) });
+        }
+        let method = CheckMethod(self.inner.clone());
+        let max_decoding = self.max_decoding_message_size;
+        Box::pin(async move {
+            let mut grpc = tonic::server::Grpc::new(super::codec::ProstCodec::<
+                CheckResponse,
+                CheckRequest,
+            >::default())
+            .apply_max_message_size_config(max_decoding, None);
+            Ok(grpc.unary(method, req).await)
+        })
     }
 }
 

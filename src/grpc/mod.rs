@@ -18,7 +18,7 @@ pub use audit_service::AuditApi;
 pub use auth_layer::AuthLayer;
 pub use auth_service::AuthApi;
 pub use budget::Budgets;
-pub use ext_authz::ExtAuthz;
+pub use ext_authz::{ExtAuthz, ExtAuthzServer};
 pub use keys_service::KeysApi;
 pub use observe::ObserveLayer;
 pub use users_service::UsersApi;

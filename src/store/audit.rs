@@ -1,6 +1,6 @@
 //! The audit trail. Changes insert their row inside their own transaction (through
-//! `insert_audit`); events that change nothing (a failed login, a read) are appended
-//! on their own.
+//! `insert_audit`); events that change nothing (a read) are appended on their own, and
+//! refusals anyone can repeat at will are coalesced first (`audit_coalesce`).
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
@@ -56,6 +56,11 @@ pub fn audit_batch_len(queued: usize) -> usize {
 }
 
 fn active(record: AuditRecord) -> audit_event::ActiveModel {
+    active_counted(record, 1)
+}
+
+/// The row for `count` identical events (see `audit_coalesce`).
+pub(super) fn active_counted(record: AuditRecord, count: i64) -> audit_event::ActiveModel {
     audit_event::ActiveModel {
         id: NotSet,
         at: Set(record.at),
@@ -65,6 +70,7 @@ fn active(record: AuditRecord) -> audit_event::ActiveModel {
         outcome: Set(record.outcome.to_owned()),
         client_addr: Set(record.client_addr.map(|a| clip(&a, 64))),
         request_id: Set(clip(&record.request_id, 64)),
+        count: Set(count),
     }
 }
 
@@ -80,6 +86,14 @@ impl Store {
     /// Appends an event that changes nothing else.
     pub async fn audit(&self, record: AuditRecord) -> Result<(), StoreError> {
         insert_audit(&self.db, record).await
+    }
+
+    /// Counts a refusal that anyone can cause at will, from `source` (the client
+    /// address, grouped as the caller sees fit). Never waits: the first of a burst is
+    /// written at once in the background, its repeats as one row with their count
+    /// (see `audit_coalesce` for the bounds).
+    pub fn audit_refusal(&self, record: AuditRecord, source: String) {
+        self.refusals.add(&self.db, record, source);
     }
 
     /// Appends several such events in one statement, all or none. A writer that

@@ -2,10 +2,12 @@
 //! SQL exists; it knows nothing of requests or domain rules.
 
 mod audit;
+mod audit_coalesce;
 mod changes;
 pub mod entities;
 mod error;
 mod keys;
+mod sealed;
 mod seed;
 mod sessions;
 mod signing_keys;
@@ -23,6 +25,7 @@ pub use audit::{AuditFilter, AuditRecord, StoredAuditEvent, audit_batch_len};
 pub use changes::{Change, ChangeFeed, ChangeSender, Heard};
 pub use error::StoreError;
 pub use keys::{CreateConflict, KeyWithSecret, NewKey, NewSecret, Rotation};
+pub use sealed::{SealedSample, SealedSamples};
 pub use sessions::{NewRefreshToken, RefreshAudit, RefreshOutcome, SessionState};
 pub use signing_keys::{NewSigningKey, StoredSigningKey};
 pub use users::{AdminGuarded, StoredUser, UserRecord};
@@ -82,12 +85,26 @@ pub struct Store {
     sqlite_file: Option<std::path::PathBuf>,
     /// The longest any query waits for a connection or a lock.
     wait: Duration,
+    /// Refusals counted but not yet written, shared by every clone.
+    refusals: std::sync::Arc<audit_coalesce::Refusals>,
 }
 
 /// Held by the one server a SQLite database may have; released when dropped.
+///
+/// Drop it only after the pool is closed. It holds a descriptor of the database file,
+/// and closing any descriptor of a file releases every POSIX (`fcntl`) lock the process
+/// holds on that file: SQLite's own locks, taken through its connections' descriptors.
+/// Closed while the pool still works, the other connections would go on believing they
+/// hold locks that another process could then take.
 #[derive(Debug)]
 pub struct ServerLock {
-    _file: std::fs::File,
+    /// `flock` on `<database>.lock` (of the canonical path): what earlier releases
+    /// take, so that one of them started on the same file still conflicts.
+    _lock_file: std::fs::File,
+    /// `flock` on the database file itself, whatever path (symlink, hard link) it was
+    /// opened by. On Linux `flock` locks are independent of the `fcntl` locks SQLite
+    /// uses, so the two do not interfere.
+    _db_file: std::fs::File,
 }
 
 impl std::fmt::Debug for Store {
@@ -171,6 +188,7 @@ impl Store {
             pg_url,
             sqlite_file,
             wait,
+            refusals: audit_coalesce::Refusals::new(audit_coalesce::Limits::DEFAULT),
         })
     }
 
@@ -194,33 +212,61 @@ impl Store {
     }
 
     /// A SQLite database serves one server: its caches see every change only because
-    /// every change passes through it. Takes an exclusive lock on `<file>.lock` for
-    /// as long as the returned guard lives; `Config` error if another server holds it.
-    /// `None` for PostgreSQL, which any number of replicas share.
+    /// every change passes through it. Takes an exclusive lock on the database file
+    /// itself and on `<file>.lock` for as long as the returned guard lives (see
+    /// `ServerLock` for when to drop it); `Config` error if another server holds either,
+    /// whichever path (a symlink, a hard link) it opened the file by. `None` for
+    /// PostgreSQL, which any number of replicas share.
     pub fn lock_single_server(&self) -> Result<Option<ServerLock>, StoreError> {
         let Some(db_file) = &self.sqlite_file else {
             return Ok(None);
         };
-        let mut path = db_file.clone().into_os_string();
-        path.push(".lock");
-        let path = std::path::PathBuf::from(path);
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|e| StoreError::Config(format!("cannot open {}: {e}", path.display())))?;
-        match file.try_lock() {
-            Ok(()) => Ok(Some(ServerLock { _file: file })),
-            Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Config(format!(
-                "another kms server is using {}: SQLite serves exactly one server; use PostgreSQL to run several replicas",
-                db_file.display()
-            ))),
+        let real = std::fs::canonicalize(db_file).map_err(|e| {
+            StoreError::Config(format!("cannot resolve {}: {e}", db_file.display()))
+        })?;
+        let in_use = || {
+            let shown = if real == *db_file {
+                db_file.display().to_string()
+            } else {
+                format!("{} (that is {})", db_file.display(), real.display())
+            };
+            StoreError::Config(format!(
+                "another kms server is using {shown}: SQLite serves exactly one server; use PostgreSQL to run several replicas"
+            ))
+        };
+        let try_lock = |file: &std::fs::File, path: &std::path::Path| match file.try_lock() {
+            Ok(()) => Ok(()),
+            Err(std::fs::TryLockError::WouldBlock) => Err(in_use()),
             Err(std::fs::TryLockError::Error(e)) => Err(StoreError::Config(format!(
                 "cannot lock {}: {e}",
                 path.display()
             ))),
-        }
+        };
+        // The lock file first: a second server on the same path (or a symlink to it)
+        // is refused without ever opening a descriptor of the database file, whose
+        // closing would release this process's SQLite locks (see `ServerLock`).
+        let mut lock_path = real.clone().into_os_string();
+        lock_path.push(".lock");
+        let lock_path = std::path::PathBuf::from(lock_path);
+        let mut options = std::fs::OpenOptions::new();
+        options.create(true).truncate(false).write(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let lock_file = options
+            .open(&lock_path)
+            .map_err(|e| StoreError::Config(format!("cannot open {}: {e}", lock_path.display())))?;
+        // One left by an earlier release may be world-readable. Nothing is in it, but
+        // nothing of the database's should be: best effort, like the database's mode.
+        restrict(&lock_path);
+        try_lock(&lock_file, &lock_path)?;
+        // Then the file itself: the only name two hard links share.
+        let db = std::fs::File::open(&real)
+            .map_err(|e| StoreError::Config(format!("cannot open {}: {e}", real.display())))?;
+        try_lock(&db, &real)?;
+        Ok(Some(ServerLock {
+            _lock_file: lock_file,
+            _db_file: db,
+        }))
     }
 
     /// Applies pending migrations. On PostgreSQL, replicas starting together take
@@ -257,7 +303,9 @@ impl Store {
         self.db.ping().await.map_err(StoreError::from)
     }
 
+    /// Writes the refusals still being counted, then closes the pool.
     pub async fn close(self) -> Result<(), StoreError> {
+        self.refusals.close(&self.db, self.wait).await;
         self.db.close().await.map_err(StoreError::from)
     }
 }
@@ -268,7 +316,6 @@ impl Store {
 fn restrict_sqlite_files(url: &str) {
     #[cfg(unix)]
     if let Ok(opts) = url.parse::<SqliteConnectOptions>() {
-        use std::os::unix::fs::PermissionsExt;
         let db = opts.get_filename().to_path_buf();
         let mut paths = vec![db.clone()];
         for suffix in ["-wal", "-shm"] {
@@ -277,9 +324,21 @@ fn restrict_sqlite_files(url: &str) {
             paths.push(p.into());
         }
         for path in paths.iter().filter(|p| p.exists()) {
-            if let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
-                tracing::warn!(path = %path.display(), error = %e, "cannot restrict database file permissions");
-            }
+            restrict(path);
+        }
+    }
+}
+
+/// Mode 0600 unless it is already, with a warning when that fails.
+fn restrict(path: &std::path::Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let private = std::fs::metadata(path).is_ok_and(|m| m.permissions().mode() & 0o077 == 0);
+        if !private
+            && let Err(e) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        {
+            tracing::warn!(path = %path.display(), error = %e, "cannot restrict database file permissions");
         }
     }
 }
@@ -292,7 +351,13 @@ fn create_sqlite_parent_dir(url: &str) -> Result<(), StoreError> {
     if let Some(parent) = opts.get_filename().parent()
         && !parent.as_os_str().is_empty()
     {
-        std::fs::create_dir_all(parent)
+        // Owner-only when we create it: it will hold the database and its WAL.
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder
+            .create(parent)
             .map_err(|e| StoreError::Config(format!("cannot create {}: {e}", parent.display())))?;
     }
     Ok(())

@@ -14,6 +14,9 @@ pub struct Model {
     pub outcome: String,
     pub client_addr: Option<String>,
     pub request_id: String,
+    /// How many identical events the row stands for: 1, or more for a coalesced burst
+    /// of refusals (see `store::audit_coalesce`).
+    pub count: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

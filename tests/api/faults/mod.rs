@@ -3,6 +3,7 @@
 //! recovers by itself. Run this group alone with
 //! `cargo test --test api -- faults:: cluster::` (cluster: the two-replica test).
 
+mod audit_flood;
 mod crash;
 mod hostile_clients;
 mod outage;

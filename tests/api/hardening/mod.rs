@@ -1,0 +1,3 @@
+//! Hardening against hostile clients (issue 18).
+
+mod ops;
