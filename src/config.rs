@@ -68,6 +68,7 @@ pub const KNOWN_ENV: &[&str] = &[
     "KMS_LOGIN_FAILURE_WINDOW_SECONDS",
     "KMS_LOGIN_LOCKOUT_BASE_SECONDS",
     "KMS_LOGIN_LOCKOUT_MAX_SECONDS",
+    "KMS_LOGIN_WAIT_SECONDS",
 ];
 
 #[derive(Debug, Parser)]
@@ -264,6 +265,10 @@ pub struct ServeArgs {
     /// The longest lockout.
     #[arg(long, env = "KMS_LOGIN_LOCKOUT_MAX_SECONDS", default_value_t = 900, value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub login_lockout_max_seconds: u64,
+    /// Longest a login waits while its username's or address's remaining attempts
+    /// are all being checked; then RESOURCE_EXHAUSTED, not counted as a failure.
+    #[arg(long, env = "KMS_LOGIN_WAIT_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub login_wait_seconds: u64,
 }
 
 /// The JWT signing secret. `Debug` prints nothing of it.
@@ -538,6 +543,7 @@ impl ServeArgs {
             failure_window: std::time::Duration::from_secs(self.login_failure_window_seconds),
             lockout_base: std::time::Duration::from_secs(self.login_lockout_base_seconds),
             lockout_max: std::time::Duration::from_secs(self.login_lockout_max_seconds),
+            max_wait: std::time::Duration::from_secs(self.login_wait_seconds),
             ..ThrottleSettings::default()
         };
         Ok(Config {

@@ -12,7 +12,7 @@ use super::{
     caller::{ROLE_ADMIN, ROLE_USER},
     sessions::{AuthFailure, Authenticator},
     signing::SigningKeys,
-    throttle::{LoginThrottle, ThrottleSettings, retry_after_secs},
+    throttle::{LoginThrottle, Refusal, ThrottleSettings, retry_after_secs},
     token::{Claims, IssuedToken, TokenAuthority},
     validate,
 };
@@ -217,9 +217,11 @@ impl AuthService {
             return Err(Error::invalid("password", "must not be empty"));
         }
         validate::password("password", &password, 1)?;
-        let attempt = match self.throttle.admit(username, client, Instant::now()) {
+        let attempt = match self.throttle.admit(username, client).await {
             Ok(attempt) => attempt,
-            Err(wait) => {
+            // Not a failure, and not audited as one: correct logins queue too.
+            Err(Refusal::Busy) => return Err(super::throttle::busy()),
+            Err(Refusal::Locked(wait)) => {
                 tracing::info!(%username, client = ?client, "login throttled");
                 audit::append(
                     &self.store,

@@ -14,6 +14,7 @@ mod cluster;
 mod common;
 mod ext_authz;
 mod faults;
+mod hardening;
 mod hostile;
 mod http_client;
 mod keys;

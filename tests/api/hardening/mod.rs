@@ -1,0 +1,3 @@
+//! Fixes from the hardening issue (an outside attacker's probe of the first release).
+
+mod auth;
