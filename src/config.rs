@@ -208,9 +208,11 @@ pub struct ServeArgs {
     pub jwt_issuer: String,
     #[arg(long, env = "KMS_JWT_AUDIENCE", default_value = "kms")]
     pub jwt_audience: String,
-    /// Whether anyone may Register without an admin token.
-    #[arg(long, env = "KMS_ALLOW_REGISTRATION", default_value = "true", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
-    pub allow_registration: bool,
+    /// Whether anyone may Register without an admin token [default: false; true with
+    /// --dev]. Open registration hands anyone who reaches Register a valid token,
+    /// which ext_authz routes without required roles admit.
+    #[arg(long, env = "KMS_ALLOW_REGISTRATION", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub allow_registration: Option<bool>,
     /// At start, when no admin exists and both are set, this admin is created.
     #[arg(long, env = "KMS_BOOTSTRAP_ADMIN_USERNAME")]
     pub bootstrap_admin_username: Option<String>,
@@ -556,7 +558,8 @@ impl ServeArgs {
             refresh_token_ttl_seconds: self.refresh_token_ttl_seconds,
             jwt_issuer: self.jwt_issuer,
             jwt_audience: self.jwt_audience,
-            allow_registration: self.allow_registration,
+            // Closed unless asked for; `--dev` opens it for the quick tour.
+            allow_registration: self.allow_registration.unwrap_or(self.dev),
             password_min_length,
             bootstrap_admin,
             password_hash_concurrency: default_hash_concurrency(),
@@ -791,6 +794,26 @@ mod tests {
         let err = b.resolve().unwrap_err().to_string();
         assert!(err.contains("KMS_LOGIN_LOCKOUT_MAX_SECONDS"), "{err}");
         assert!(Cli::try_parse_from(["kms", "serve", "--login-max-failures", "0"]).is_err());
+    }
+
+    #[test]
+    fn registration_is_closed_by_default_and_open_with_dev() {
+        let key = STANDARD.encode([7u8; 32]);
+        let resolved = |extra: &[&str]| {
+            let mut argv = vec!["--master-key", key.as_str()];
+            argv.extend_from_slice(extra);
+            let mut a = args(&argv);
+            a.master_key_file = None;
+            if !extra.contains(&"--allow-registration") {
+                // Whatever the test's own environment says.
+                a.allow_registration = None;
+            }
+            a.resolve().unwrap().allow_registration
+        };
+        assert!(!resolved(&[]));
+        assert!(resolved(&["--dev"]));
+        assert!(resolved(&["--allow-registration", "true"]));
+        assert!(!resolved(&["--dev", "--allow-registration", "off"]));
     }
 
     #[test]

@@ -135,7 +135,8 @@ impl AuthService {
         let by_admin = caller.is_some_and(Caller::is_admin);
         if !by_admin && !self.settings.allow_registration {
             return Err(Error::PermissionDenied(
-                "registration is disabled; an admin token is required",
+                "registration is closed: an admin token is required \
+                 (KMS_ALLOW_REGISTRATION=true opens it to anyone)",
             ));
         }
         let roles = self.check_new_user(&new)?;

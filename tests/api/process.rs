@@ -75,6 +75,11 @@ impl Cluster {
 
     /// Starts `kms serve` named `name` and waits until its health is SERVING.
     pub async fn start(&self, name: &str) -> KmsProcess {
+        self.start_with_args(name, &[]).await
+    }
+
+    /// `kms serve ARGS...` (such as `--dev`), as `start`.
+    pub async fn start_with_args(&self, name: &str, args: &[&str]) -> KmsProcess {
         let generation = std::fs::read_dir(self.dir.path())
             .unwrap()
             .filter(|e| {
@@ -93,6 +98,7 @@ impl Cluster {
         cmd.env_clear()
             .current_dir(self.dir.path())
             .arg("serve")
+            .args(args)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::from(file.try_clone().unwrap()))

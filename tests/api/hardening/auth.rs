@@ -3,17 +3,21 @@
 //! strict JWT headers, and the expiry VerifyKey reports during a rotation's grace.
 
 use kms::proto::kms::v1::{self as pb, audit_client::AuditClient};
+use serde_json::json;
 use tonic::Code;
 
 use crate::{
     both_backends,
-    common::{ADMIN, ADMIN_PASSWORD, Backend, TestServer, authed},
+    common::{ADMIN, ADMIN_PASSWORD, Backend, TestServer, assert_status, authed},
+    http_client::Http,
+    process::Cluster,
 };
 
 both_backends!(
     concurrent_correct_logins_of_one_user_all_succeed,
     concurrent_correct_logins_from_one_address_all_succeed,
     concurrent_wrong_passwords_get_no_more_checks_than_the_allowance,
+    registration_is_closed_without_dev_and_open_with_it,
 );
 
 /// The default allowance: `KMS_LOGIN_MAX_FAILURES`.
@@ -136,4 +140,41 @@ async fn concurrent_wrong_passwords_get_no_more_checks_than_the_allowance(backen
     // The admin, from the same address, is not locked (the address allows 4 x 5).
     server.login(ADMIN, ADMIN_PASSWORD).await;
     server.stop().await;
+}
+
+/// `kms serve` without `--dev` and without KMS_ALLOW_REGISTRATION: closed, and the
+/// refusal names the setting that opens it (gRPC and REST). With `--dev`: open.
+async fn registration_is_closed_without_dev_and_open_with_it(backend: Backend) {
+    let cluster = Cluster::new(&backend, &[]).await;
+    let register = || pb::RegisterRequest {
+        username: "walk-in".into(),
+        password: password_of("walk-in"),
+        roles: vec![],
+    };
+    let closed = cluster.start("closed").await;
+    assert_status(
+        closed.auth().register(register()).await,
+        Code::PermissionDenied,
+        "KMS_ALLOW_REGISTRATION",
+    );
+    Http::new(closed.http_addr())
+        .post("/register")
+        .json(json!({"username": "walk-in", "password": password_of("walk-in")}))
+        .send()
+        .await
+        .expect(403, "KMS_ALLOW_REGISTRATION");
+    // An admin still may.
+    let admin = closed.admin_token().await;
+    closed
+        .auth()
+        .register(authed(register(), &admin))
+        .await
+        .unwrap();
+    closed.kill9().await;
+
+    let dev = cluster.start_with_args("dev", &["--dev"]).await;
+    let mut anyone = register();
+    anyone.username = "dev-walk-in".into();
+    dev.auth().register(anyone).await.unwrap();
+    dev.kill9().await;
 }
