@@ -8,6 +8,7 @@ mod m20261125_000002_one_current_secret;
 mod m20261125_000003_signing_keys;
 mod m20261125_000004_sessions;
 mod m20261125_000005_audit;
+pub mod m20261201_000006_usernames_fold_case;
 
 pub struct Migrator;
 
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000003_signing_keys::Migration),
             Box::new(m20261125_000004_sessions::Migration),
             Box::new(m20261125_000005_audit::Migration),
+            Box::new(m20261201_000006_usernames_fold_case::Migration),
         ]
     }
 }

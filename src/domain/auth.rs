@@ -197,7 +197,7 @@ impl AuthService {
                 })
             }
             Err(StoreError::Conflict) => Err(Error::AlreadyExists(format!(
-                "username: '{username}' is already taken"
+                "username: '{username}' is already taken (usernames are unique without regard to case)"
             ))),
             Err(e) => Err(e.into()),
         }

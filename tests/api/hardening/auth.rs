@@ -2,13 +2,28 @@
 //! by default, usernames unique without regard to case, burned API key secrets,
 //! strict JWT headers, and the expiry VerifyKey reports during a rotation's grace.
 
-use kms::proto::kms::v1::{self as pb, audit_client::AuditClient};
+use std::sync::{Arc, Mutex};
+
+use kms::{
+    domain::audit,
+    migrations::{
+        Migrator,
+        m20261201_000006_usernames_fold_case::{PLAIN_INDEX, UNIQUE_INDEX},
+    },
+    proto::kms::v1::{self as pb, audit_client::AuditClient},
+    store::{Store, StoreError, StoreOptions, entities::user},
+};
+use sea_orm::{
+    ActiveValue::{NotSet, Set},
+    ConnectionTrait, Database, DatabaseConnection, EntityTrait, Statement,
+};
+use sea_orm_migration::MigratorTrait;
 use serde_json::json;
 use tonic::Code;
 
 use crate::{
     both_backends,
-    common::{ADMIN, ADMIN_PASSWORD, Backend, TestServer, assert_status, authed},
+    common::{ADMIN, ADMIN_PASSWORD, Backend, TestDb, TestServer, assert_status, authed},
     http_client::Http,
     process::Cluster,
 };
@@ -18,6 +33,8 @@ both_backends!(
     concurrent_correct_logins_from_one_address_all_succeed,
     concurrent_wrong_passwords_get_no_more_checks_than_the_allowance,
     registration_is_closed_without_dev_and_open_with_it,
+    usernames_are_unique_without_regard_to_case,
+    the_case_migration_reports_existing_collisions_instead_of_failing,
 );
 
 /// The default allowance: `KMS_LOGIN_MAX_FAILURES`.
@@ -177,4 +194,188 @@ async fn registration_is_closed_without_dev_and_open_with_it(backend: Backend) {
     anyone.username = "dev-walk-in".into();
     dev.auth().register(anyone).await.unwrap();
     dev.kill9().await;
+}
+
+async fn usernames_are_unique_without_regard_to_case(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    register(&server, "admin-like").await;
+    for variant in ["Admin-Like", "ADMIN-LIKE", "admin-LIKE"] {
+        assert_status(
+            server
+                .auth()
+                .register(pb::RegisterRequest {
+                    username: variant.into(),
+                    password: password_of(variant),
+                    roles: vec![],
+                })
+                .await,
+            Code::AlreadyExists,
+            "username",
+        );
+    }
+    // The bootstrap admin is `root`: `Root` is taken too, by an admin's call as well.
+    let admin = server.admin_token().await;
+    assert_status(
+        server
+            .auth()
+            .register(authed(
+                pb::RegisterRequest {
+                    username: "Root".into(),
+                    password: password_of("Root"),
+                    roles: vec!["admin".into()],
+                },
+                &admin,
+            ))
+            .await,
+        Code::AlreadyExists,
+        "username",
+    );
+    // REST keeps the original service's answer for a taken name.
+    Http::new(server.http_addr)
+        .post("/register")
+        .json(json!({"username": "ADMIN-like", "password": password_of("x")}))
+        .send()
+        .await
+        .expect(400, "Username already registered.");
+    // Login matches the stored name exactly: another spelling is an unknown user.
+    let wrong_case = server
+        .auth()
+        .login(pb::LoginRequest {
+            username: "Admin-Like".into(),
+            password: password_of("admin-like"),
+        })
+        .await;
+    assert_status(wrong_case, Code::Unauthenticated, "incorrect");
+    server.login("admin-like", &password_of("admin-like")).await;
+    // Without earlier collisions the database holds the rule itself.
+    let db = Database::connect(server.db_url()).await.unwrap();
+    assert!(index_names(&db).await.iter().any(|i| i == UNIQUE_INDEX));
+    db.close().await.unwrap();
+    server.stop().await;
+}
+
+/// Collects what a `tracing` subscriber writes.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+async fn index_names(db: &DatabaseConnection) -> Vec<String> {
+    let sql = match db.get_database_backend() {
+        sea_orm::DbBackend::Sqlite => {
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'users'"
+        }
+        _ => {
+            "SELECT indexname AS name FROM pg_indexes WHERE tablename = 'users' \
+              AND schemaname = current_schema()"
+        }
+    };
+    db.query_all_raw(Statement::from_string(db.get_database_backend(), sql))
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| row.try_get::<String>("", "name").unwrap())
+        .collect()
+}
+
+/// A database of the previous release already holding `Admin` beside `admin`: the new
+/// migration runs, names them in a warning, makes a plain index, and the server still
+/// refuses a third spelling.
+async fn the_case_migration_reports_existing_collisions_instead_of_failing(backend: Backend) {
+    let test_db = TestDb::new(&backend).await;
+    let db = Database::connect(test_db.url.as_str()).await.unwrap();
+    let previous_release = Migrator::migrations().len() - 1;
+    Migrator::up(&db, Some(u32::try_from(previous_release).unwrap()))
+        .await
+        .unwrap();
+    let now = chrono::Utc::now();
+    for username in ["admin", "Admin", "bob"] {
+        user::Entity::insert(user::ActiveModel {
+            id: NotSet,
+            username: Set(username.into()),
+            password_hash: Set("$argon2id$not-a-real-hash".into()),
+            token_version: Set(0),
+            created_at: Set(now),
+            updated_at: Set(now),
+        })
+        .exec(&db)
+        .await
+        .unwrap();
+    }
+
+    let log = Captured::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer({
+            let log = log.clone();
+            move || log.clone()
+        })
+        .with_ansi(false)
+        .finish();
+    {
+        let _guard = tracing::subscriber::set_default(subscriber);
+        Migrator::up(&db, None).await.unwrap();
+    }
+    let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let warning = log
+        .lines()
+        .find(|l| l.contains("WARN") && l.contains("differ only in case"))
+        .unwrap_or_else(|| panic!("no warning in:\n{log}"));
+    assert!(
+        warning.contains("\"admin\"") && warning.contains("\"Admin\"") && !warning.contains("bob"),
+        "{warning}"
+    );
+    assert!(!warning.contains("argon2"), "no hash in the log: {warning}");
+    let indexes = index_names(&db).await;
+    assert!(
+        indexes.iter().any(|i| i == PLAIN_INDEX) && !indexes.iter().any(|i| i == UNIQUE_INDEX),
+        "{indexes:?}"
+    );
+    db.close().await.unwrap();
+
+    // The rule holds in code where the index cannot hold it.
+    let store = Store::connect(&StoreOptions {
+        url: test_db.url.clone(),
+        max_connections: 2,
+    })
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    let refused = store
+        .create_user(
+            "ADMIN",
+            "$argon2id$not-a-real-hash".into(),
+            &["user".into()],
+            chrono::Utc::now(),
+            audit::event(
+                "operator",
+                audit::action::REGISTER,
+                "ADMIN",
+                audit::outcome::SUCCESS,
+            ),
+        )
+        .await;
+    assert!(matches!(refused, Err(StoreError::Conflict)), "{refused:?}");
+    store
+        .create_user(
+            "carol",
+            "$argon2id$not-a-real-hash".into(),
+            &["user".into()],
+            chrono::Utc::now(),
+            audit::event(
+                "operator",
+                audit::action::REGISTER,
+                "carol",
+                audit::outcome::SUCCESS,
+            ),
+        )
+        .await
+        .unwrap();
 }
