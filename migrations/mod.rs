@@ -9,6 +9,7 @@ mod m20261125_000003_signing_keys;
 mod m20261125_000004_sessions;
 mod m20261125_000005_audit;
 pub mod m20261201_000006_usernames_fold_case;
+mod m20261201_000007_issued_secret_digests;
 
 pub struct Migrator;
 
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000004_sessions::Migration),
             Box::new(m20261125_000005_audit::Migration),
             Box::new(m20261201_000006_usernames_fold_case::Migration),
+            Box::new(m20261201_000007_issued_secret_digests::Migration),
         ]
     }
 }

@@ -148,8 +148,12 @@ impl KeyService {
                 "service_name: a key for '{}' already exists",
                 req.service_name
             ))),
+            // Live, in grace, rotated out or revoked alike: a secret that was ever
+            // issued is burned once it leaves service, so it is never issued twice.
             Err(CreateConflict::Secret) => Err(Error::AlreadyExists(
-                "api_key: this secret is already in use by another key".into(),
+                "api_key: this secret was issued before and cannot be reused; import \
+                 another or let the KMS generate one"
+                    .into(),
             )),
         }
     }

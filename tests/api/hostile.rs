@@ -221,12 +221,19 @@ where
 
 /// Every table but `audit_events`, row by row.
 async fn snapshot(db: &DatabaseConnection) -> Snapshot {
-    use entities::{api_key, api_key_secret, refresh_token, session, signing_key, user, user_role};
+    use entities::{
+        api_key, api_key_secret, issued_secret_digest, refresh_token, session, signing_key, user,
+        user_role,
+    };
     BTreeMap::from([
         ("users", rows::<user::Entity>(db).await),
         ("user_roles", rows::<user_role::Entity>(db).await),
         ("api_keys", rows::<api_key::Entity>(db).await),
         ("api_key_secrets", rows::<api_key_secret::Entity>(db).await),
+        (
+            "issued_secret_digests",
+            rows::<issued_secret_digest::Entity>(db).await,
+        ),
         ("signing_keys", rows::<signing_key::Entity>(db).await),
         ("sessions", rows::<session::Entity>(db).await),
         ("refresh_tokens", rows::<refresh_token::Entity>(db).await),

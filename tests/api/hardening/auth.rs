@@ -5,13 +5,17 @@
 use std::sync::{Arc, Mutex};
 
 use kms::{
+    crypto::digest,
     domain::audit,
     migrations::{
         Migrator,
         m20261201_000006_usernames_fold_case::{PLAIN_INDEX, UNIQUE_INDEX},
     },
     proto::kms::v1::{self as pb, audit_client::AuditClient},
-    store::{Store, StoreError, StoreOptions, entities::user},
+    store::{
+        Store, StoreError, StoreOptions,
+        entities::{api_key, api_key_secret, issued_secret_digest, user},
+    },
 };
 use sea_orm::{
     ActiveValue::{NotSet, Set},
@@ -35,6 +39,9 @@ both_backends!(
     registration_is_closed_without_dev_and_open_with_it,
     usernames_are_unique_without_regard_to_case,
     the_case_migration_reports_existing_collisions_instead_of_failing,
+    a_revoked_secret_is_never_imported_again,
+    a_rotated_out_secret_is_never_imported_again,
+    the_secret_ledger_starts_with_the_secrets_stored_before,
 );
 
 /// The default allowance: `KMS_LOGIN_MAX_FAILURES`.
@@ -292,10 +299,7 @@ async fn index_names(db: &DatabaseConnection) -> Vec<String> {
 async fn the_case_migration_reports_existing_collisions_instead_of_failing(backend: Backend) {
     let test_db = TestDb::new(&backend).await;
     let db = Database::connect(test_db.url.as_str()).await.unwrap();
-    let previous_release = Migrator::migrations().len() - 1;
-    Migrator::up(&db, Some(u32::try_from(previous_release).unwrap()))
-        .await
-        .unwrap();
+    previous_release(&db).await;
     let now = chrono::Utc::now();
     for username in ["admin", "Admin", "bob"] {
         user::Entity::insert(user::ActiveModel {
@@ -378,4 +382,191 @@ async fn the_case_migration_reports_existing_collisions_instead_of_failing(backe
         )
         .await
         .unwrap();
+}
+
+/// Migrates a fresh database as the first release left it: every step before the
+/// hardening ones.
+async fn previous_release(db: &DatabaseConnection) {
+    let first_new = Migrator::migrations()
+        .iter()
+        .position(|m| m.name() == "m20261201_000006_usernames_fold_case")
+        .unwrap();
+    Migrator::up(db, Some(u32::try_from(first_new).unwrap()))
+        .await
+        .unwrap();
+}
+
+fn import(name: &str, secret: &str) -> pb::CreateKeyRequest {
+    pb::CreateKeyRequest {
+        service_name: name.into(),
+        api_key: Some(secret.into()),
+        description: String::new(),
+        ttl_seconds: 0,
+    }
+}
+
+async fn verify(server: &TestServer, token: &str, secret: &str) -> pb::VerifyKeyResponse {
+    server
+        .keys()
+        .verify_key(authed(
+            pb::VerifyKeyRequest {
+                api_key: secret.into(),
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+/// CreateKey refuses a burned secret: ALREADY_EXISTS naming `api_key`, never echoing
+/// the secret.
+#[track_caller]
+fn burned(result: Result<tonic::Response<pb::ApiKey>, tonic::Status>, secret: &str) {
+    let status = result.expect_err("a burned secret must not be imported");
+    assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+    assert!(
+        status.message().starts_with("api_key: ")
+            && status
+                .message()
+                .contains("issued before and cannot be reused"),
+        "{status:?}"
+    );
+    assert!(!status.message().contains(secret), "the secret was echoed");
+}
+
+async fn a_revoked_secret_is_never_imported_again(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let admin = server.admin_token().await;
+    let mut keys = server.keys();
+    let secret = "leaked-then-revoked-secret-0123456789";
+    keys.create_key(authed(import("billing", secret), &admin))
+        .await
+        .unwrap();
+    assert!(verify(&server, &admin, secret).await.valid);
+    keys.revoke_key(authed(
+        pb::RevokeKeyRequest {
+            service_name: "billing".into(),
+        },
+        &admin,
+    ))
+    .await
+    .unwrap();
+    // Whoever holds the leaked secret cannot bring it back, under another name or
+    // under the same one.
+    burned(
+        keys.create_key(authed(import("billing-2", secret), &admin))
+            .await,
+        secret,
+    );
+    burned(
+        keys.create_key(authed(import("billing", secret), &admin))
+            .await,
+        secret,
+    );
+    let answer = verify(&server, &admin, secret).await;
+    assert!(
+        !answer.valid && answer.service_name.is_empty(),
+        "{answer:?}"
+    );
+    // REST imports follow the same rule: 400, as for any duplicate.
+    let reply = Http::new(server.http_addr)
+        .post("/keys")
+        .bearer(&admin)
+        .json(json!({"service_name": "billing-3", "api_key": secret}))
+        .send()
+        .await;
+    reply.expect(400, "issued before");
+    assert!(!reply.detail().contains(secret));
+    assert!(!verify(&server, &admin, secret).await.valid);
+    // The name itself is free again, with a new secret.
+    keys.create_key(authed(
+        import("billing", "a-fresh-secret-for-billing-000000"),
+        &admin,
+    ))
+    .await
+    .unwrap();
+    server.stop().await;
+}
+
+async fn a_rotated_out_secret_is_never_imported_again(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let admin = server.admin_token().await;
+    let mut keys = server.keys();
+    let old = keys
+        .create_key(authed(
+            pb::CreateKeyRequest {
+                service_name: "payments".into(),
+                api_key: None,
+                description: String::new(),
+                ttl_seconds: 0,
+            },
+            &admin,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .api_key;
+    keys.rotate_key(authed(
+        pb::RotateKeyRequest {
+            service_name: "payments".into(),
+            grace_period_seconds: 0,
+        },
+        &admin,
+    ))
+    .await
+    .unwrap();
+    assert!(!verify(&server, &admin, &old).await.valid);
+    burned(
+        keys.create_key(authed(import("payments-copy", &old), &admin))
+            .await,
+        &old,
+    );
+    assert!(!verify(&server, &admin, &old).await.valid);
+    server.stop().await;
+}
+
+/// The ledger of issued secrets starts with every secret a first-release database
+/// holds, so those are burned when they leave service too.
+async fn the_secret_ledger_starts_with_the_secrets_stored_before(backend: Backend) {
+    let test_db = TestDb::new(&backend).await;
+    let db = Database::connect(test_db.url.as_str()).await.unwrap();
+    previous_release(&db).await;
+    let now = chrono::Utc::now();
+    let key = api_key::Entity::insert(api_key::ActiveModel {
+        id: NotSet,
+        service_name: Set("legacy".into()),
+        description: Set(String::new()),
+        ttl_seconds: Set(0),
+        created_at: Set(now),
+        updated_at: Set(now),
+        expires_at: Set(None),
+        revoked_at: Set(None),
+    })
+    .exec_with_returning(&db)
+    .await
+    .unwrap();
+    let stored = digest::sha256(b"a-first-release-secret-0123456789").to_vec();
+    api_key_secret::Entity::insert(api_key_secret::ActiveModel {
+        id: NotSet,
+        api_key_id: Set(key.id),
+        digest: Set(stored.clone()),
+        sealed: Set(vec![0; 40]),
+        key_prefix: Set("a-first".into()),
+        created_at: Set(now),
+        retires_at: Set(None),
+    })
+    .exec(&db)
+    .await
+    .unwrap();
+    Migrator::up(&db, None).await.unwrap();
+    let ledger: Vec<Vec<u8>> = issued_secret_digest::Entity::find()
+        .all(&db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| row.digest)
+        .collect();
+    assert_eq!(ledger, [stored]);
+    db.close().await.unwrap();
 }
