@@ -2468,6 +2468,7 @@ async fn forged_tokens(backend: Backend, algorithm: SigningAlgorithm) {
             serde_json::json!({"iat": t - 7200, "nbf": t - 7200, "exp": t - 10}),
         ),
         ("not yet valid", serde_json::json!({"nbf": t + 600})),
+        ("issued in the future", serde_json::json!({"iat": t + 600})),
         ("other issuer", serde_json::json!({"iss": "other"})),
         ("empty issuer", serde_json::json!({"iss": ""})),
         ("other audience", serde_json::json!({"aud": "other"})),
@@ -2509,6 +2510,14 @@ async fn forged_tokens(backend: Backend, algorithm: SigningAlgorithm) {
         ("claims a number", serde_json::json!(1)),
     ] {
         forged.push((format!("real key, {label}"), sign_real(&claims)));
+    }
+    // The real key with a critical header extension (RFC 7515 section 4.1.11).
+    for crit in [vec!["exp".to_owned()], vec![]] {
+        let mut header = Header::new(alg);
+        header.kid.clone_from(&kid);
+        header.crit = Some(crit.clone());
+        let token = jsonwebtoken::encode(&header, &real_claims, &key).unwrap();
+        forged.push((format!("real key, crit {crit:?}"), token));
     }
     // The real token, reshaped.
     forged.push(("two segments".into(), format!("{}.{}", parts[0], parts[1])));

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use kms::{
     crypto::digest,
-    domain::audit,
+    domain::{audit, token::Claims},
     migrations::{
         Migrator,
         m20261201_000006_usernames_fold_case::{PLAIN_INDEX, UNIQUE_INDEX},
@@ -27,7 +27,9 @@ use tonic::Code;
 
 use crate::{
     both_backends,
-    common::{ADMIN, ADMIN_PASSWORD, Backend, TestDb, TestServer, assert_status, authed},
+    common::{
+        ADMIN, ADMIN_PASSWORD, Backend, JWT_SECRET, TestDb, TestServer, assert_status, authed, now,
+    },
     http_client::Http,
     process::Cluster,
 };
@@ -42,6 +44,7 @@ both_backends!(
     a_revoked_secret_is_never_imported_again,
     a_rotated_out_secret_is_never_imported_again,
     the_secret_ledger_starts_with_the_secrets_stored_before,
+    critical_headers_and_future_iat_are_refused_on_every_path,
 );
 
 /// The default allowance: `KMS_LOGIN_MAX_FAILURES`.
@@ -569,4 +572,79 @@ async fn the_secret_ledger_starts_with_the_secrets_stored_before(backend: Backen
         .collect();
     assert_eq!(ledger, [stored]);
     db.close().await.unwrap();
+}
+
+/// A real login's token re-signed with the server's HS256 secret: valid in every
+/// respect (live login, current token version) but the edit.
+fn resigned(token: &str, edit: impl FnOnce(&mut jsonwebtoken::Header, &mut Claims)) -> String {
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+    let payload = token.split('.').nth(1).unwrap();
+    let mut claims: Claims =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    edit(&mut header, &mut claims);
+    jsonwebtoken::encode(
+        &header,
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET),
+    )
+    .unwrap()
+}
+
+async fn critical_headers_and_future_iat_are_refused_on_every_path(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let admin = server.admin_token().await;
+    let validate = |token: String| {
+        let mut auth = server.auth();
+        async move {
+            auth.validate_token(pb::ValidateTokenRequest { token })
+                .await
+                .unwrap()
+                .into_inner()
+        }
+    };
+    let list_keys = |token: String| {
+        let mut keys = server.keys();
+        async move {
+            keys.list_keys(authed(
+                pb::ListKeysRequest {
+                    page_size: 0,
+                    page_token: String::new(),
+                },
+                &token,
+            ))
+            .await
+            .map(drop)
+        }
+    };
+    // The control: re-signing alone changes nothing.
+    let same = resigned(&admin, |_, _| {});
+    assert!(validate(same.clone()).await.valid);
+    list_keys(same).await.unwrap();
+
+    let forged = [
+        (
+            "crit",
+            resigned(&admin, |h, _| h.crit = Some(vec!["exp".into()])),
+        ),
+        (
+            "iat in the future",
+            resigned(&admin, |_, c| c.iat = now() + 600),
+        ),
+    ];
+    for (what, token) in forged {
+        let answer = validate(token.clone()).await;
+        assert!(
+            !answer.valid && answer.subject.is_empty(),
+            "{what}: {answer:?}"
+        );
+        assert_status(list_keys(token.clone()).await, Code::Unauthenticated, "");
+        Http::new(server.http_addr)
+            .get("/keys/anything")
+            .bearer(&token)
+            .send()
+            .await
+            .expect(401, "");
+    }
+    server.stop().await;
 }
