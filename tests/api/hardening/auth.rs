@@ -45,6 +45,7 @@ both_backends!(
     a_rotated_out_secret_is_never_imported_again,
     the_secret_ledger_starts_with_the_secrets_stored_before,
     critical_headers_and_future_iat_are_refused_on_every_path,
+    verify_key_reports_when_a_secret_in_grace_stops_verifying,
 );
 
 /// The default allowance: `KMS_LOGIN_MAX_FAILURES`.
@@ -645,6 +646,115 @@ async fn critical_headers_and_future_iat_are_refused_on_every_path(backend: Back
             .send()
             .await
             .expect(401, "");
+    }
+    server.stop().await;
+}
+
+/// VerifyKey's `expires_at` in seconds; `None` when unset ("never").
+async fn verified_until(server: &TestServer, token: &str, secret: &str) -> Option<i64> {
+    let answer = verify(server, token, secret).await;
+    assert!(answer.valid, "{answer:?}");
+    answer.expires_at.map(|t| t.seconds)
+}
+
+#[track_caller]
+fn about(actual: Option<i64>, expected: i64) {
+    let actual = actual.expect("expires_at must be set");
+    assert!(
+        (actual - expected).abs() <= 2,
+        "{actual} is not about {expected}"
+    );
+}
+
+async fn verify_key_reports_when_a_secret_in_grace_stops_verifying(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let admin = server.admin_token().await;
+    let mut keys = server.keys();
+    let create = |name: &str, ttl_seconds| {
+        authed(
+            pb::CreateKeyRequest {
+                service_name: name.into(),
+                api_key: None,
+                description: String::new(),
+                ttl_seconds,
+            },
+            &admin,
+        )
+    };
+    let rotate = |name: &str, grace_period_seconds| {
+        authed(
+            pb::RotateKeyRequest {
+                service_name: name.into(),
+                grace_period_seconds,
+            },
+            &admin,
+        )
+    };
+
+    // A key that never expires: the old secret stops at the end of its grace, not
+    // "never"; the new one never stops.
+    let old = keys
+        .create_key(create("forever", 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(verified_until(&server, &admin, &old.api_key).await, None);
+    let rotated_at = now();
+    let new = keys
+        .rotate_key(rotate("forever", 3600))
+        .await
+        .unwrap()
+        .into_inner();
+    // Twice: the first answer comes from the database, the second from the cache.
+    for _ in 0..2 {
+        about(
+            verified_until(&server, &admin, &old.api_key).await,
+            rotated_at + 3600,
+        );
+        assert_eq!(verified_until(&server, &admin, &new.api_key).await, None);
+    }
+
+    // A key with a TTL: the old secret stops at the expiry it was issued under (before
+    // the grace would end), not at the renewed expiry of the key.
+    let created_at = now();
+    let old = keys
+        .create_key(create("leased", 600))
+        .await
+        .unwrap()
+        .into_inner();
+    let rotated_at = now();
+    let new = keys
+        .rotate_key(rotate("leased", 3600))
+        .await
+        .unwrap()
+        .into_inner();
+    for _ in 0..2 {
+        about(
+            verified_until(&server, &admin, &old.api_key).await,
+            created_at + 600,
+        );
+        about(
+            verified_until(&server, &admin, &new.api_key).await,
+            rotated_at + 600,
+        );
+    }
+
+    // A short grace inside the TTL: the end of the grace.
+    let rotated_again = now();
+    let newest = keys
+        .rotate_key(rotate("leased", 60))
+        .await
+        .unwrap()
+        .into_inner();
+    for _ in 0..2 {
+        about(
+            verified_until(&server, &admin, &new.api_key).await,
+            rotated_again + 60,
+        );
+        about(
+            verified_until(&server, &admin, &newest.api_key).await,
+            rotated_again + 600,
+        );
     }
     server.stop().await;
 }
