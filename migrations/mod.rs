@@ -8,6 +8,8 @@ mod m20261125_000002_one_current_secret;
 mod m20261125_000003_signing_keys;
 mod m20261125_000004_sessions;
 mod m20261125_000005_audit;
+pub mod m20261201_000006_usernames_fold_case;
+mod m20261201_000007_issued_secret_digests;
 mod m20261216_000001_audit_event_count;
 
 pub struct Migrator;
@@ -21,6 +23,8 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000003_signing_keys::Migration),
             Box::new(m20261125_000004_sessions::Migration),
             Box::new(m20261125_000005_audit::Migration),
+            Box::new(m20261201_000006_usernames_fold_case::Migration),
+            Box::new(m20261201_000007_issued_secret_digests::Migration),
             Box::new(m20261216_000001_audit_event_count::Migration),
         ]
     }

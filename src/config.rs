@@ -80,6 +80,7 @@ pub const KNOWN_ENV: &[&str] = &[
     "KMS_MAX_STREAMS_PER_PEER",
     "KMS_STREAM_IDLE_TIMEOUT_SECONDS",
     "KMS_MAX_PUBLIC_CALLS_PER_PEER",
+    "KMS_LOGIN_WAIT_SECONDS",
 ];
 
 #[derive(Debug, Parser)]
@@ -222,9 +223,11 @@ pub struct ServeArgs {
     pub jwt_issuer: String,
     #[arg(long, env = "KMS_JWT_AUDIENCE", default_value = "kms")]
     pub jwt_audience: String,
-    /// Whether anyone may Register without an admin token.
-    #[arg(long, env = "KMS_ALLOW_REGISTRATION", default_value = "true", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
-    pub allow_registration: bool,
+    /// Whether anyone may Register without an admin token [default: false; true with
+    /// --dev]. Open registration hands anyone who reaches Register a valid token,
+    /// which ext_authz routes without required roles admit.
+    #[arg(long, env = "KMS_ALLOW_REGISTRATION", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub allow_registration: Option<bool>,
     /// At start, when no admin exists and both are set, this admin is created.
     #[arg(long, env = "KMS_BOOTSTRAP_ADMIN_USERNAME")]
     pub bootstrap_admin_username: Option<String>,
@@ -285,6 +288,10 @@ pub struct ServeArgs {
     pub probe_addr: Option<SocketAddr>,
     #[command(flatten)]
     pub connections: ConnectionArgs,
+    /// Longest a login waits while its username's or address's remaining attempts
+    /// are all being checked; then RESOURCE_EXHAUSTED, not counted as a failure.
+    #[arg(long, env = "KMS_LOGIN_WAIT_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub login_wait_seconds: u64,
 }
 
 /// The JWT signing secret. `Debug` prints nothing of it.
@@ -566,6 +573,7 @@ impl ServeArgs {
             failure_window: std::time::Duration::from_secs(self.login_failure_window_seconds),
             lockout_base: std::time::Duration::from_secs(self.login_lockout_base_seconds),
             lockout_max: std::time::Duration::from_secs(self.login_lockout_max_seconds),
+            max_wait: std::time::Duration::from_secs(self.login_wait_seconds),
             ..ThrottleSettings::default()
         };
         Ok(Config {
@@ -578,7 +586,8 @@ impl ServeArgs {
             refresh_token_ttl_seconds: self.refresh_token_ttl_seconds,
             jwt_issuer: self.jwt_issuer,
             jwt_audience: self.jwt_audience,
-            allow_registration: self.allow_registration,
+            // Closed unless asked for; `--dev` opens it for the quick tour.
+            allow_registration: self.allow_registration.unwrap_or(self.dev),
             password_min_length,
             bootstrap_admin,
             password_hash_concurrency: default_hash_concurrency(),
@@ -836,6 +845,26 @@ mod tests {
         let err = b.resolve().unwrap_err().to_string();
         assert!(err.contains("KMS_LOGIN_LOCKOUT_MAX_SECONDS"), "{err}");
         assert!(Cli::try_parse_from(["kms", "serve", "--login-max-failures", "0"]).is_err());
+    }
+
+    #[test]
+    fn registration_is_closed_by_default_and_open_with_dev() {
+        let key = STANDARD.encode([7u8; 32]);
+        let resolved = |extra: &[&str]| {
+            let mut argv = vec!["--master-key", key.as_str()];
+            argv.extend_from_slice(extra);
+            let mut a = args(&argv);
+            a.master_key_file = None;
+            if !extra.contains(&"--allow-registration") {
+                // Whatever the test's own environment says.
+                a.allow_registration = None;
+            }
+            a.resolve().unwrap().allow_registration
+        };
+        assert!(!resolved(&[]));
+        assert!(resolved(&["--dev"]));
+        assert!(resolved(&["--allow-registration", "true"]));
+        assert!(!resolved(&["--dev", "--allow-registration", "off"]));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use super::{
     caller::{ROLE_ADMIN, ROLE_USER},
     sessions::{AuthFailure, Authenticator},
     signing::SigningKeys,
-    throttle::{LoginThrottle, ThrottleSettings, retry_after_secs},
+    throttle::{LoginThrottle, Refusal, ThrottleSettings, retry_after_secs},
     token::{Claims, IssuedToken, TokenAuthority},
     validate,
 };
@@ -135,7 +135,8 @@ impl AuthService {
         let by_admin = caller.is_some_and(Caller::is_admin);
         if !by_admin && !self.settings.allow_registration {
             return Err(Error::PermissionDenied(
-                "registration is disabled; an admin token is required",
+                "registration is closed: an admin token is required \
+                 (KMS_ALLOW_REGISTRATION=true opens it to anyone)",
             ));
         }
         let roles = self.check_new_user(&new)?;
@@ -196,7 +197,7 @@ impl AuthService {
                 })
             }
             Err(StoreError::Conflict) => Err(Error::AlreadyExists(format!(
-                "username: '{username}' is already taken"
+                "username: '{username}' is already taken (usernames are unique without regard to case)"
             ))),
             Err(e) => Err(e.into()),
         }
@@ -217,9 +218,11 @@ impl AuthService {
             return Err(Error::invalid("password", "must not be empty"));
         }
         validate::password("password", &password, 1)?;
-        let attempt = match self.throttle.admit(username, client, Instant::now()) {
+        let attempt = match self.throttle.admit(username, client).await {
             Ok(attempt) => attempt,
-            Err(wait) => {
+            // Not a failure, and not audited as one: correct logins queue too.
+            Err(Refusal::Busy) => return Err(super::throttle::busy()),
+            Err(Refusal::Locked(wait)) => {
                 tracing::info!(%username, client = ?client, "login throttled");
                 audit::append(
                     &self.store,

@@ -60,8 +60,17 @@ pub struct CachedKey {
 
 impl CachedKey {
     pub fn valid_at(&self, now: DateTime<Utc>) -> bool {
-        self.key_expires_at.is_none_or(|t| t > now)
-            && self.secret_retires_at.is_none_or(|t| t > now)
+        self.stops_at().is_none_or(|t| t > now)
+    }
+
+    /// When this secret stops verifying: the end of its grace period (already capped
+    /// at the expiry it was issued under) or the key's expiry, whichever is first;
+    /// `None`: never. What VerifyKey reports as `expires_at`.
+    pub fn stops_at(&self) -> Option<DateTime<Utc>> {
+        match (self.key_expires_at, self.secret_retires_at) {
+            (Some(key), Some(secret)) => Some(key.min(secret)),
+            (key, secret) => key.or(secret),
+        }
     }
 }
 
@@ -316,6 +325,23 @@ mod tests {
             key_expires_at: None,
             secret_retires_at: None,
         }
+    }
+
+    #[test]
+    fn a_secret_stops_at_the_first_of_its_grace_end_and_its_key_expiry() {
+        let t = |s| DateTime::from_timestamp(s, 0).unwrap();
+        let at = |key_expires_at, secret_retires_at| CachedKey {
+            key_expires_at,
+            secret_retires_at,
+            ..key("k")
+        };
+        assert_eq!(at(None, None).stops_at(), None);
+        assert_eq!(at(Some(t(50)), None).stops_at(), Some(t(50)));
+        assert_eq!(at(None, Some(t(20))).stops_at(), Some(t(20)));
+        assert_eq!(at(Some(t(50)), Some(t(20))).stops_at(), Some(t(20)));
+        assert_eq!(at(Some(t(10)), Some(t(20))).stops_at(), Some(t(10)));
+        assert!(at(Some(t(50)), Some(t(20))).valid_at(t(19)));
+        assert!(!at(Some(t(50)), Some(t(20))).valid_at(t(20)));
     }
 
     #[test]

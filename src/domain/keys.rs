@@ -46,6 +46,8 @@ pub struct KeyPage {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VerifiedKey {
     pub service_name: String,
+    /// When the presented secret stops verifying (for a rotated-out secret, the end
+    /// of its grace, not the key's expiry); `None`: never.
     pub expires_at: Option<DateTime<Utc>>,
 }
 
@@ -147,8 +149,12 @@ impl KeyService {
                 "service_name: a key for '{}' already exists",
                 req.service_name
             ))),
+            // Live, in grace, rotated out or revoked alike: a secret that was ever
+            // issued is burned once it leaves service, so it is never issued twice.
             Err(CreateConflict::Secret) => Err(Error::AlreadyExists(
-                "api_key: this secret is already in use by another key".into(),
+                "api_key: this secret was issued before and cannot be reused; import \
+                 another or let the KMS generate one"
+                    .into(),
             )),
         }
     }
@@ -307,7 +313,7 @@ impl KeyService {
             // A hit is a verified secret: only its times can have run out since.
             return Ok(hit.valid_at(Utc::now()).then(|| VerifiedKey {
                 service_name: hit.service_name.to_string(),
-                expires_at: hit.key_expires_at,
+                expires_at: hit.stops_at(),
             }));
         }
         let seen = self.caches.keys.generation();
@@ -325,12 +331,13 @@ impl KeyService {
         if !valid {
             return Ok(None);
         }
+        let expires_at = entry.stops_at();
         if trusted {
             self.caches.keys.insert(presented_digest, entry, seen);
         }
         Ok(Some(VerifiedKey {
             service_name: found.key.service_name,
-            expires_at: found.key.expires_at,
+            expires_at,
         }))
     }
 }

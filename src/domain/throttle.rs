@@ -6,8 +6,14 @@
 //! behind a load balancer over N replicas a guesser gets up to N times the allowance,
 //! and a restart forgets every lockout. Issue 6 may move the counters to the database.
 //!
-//! The logic is pure: every method takes the current `Instant`, so tests drive the
-//! clock instead of sleeping.
+//! Attempts still running are not failures. While the failures counted plus the
+//! attempts running reach a key's allowance, a new attempt waits (asynchronously,
+//! for at most `ThrottleSettings::max_wait`) until one of them settles, and then asks
+//! again: so parallel guesses are serialized near the limit, and parallel correct
+//! logins merely queue. Only failures lock a key out.
+//!
+//! The logic is pure: every method of `State` takes the current `Instant`, so tests
+//! drive the clock instead of sleeping; only `LoginThrottle::admit` waits.
 
 use std::{
     borrow::Borrow,
@@ -18,11 +24,18 @@ use std::{
     time::{Duration, Instant},
 };
 
+use tokio::sync::Notify;
+
 /// A client address may fail this many times more than one username before it is
 /// locked: people behind one NAT or proxy share an address and mistype passwords
 /// independently, while a spray of one guess per account from one host is still
 /// stopped after a few dozen guesses.
 pub const ADDRESS_FAILURE_FACTOR: u32 = 4;
+
+/// How long an attempt waits by default for attempts of the same username or address
+/// to settle (`KMS_LOGIN_WAIT_SECONDS`): many argon2 checks' worth on a busy server,
+/// and far less than a client's usual deadline.
+pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(5);
 
 /// Keys tracked per table by default (usernames, addresses). An entry is well under
 /// 200 bytes, so the two tables stay within a few tens of MiB under any flood.
@@ -42,6 +55,9 @@ pub struct ThrottleSettings {
     pub lockout_max: Duration,
     /// Keys tracked per table at most (see `Table::make_room` for what is dropped).
     pub max_tracked: usize,
+    /// Longest an attempt waits for earlier attempts of its username or address to
+    /// settle before it is refused as busy (never as a failure).
+    pub max_wait: Duration,
 }
 
 impl Default for ThrottleSettings {
@@ -52,32 +68,73 @@ impl Default for ThrottleSettings {
             lockout_base: Duration::from_secs(1),
             lockout_max: Duration::from_secs(900),
             max_tracked: DEFAULT_MAX_TRACKED,
+            max_wait: DEFAULT_MAX_WAIT,
         }
     }
+}
+
+/// Why an attempt may not go on to the password check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Too many failures: the key is locked out for this long. The only refusal that
+    /// says anything about passwords.
+    Locked(Duration),
+    /// The attempts the key has left are all running. `State::admit` answers this to
+    /// mean "ask again when one settles"; `LoginThrottle::admit` waits for that, and
+    /// answers it only when the wait ran out.
+    Busy,
 }
 
 /// The throttle shared by every login of this process. Cheap to clone.
 #[derive(Clone)]
 pub struct LoginThrottle {
     state: Arc<Mutex<State>>,
+    /// Woken whenever an attempt settles or is dropped: waiters ask again.
+    settled: Arc<Notify>,
+    max_wait: Duration,
 }
 
 impl LoginThrottle {
     pub fn new(settings: ThrottleSettings) -> Self {
         Self {
+            max_wait: settings.max_wait,
             state: Arc::new(Mutex::new(State::new(settings))),
+            settled: Arc::new(Notify::new()),
         }
     }
 
-    /// Lets a login attempt go on to the password check, or says how long to wait.
-    /// The returned `Attempt` must be settled with `failed` or `succeeded`; dropped
-    /// unsettled (the store failed, the call was cancelled) it counts for nothing.
-    pub fn admit(
+    /// Lets a login attempt go on to the password check, waiting while the attempts
+    /// its username or address have left are all running (one of them may be the
+    /// failure that locks it). `Refusal::Locked` when failures lock it out;
+    /// `Refusal::Busy` when `max_wait` passed without a place. Dropping the future
+    /// (the call's deadline) abandons the wait. The returned `Attempt` must be
+    /// settled with `failed` or `succeeded`; dropped unsettled (the store failed, the
+    /// call was cancelled) it counts for nothing.
+    pub async fn admit(&self, username: &str, client: Option<IpAddr>) -> Result<Attempt, Refusal> {
+        let deadline = tokio::time::Instant::now() + self.max_wait;
+        loop {
+            // Registered before asking, so a settle between the answer and the wait
+            // is not missed.
+            let settled = self.settled.notified();
+            let mut settled = std::pin::pin!(settled);
+            settled.as_mut().enable();
+            match self.try_admit(username, client, Instant::now()) {
+                Err(Refusal::Busy) => {}
+                decided => return decided,
+            }
+            if tokio::time::timeout_at(deadline, settled).await.is_err() {
+                return Err(Refusal::Busy);
+            }
+        }
+    }
+
+    /// One look, no waiting: what `admit` asks each time.
+    pub fn try_admit(
         &self,
         username: &str,
         client: Option<IpAddr>,
         now: Instant,
-    ) -> Result<Attempt, Duration> {
+    ) -> Result<Attempt, Refusal> {
         let address = client.map(address_key);
         self.lock().admit(username, address, now)?;
         Ok(Attempt {
@@ -93,11 +150,17 @@ impl LoginThrottle {
         // only be off by one attempt: better than refusing every login from then on.
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// Settles under the lock, then wakes the waiters to ask again.
+    fn settle(&self, update: impl FnOnce(&mut State)) {
+        update(&mut self.lock());
+        self.settled.notify_waiters();
+    }
 }
 
-/// An admitted login attempt. While it runs it uses up one of the attempts its keys
+/// An admitted login attempt. While it runs it holds one of the attempts its keys
 /// have left, so that a burst of parallel guesses cannot all pass the check before
-/// the first failure is counted.
+/// the first failure is counted: the others wait for it.
 pub struct Attempt {
     throttle: LoginThrottle,
     username: String,
@@ -109,21 +172,27 @@ impl Attempt {
     /// The password was wrong (or the user unknown): counts against both keys.
     pub fn failed(mut self, now: Instant) {
         self.settled = true;
-        self.throttle.lock().fail(&self.username, self.address, now);
+        let (username, address) = (&self.username, self.address);
+        self.throttle
+            .settle(|state| state.fail(username, address, now));
     }
 
     /// The password was right: the username starts afresh. The address keeps its
     /// failures, or a sprayer could clear them with one account of its own.
     pub fn succeeded(mut self) {
         self.settled = true;
-        self.throttle.lock().succeed(&self.username, self.address);
+        let (username, address) = (&self.username, self.address);
+        self.throttle
+            .settle(|state| state.succeed(username, address));
     }
 }
 
 impl Drop for Attempt {
     fn drop(&mut self) {
         if !self.settled {
-            self.throttle.lock().release(&self.username, self.address);
+            let (username, address) = (&self.username, self.address);
+            self.throttle
+                .settle(|state| state.release(username, address));
         }
     }
 }
@@ -159,23 +228,33 @@ impl State {
         }
     }
 
+    /// A lockout of either key wins over a busy one (the longer lockout if both are
+    /// locked): waiting for a place would only end in the lockout.
     fn admit(
         &mut self,
         username: &str,
         address: Option<IpAddr>,
         now: Instant,
-    ) -> Result<(), Duration> {
+    ) -> Result<(), Refusal> {
         let settings = &self.settings;
-        let user_wait = self.usernames.check(username, now, settings);
-        let address_wait = match address {
-            Some(address) => self.addresses.check(&address, now, settings),
-            None => Ok(()),
+        let user = self.usernames.check(username, now, settings);
+        let address = match address {
+            Some(key) => self
+                .addresses
+                .check(&key, now, settings)
+                .map(|()| Some(key)),
+            None => Ok(None),
         };
-        match (user_wait, address_wait) {
-            (Ok(()), Ok(())) => {}
-            (Err(a), Err(b)) => return Err(a.max(b)),
-            (Err(wait), Ok(())) | (Ok(()), Err(wait)) => return Err(wait),
-        }
+        let address = match (user, address) {
+            (Ok(()), Ok(address)) => address,
+            (Err(Refusal::Locked(a)), Err(Refusal::Locked(b))) => {
+                return Err(Refusal::Locked(a.max(b)));
+            }
+            (Err(Refusal::Locked(wait)), _) | (_, Err(Refusal::Locked(wait))) => {
+                return Err(Refusal::Locked(wait));
+            }
+            (Err(Refusal::Busy), _) | (_, Err(Refusal::Busy)) => return Err(Refusal::Busy),
+        };
         self.usernames.reserve(username, now, settings);
         if let Some(address) = address {
             self.addresses.reserve(&address, now, settings);
@@ -267,15 +346,15 @@ impl<K: TableKey> Table<K> {
         }
     }
 
-    /// `Err(wait)` when the key may not try now: it is locked, or the attempts it
-    /// has left are already running (then the wait is the base lockout: by then
-    /// those attempts have been decided).
+    /// `Locked` when the key is locked out; `Busy` when the attempts it has left are
+    /// already running (one of them may be the failure that locks it: ask again when
+    /// it has settled).
     fn check(
         &mut self,
         key: &K::Ref,
         now: Instant,
         settings: &ThrottleSettings,
-    ) -> Result<(), Duration> {
+    ) -> Result<(), Refusal> {
         let Some(entry) = self.entries.get_mut(key) else {
             return Ok(());
         };
@@ -285,12 +364,12 @@ impl<K: TableKey> Table<K> {
             .and_then(|until| until.checked_duration_since(now))
             .filter(|wait| !wait.is_zero())
         {
-            return Err(wait);
+            return Err(Refusal::Locked(wait));
         }
         // After a lockout, one attempt at a time: its failure locks the key again.
         let left = self.limit.saturating_sub(entry.failures).max(1);
         if entry.in_flight >= left {
-            return Err(settings.lockout_base);
+            return Err(Refusal::Busy);
         }
         Ok(())
     }
@@ -407,6 +486,15 @@ impl TableKey for IpAddr {
     }
 }
 
+/// The answer when `LoginThrottle::admit` found no place within `max_wait`: the
+/// server is busy with this username's or address's other attempts, which says
+/// nothing about the password.
+pub fn busy() -> super::Error {
+    super::Error::Overloaded(
+        "too many concurrent logins for this username or client address; retry in a moment",
+    )
+}
+
 /// A wait in whole seconds, rounded up: "retry in 0 s" would invite a retry that is
 /// refused again.
 pub fn retry_after_secs(wait: Duration) -> u64 {
@@ -416,7 +504,7 @@ pub fn retry_after_secs(wait: Duration) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{Refusal::Locked, *};
 
     fn secs(n: u64) -> Duration {
         Duration::from_secs(n)
@@ -429,6 +517,7 @@ mod tests {
             lockout_base: secs(1),
             lockout_max: secs(16),
             max_tracked: 1000,
+            max_wait: secs(5),
         }
     }
 
@@ -442,7 +531,7 @@ mod tests {
         user: &str,
         addr: Option<IpAddr>,
         now: Instant,
-    ) -> Result<(), Duration> {
+    ) -> Result<(), Refusal> {
         state.admit(user, addr, now)?;
         state.fail(user, addr, now);
         Ok(())
@@ -455,10 +544,10 @@ mod tests {
         for _ in 0..3 {
             fail(&mut s, "alice", None, t0).unwrap();
         }
-        assert_eq!(s.admit("alice", None, t0), Err(secs(1)));
+        assert_eq!(s.admit("alice", None, t0), Err(Locked(secs(1))));
         assert_eq!(
             s.admit("alice", None, t0 + Duration::from_millis(400)),
-            Err(Duration::from_millis(600))
+            Err(Locked(Duration::from_millis(600)))
         );
         // Other usernames are not affected.
         s.admit("bob", None, t0).unwrap();
@@ -474,7 +563,7 @@ mod tests {
         let mut waits = Vec::new();
         for _ in 0..7 {
             fail(&mut s, "alice", None, now).unwrap();
-            let Err(wait) = s.admit("alice", None, now) else {
+            let Err(Locked(wait)) = s.admit("alice", None, now) else {
                 panic!("alice should be locked");
             };
             waits.push(wait.as_secs());
@@ -549,13 +638,13 @@ mod tests {
             ..settings(1)
         });
         fail(&mut s, "alice", None, t0).unwrap();
-        assert_eq!(s.admit("alice", None, t0), Err(secs(10)));
+        assert_eq!(s.admit("alice", None, t0), Err(Locked(secs(10))));
         fail(&mut s, "alice", None, t0 + secs(10)).unwrap();
-        assert_eq!(s.admit("alice", None, t0 + secs(10)), Err(secs(20)));
+        assert_eq!(s.admit("alice", None, t0 + secs(10)), Err(Locked(secs(20))));
         // Quiet for a whole window after the lockout ended: forgotten.
         let later = t0 + secs(30 + 5);
         fail(&mut s, "alice", None, later).unwrap();
-        assert_eq!(s.admit("alice", None, later), Err(secs(10)));
+        assert_eq!(s.admit("alice", None, later), Err(Locked(secs(10))));
     }
 
     #[test]
@@ -566,7 +655,7 @@ mod tests {
         for n in 0..limit {
             fail(&mut s, &format!("user{n}"), ip(7), t0).unwrap();
         }
-        assert_eq!(s.admit("someone-new", ip(7), t0), Err(secs(1)));
+        assert_eq!(s.admit("someone-new", ip(7), t0), Err(Locked(secs(1))));
         // Other addresses, and calls with no known address, are not affected.
         s.admit("someone-new", ip(8), t0).unwrap();
         s.release("someone-new", ip(8));
@@ -583,8 +672,8 @@ mod tests {
         fail(&mut s, "bob", ip(1), t0 + secs(1)).unwrap();
         fail(&mut s, "carol", ip(1), t0 + secs(1)).unwrap();
         let now = t0 + secs(1);
-        assert_eq!(s.admit("alice", ip(1), now), Err(secs(2)));
-        assert_eq!(s.admit("dave", ip(1), now), Err(secs(1)));
+        assert_eq!(s.admit("alice", ip(1), now), Err(Locked(secs(2))));
+        assert_eq!(s.admit("dave", ip(1), now), Err(Locked(secs(1))));
         // A refused attempt reserves nothing in the table that would have let it in.
         assert!(!s.usernames.entries.contains_key("dave"));
     }
@@ -598,7 +687,8 @@ mod tests {
         for _ in 0..3 {
             s.admit("alice", None, t0).unwrap();
         }
-        assert_eq!(s.admit("alice", None, t0), Err(secs(1)));
+        // Busy, not locked: no failure has been counted; the caller waits.
+        assert_eq!(s.admit("alice", None, t0), Err(Refusal::Busy));
         s.release("alice", None);
         s.admit("alice", None, t0).unwrap();
         // After a lockout, one attempt at a time.
@@ -613,17 +703,110 @@ mod tests {
     fn an_unsettled_attempt_counts_for_nothing() {
         let throttle = LoginThrottle::new(settings(1));
         let now = Instant::now();
-        let attempt = throttle.admit("alice", ip(1), now).unwrap();
-        assert!(throttle.admit("alice", ip(1), now).is_err());
+        let attempt = throttle.try_admit("alice", ip(1), now).unwrap();
+        assert!(throttle.try_admit("alice", ip(1), now).is_err());
         drop(attempt);
-        let attempt = throttle.admit("alice", ip(1), now).unwrap();
+        let attempt = throttle.try_admit("alice", ip(1), now).unwrap();
         attempt.succeeded();
         {
             let state = throttle.lock();
             assert!(state.usernames.entries.is_empty() && state.addresses.entries.is_empty());
         }
-        throttle.admit("alice", ip(1), now).unwrap().failed(now);
-        assert_eq!(throttle.admit("alice", ip(2), now).err(), Some(secs(1)));
+        throttle.try_admit("alice", ip(1), now).unwrap().failed(now);
+        assert_eq!(
+            throttle.try_admit("alice", ip(2), now).err(),
+            Some(Locked(secs(1)))
+        );
+    }
+
+    /// `n` logins of `users` from one address at once through `admit`, each holding
+    /// its place a moment before it settles as `correct` says. The refusals, in order.
+    async fn burst(
+        throttle: &LoginThrottle,
+        users: impl Fn(usize) -> String,
+        n: usize,
+        correct: bool,
+    ) -> Vec<Refusal> {
+        let tasks: Vec<_> = (0..n)
+            .map(|i| {
+                let throttle = throttle.clone();
+                let user = users(i);
+                tokio::spawn(async move {
+                    let attempt = throttle.admit(&user, ip(1)).await?;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    if correct {
+                        attempt.succeeded();
+                    } else {
+                        attempt.failed(Instant::now());
+                    }
+                    Ok::<_, Refusal>(())
+                })
+            })
+            .collect();
+        let mut refused = Vec::new();
+        for task in tasks {
+            if let Err(refusal) = task.await.unwrap() {
+                refused.push(refusal);
+            }
+        }
+        refused
+    }
+
+    #[tokio::test]
+    async fn parallel_correct_logins_wait_for_a_place_and_all_pass() {
+        let throttle = LoginThrottle::new(settings(3));
+        // One user, more logins at once than its allowance.
+        assert_eq!(burst(&throttle, |_| "alice".into(), 10, true).await, []);
+        // Many users behind one address: more than the address's allowance (12).
+        assert_eq!(burst(&throttle, |i| format!("user{i}"), 30, true).await, []);
+        let state = throttle.lock();
+        assert!(state.usernames.entries.is_empty() && state.addresses.entries.is_empty());
+    }
+
+    #[tokio::test]
+    async fn parallel_wrong_guesses_get_no_more_checks_than_the_allowance() {
+        let throttle = LoginThrottle::new(settings(3));
+        let refused = burst(&throttle, |_| "alice".into(), 10, false).await;
+        // 3 password checks, then the lockout for everyone who waited.
+        assert_eq!(refused.len(), 7, "{refused:?}");
+        assert!(
+            refused.iter().all(|r| matches!(r, Locked(_))),
+            "{refused:?}"
+        );
+        let state = throttle.lock();
+        assert_eq!(state.usernames.entries["alice"].failures, 3);
+    }
+
+    #[tokio::test]
+    async fn the_wait_for_a_place_is_bounded_and_counts_for_nothing() {
+        let throttle = LoginThrottle::new(ThrottleSettings {
+            max_wait: Duration::from_millis(100),
+            ..settings(2)
+        });
+        let now = Instant::now();
+        let held: Vec<_> = (0..2)
+            .map(|_| throttle.try_admit("alice", None, now).unwrap())
+            .collect();
+        let started = std::time::Instant::now();
+        assert_eq!(
+            throttle.admit("alice", None).await.err(),
+            Some(Refusal::Busy)
+        );
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        drop(held);
+        // No failure was counted: the allowance is whole again.
+        assert!(throttle.lock().usernames.entries.is_empty());
+        // A place that frees up during the wait is taken at once.
+        let first = throttle.try_admit("bob", None, now).unwrap();
+        let second = throttle.try_admit("bob", None, now).unwrap();
+        let waiter = tokio::spawn({
+            let throttle = throttle.clone();
+            async move { throttle.admit("bob", None).await.map(Attempt::succeeded) }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        first.succeeded();
+        assert_eq!(waiter.await.unwrap(), Ok(()));
+        drop(second);
     }
 
     #[test]
@@ -644,7 +827,7 @@ mod tests {
             assert!(s.addresses.entries.len() <= 64);
         }
         // One failure each: the flood evicted its own entries, not the victim's lock.
-        assert_eq!(s.admit("victim", None, t0), Err(secs(1)));
+        assert_eq!(s.admit("victim", None, t0), Err(Locked(secs(1))));
     }
 
     #[test]

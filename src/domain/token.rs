@@ -22,6 +22,9 @@ pub const TOKEN_TYPE: &str = "Bearer";
 const MAX_TOKEN_LEN: usize = 8 * 1024;
 /// The shortest accepted HS256 secret: the hash output size (RFC 7518 section 3.2).
 pub const MIN_HS256_SECRET_BYTES: usize = 32;
+/// Clock skew allowed on `exp`, `nbf` and `iat`: none. Replicas share one clock source
+/// in practice (NTP), and our own tokens have `nbf` = `iat`.
+const LEEWAY_SECONDS: i64 = 0;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Claims {
@@ -334,17 +337,25 @@ impl TokenAuthority {
         })
     }
 
+    /// The one place tokens are decoded: every path that takes a token (the gRPC auth
+    /// layer, ValidateToken, Register with a token, REST bearer, ext_authz) comes here.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         if token.is_empty() || token.len() > MAX_TOKEN_LEN {
             return Err(TokenError::Invalid);
         }
+        // RFC 7515 section 4.1.11: a recipient must refuse a token whose `crit` names
+        // an extension it does not understand. We understand none.
+        if names_critical_extensions(token) {
+            return Err(TokenError::Invalid);
+        }
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Invalid)?;
+        let now = chrono::Utc::now().timestamp();
         let keys = self.current().map_err(|_| TokenError::Invalid)?;
         let verifier = match &header.kid {
             Some(kid) => Some(keys.by_kid.get(kid).ok_or(TokenError::UnknownKey)?),
             None => keys.unkeyed.as_ref(),
         }
-        .filter(|v| v.usable(chrono::Utc::now().timestamp()))
+        .filter(|v| v.usable(now))
         .ok_or(TokenError::Invalid)?;
         // The key decides the algorithm, never the token.
         if header.alg != verifier.algorithm {
@@ -361,13 +372,34 @@ impl TokenAuthority {
         if data.claims.sub.is_empty() {
             return Err(TokenError::Invalid);
         }
+        // jsonwebtoken does not look at `iat`. A token issued in the future was not
+        // issued by us (ours have `nbf` = `iat`), whatever its `nbf` says.
+        if data.claims.iat > now.saturating_add(LEEWAY_SECONDS) {
+            return Err(TokenError::Invalid);
+        }
         Ok(data.claims)
     }
 }
 
+/// Whether the token's header has a `crit` member, whatever its value (`null` and `[]`
+/// included: RFC 7515 allows neither). An undecodable header answers true: such a
+/// token is refused either way.
+fn names_critical_extensions(token: &str) -> bool {
+    let Some(segment) = token.split('.').next() else {
+        return true;
+    };
+    URL_SAFE_NO_PAD
+        .decode(segment)
+        .ok()
+        .and_then(|json| {
+            serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&json).ok()
+        })
+        .is_none_or(|header| header.contains_key("crit"))
+}
+
 fn validation(algorithm: Algorithm, issuer: &str, audience: &str) -> Validation {
     let mut validation = Validation::new(algorithm);
-    validation.leeway = 0;
+    validation.leeway = LEEWAY_SECONDS.unsigned_abs();
     validation.validate_exp = true;
     validation.validate_nbf = true;
     validation.set_required_spec_claims(&["exp", "nbf", "iss", "aud", "sub"]);
@@ -645,6 +677,86 @@ mod tests {
             private_pkcs8: k.private_pkcs8.clone(),
             current: k.current,
             verify_until: k.verify_until,
+        }
+    }
+
+    /// An authority of each algorithm with what signs for it, for forging.
+    fn every_algorithm() -> Vec<(TokenAuthority, Header, EncodingKey)> {
+        let ed = ed_key(true, None);
+        let rsa_der = crate::crypto::signing::generate_rsa_pkcs1().unwrap();
+        let rsa = SigningKeyMaterial {
+            kid: public_jwk(SigningAlgorithm::Rs256, &rsa_der)
+                .unwrap()
+                .common
+                .key_id
+                .unwrap(),
+            algorithm: SigningAlgorithm::Rs256,
+            private_pkcs8: rsa_der,
+            current: true,
+            verify_until: None,
+        };
+        let keyed = |algorithm, kid: &str| {
+            let mut header = Header::new(algorithm);
+            header.kid = Some(kid.to_owned());
+            header
+        };
+        vec![
+            (
+                authority(),
+                Header::new(Algorithm::HS256),
+                EncodingKey::from_secret(SECRET),
+            ),
+            (
+                TokenAuthority::asymmetric(&[ed_clone(&ed)], "kms", "kms", 60).unwrap(),
+                keyed(Algorithm::EdDSA, &ed.kid),
+                EncodingKey::from_ed_der(&ed.private_pkcs8),
+            ),
+            (
+                TokenAuthority::asymmetric(&[ed_clone(&rsa)], "kms", "kms", 60).unwrap(),
+                keyed(Algorithm::RS256, &rsa.kid),
+                EncodingKey::from_rsa_der(&rsa.private_pkcs8),
+            ),
+        ]
+    }
+
+    #[test]
+    fn critical_header_extensions_are_refused_for_every_algorithm() {
+        for (a, header, key) in every_algorithm() {
+            let claims = a
+                .claims_for("alice", &Roles::user(), "sid", 0, now())
+                .unwrap();
+            let sign = |header: &Header| jsonwebtoken::encode(header, &claims, &key).unwrap();
+            assert!(a.verify(&sign(&header)).is_ok(), "{:?}", header.alg);
+            let mut named = header.clone();
+            named.crit = Some(vec!["exp".into()]);
+            let mut empty = header.clone();
+            empty.crit = Some(vec![]);
+            let mut null = header.clone();
+            null.extras.insert("crit", serde_json::Value::Null);
+            for forged in [named, empty, null] {
+                assert_eq!(
+                    a.verify(&sign(&forged)),
+                    Err(TokenError::Invalid),
+                    "{forged:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_token_issued_in_the_future_is_refused_for_every_algorithm() {
+        for (a, header, key) in every_algorithm() {
+            let sign = |iat: i64| {
+                let mut claims = a
+                    .claims_for("alice", &Roles::user(), "sid", 0, now())
+                    .unwrap();
+                // `nbf` stays now: only `iat` lies.
+                claims.iat = iat;
+                jsonwebtoken::encode(&header, &claims, &key).unwrap()
+            };
+            assert!(a.verify(&sign(now() - 60)).is_ok(), "{:?}", header.alg);
+            assert_eq!(a.verify(&sign(now() + 60)), Err(TokenError::Invalid));
+            assert_eq!(a.verify(&sign(now() + 86_400)), Err(TokenError::Invalid));
         }
     }
 

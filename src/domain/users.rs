@@ -11,7 +11,7 @@ use super::{
     audit::{self, action, outcome},
     paging, require_admin,
     sessions::Authenticator,
-    throttle::{LoginThrottle, retry_after_secs},
+    throttle::{self, LoginThrottle, Refusal, retry_after_secs},
     validate,
 };
 use crate::{
@@ -191,9 +191,10 @@ impl UserAdmin {
                 return Err(Error::invalid("old_password", "must not be empty"));
             }
             validate::password("old_password", &change.old_password, 1)?;
-            let attempt = match self.throttle.admit(&target, change.client, Instant::now()) {
+            let attempt = match self.throttle.admit(&target, change.client).await {
                 Ok(attempt) => attempt,
-                Err(wait) => {
+                Err(Refusal::Busy) => return Err(throttle::busy()),
+                Err(Refusal::Locked(wait)) => {
                     self.deny(caller, &target).await;
                     return Err(Error::Throttled {
                         retry_after_secs: retry_after_secs(wait),

@@ -13,7 +13,7 @@ use super::{
     AuditRecord, Store, StoreError,
     audit::insert_audit,
     changes::{Change, announce},
-    entities::{api_key, api_key_secret},
+    entities::{api_key, api_key_secret, issued_secret_digest},
 };
 
 /// A secret ready to store: digest and sealed form only.
@@ -55,8 +55,9 @@ pub enum CreateConflict {
 }
 
 impl Store {
-    /// Inserts a key with its first secret. The outer error is `Conflict` for a live
-    /// key of that name or a secret already stored (told apart by `CreateConflict`).
+    /// Inserts a key with its first secret. `CreateConflict` says why not: a live key
+    /// of that name, or a secret stored before (live, in grace, rotated out or
+    /// revoked: see `insert_secret`).
     pub async fn create_key(
         &self,
         new: NewKey,
@@ -81,19 +82,6 @@ impl Store {
             Err(StoreError::Conflict) => return Ok(Err(CreateConflict::ServiceName)),
             other => other?,
         };
-        // A rotated-out secret whose grace is over may linger until its key's next
-        // rotation; it must not make an import of the same secret look taken.
-        // (Time is compared here, not in SQL: SQLite keeps timestamps as text.)
-        if let Some(lingering) = api_key_secret::Entity::find()
-            .filter(api_key_secret::Column::Digest.eq(new.secret.digest.clone()))
-            .one(&txn)
-            .await?
-            && lingering.retires_at.is_some_and(|t| t <= now)
-        {
-            api_key_secret::Entity::delete_by_id(lingering.id)
-                .exec(&txn)
-                .await?;
-        }
         match insert_secret(&txn, key.id, new.secret, now).await {
             Err(StoreError::Conflict) => Ok(Err(CreateConflict::Secret)),
             Err(e) => Err(e),
@@ -287,12 +275,22 @@ impl Store {
     }
 }
 
+/// Stores a secret, and its digest in the ledger of every secret ever issued, which
+/// outlives the secret row: `Conflict` if the secret was ever stored before, whatever
+/// became of it, so a burned secret never comes back under another key.
 async fn insert_secret(
     txn: &DatabaseTransaction,
     api_key_id: i64,
     secret: NewSecret,
     now: DateTime<Utc>,
 ) -> Result<api_key_secret::Model, StoreError> {
+    issued_secret_digest::Entity::insert(issued_secret_digest::ActiveModel {
+        id: NotSet,
+        digest: Set(secret.digest.clone()),
+        issued_at: Set(now),
+    })
+    .exec(txn)
+    .await?;
     Ok(api_key_secret::Entity::insert(api_key_secret::ActiveModel {
         id: NotSet,
         api_key_id: Set(api_key_id),

@@ -10,7 +10,7 @@ use sea_orm::{
 
 use super::{
     NewKey, Store, StoreError,
-    entities::{api_key, api_key_secret, user, user_role},
+    entities::{api_key, api_key_secret, issued_secret_digest, user, user_role},
 };
 
 /// Rows per INSERT statement: 6 bound columns each stays under SQLite's 32,766 bound
@@ -48,6 +48,17 @@ impl Store {
             // RETURNING promises no order: match the ids by service name.
             let ids: std::collections::HashMap<String, i64> =
                 rows.into_iter().map(|r| (r.service_name, r.id)).collect();
+            // Into the ledger of issued secrets too, as every stored secret goes
+            // (`insert_secret`): a seeded secret, once revoked, is burned as well.
+            issued_secret_digest::Entity::insert_many(batch.iter().map(|k| {
+                issued_secret_digest::ActiveModel {
+                    id: NotSet,
+                    digest: Set(k.secret.digest.clone()),
+                    issued_at: Set(now),
+                }
+            }))
+            .exec_without_returning(&txn)
+            .await?;
             let mut secrets = Vec::with_capacity(batch.len());
             for k in batch {
                 let id = *ids.get(&k.service_name).ok_or_else(|| {

@@ -5,7 +5,7 @@ use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, ConnectionTrait, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder,
     QuerySelect, TransactionTrait,
-    sea_query::{Expr, ExprTrait},
+    sea_query::{Expr, ExprTrait, Func},
 };
 
 use super::{
@@ -26,7 +26,8 @@ pub struct StoredUser {
 }
 
 impl Store {
-    /// Inserts a user with its roles in one transaction. `Conflict`: username taken.
+    /// Inserts a user with its roles in one transaction. `Conflict`: the username is
+    /// taken, without regard to case.
     pub async fn create_user(
         &self,
         username: &str,
@@ -36,6 +37,19 @@ impl Store {
         audit: AuditRecord,
     ) -> Result<StoredUser, StoreError> {
         let txn = self.db.begin().await?;
+        // The unique index on lower(username) makes this race-free; a database whose
+        // migration found existing case collisions has a plain index, and then this
+        // check is what keeps new ones out.
+        let folded = user::Entity::find()
+            .filter(
+                Expr::expr(Func::lower(Expr::col(user::Column::Username)))
+                    .eq(username.to_ascii_lowercase()),
+            )
+            .one(&txn)
+            .await?;
+        if folded.is_some() {
+            return Err(StoreError::Conflict);
+        }
         let inserted = user::Entity::insert(user::ActiveModel {
             id: NotSet,
             username: Set(username.to_owned()),

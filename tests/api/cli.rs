@@ -776,11 +776,14 @@ async fn the_original_services_env_file_starts_the_server() {
         ),
     )
     .unwrap();
-    // The operator adds only a first admin; every other setting comes from the .env.
+    // The operator adds only a first admin, and opens registration as the original
+    // service had it (README, migration section); every other setting comes from the
+    // .env.
     let env = [
         ("KMS_GRPC_ADDR", "127.0.0.1:0"),
         ("KMS_BOOTSTRAP_ADMIN_USERNAME", "boss"),
         ("KMS_BOOTSTRAP_ADMIN_PASSWORD", "boss-password-123"),
+        ("KMS_ALLOW_REGISTRATION", "true"),
     ];
     let server = Running::spawn(dir.path(), &["serve"], &env);
     let http = Http::new(server.http_addr().await);

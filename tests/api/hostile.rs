@@ -219,12 +219,19 @@ where
 
 /// Every table but `audit_events`, row by row.
 async fn snapshot(db: &DatabaseConnection) -> Snapshot {
-    use entities::{api_key, api_key_secret, refresh_token, session, signing_key, user, user_role};
+    use entities::{
+        api_key, api_key_secret, issued_secret_digest, refresh_token, session, signing_key, user,
+        user_role,
+    };
     BTreeMap::from([
         ("users", rows::<user::Entity>(db).await),
         ("user_roles", rows::<user_role::Entity>(db).await),
         ("api_keys", rows::<api_key::Entity>(db).await),
         ("api_key_secrets", rows::<api_key_secret::Entity>(db).await),
+        (
+            "issued_secret_digests",
+            rows::<issued_secret_digest::Entity>(db).await,
+        ),
         ("signing_keys", rows::<signing_key::Entity>(db).await),
         ("sessions", rows::<session::Entity>(db).await),
         ("refresh_tokens", rows::<refresh_token::Entity>(db).await),
@@ -2475,6 +2482,7 @@ async fn forged_tokens(backend: Backend, algorithm: SigningAlgorithm) {
             serde_json::json!({"iat": t - 7200, "nbf": t - 7200, "exp": t - 10}),
         ),
         ("not yet valid", serde_json::json!({"nbf": t + 600})),
+        ("issued in the future", serde_json::json!({"iat": t + 600})),
         ("other issuer", serde_json::json!({"iss": "other"})),
         ("empty issuer", serde_json::json!({"iss": ""})),
         ("other audience", serde_json::json!({"aud": "other"})),
@@ -2516,6 +2524,14 @@ async fn forged_tokens(backend: Backend, algorithm: SigningAlgorithm) {
         ("claims a number", serde_json::json!(1)),
     ] {
         forged.push((format!("real key, {label}"), sign_real(&claims)));
+    }
+    // The real key with a critical header extension (RFC 7515 section 4.1.11).
+    for crit in [vec!["exp".to_owned()], vec![]] {
+        let mut header = Header::new(alg);
+        header.kid.clone_from(&kid);
+        header.crit = Some(crit.clone());
+        let token = jsonwebtoken::encode(&header, &real_claims, &key).unwrap();
+        forged.push((format!("real key, crit {crit:?}"), token));
     }
     // The real token, reshaped.
     forged.push(("two segments".into(), format!("{}.{}", parts[0], parts[1])));

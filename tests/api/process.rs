@@ -75,15 +75,20 @@ impl Cluster {
 
     /// Starts `kms serve` named `name` and waits until its health is SERVING.
     pub async fn start(&self, name: &str) -> KmsProcess {
-        self.start_with_nofile(name, None).await
+        self.launch(name, &[], None).await
+    }
+
+    /// `kms serve ARGS...` (such as `--dev`), as `start`.
+    pub async fn start_with_args(&self, name: &str, args: &[&str]) -> KmsProcess {
+        self.launch(name, args, None).await
     }
 
     /// `start` with RLIMIT_NOFILE set to `nofile` (soft and hard), through `prlimit`.
     pub async fn start_limited(&self, name: &str, nofile: u64) -> KmsProcess {
-        self.start_with_nofile(name, Some(nofile)).await
+        self.launch(name, &[], Some(nofile)).await
     }
 
-    async fn start_with_nofile(&self, name: &str, nofile: Option<u64>) -> KmsProcess {
+    async fn launch(&self, name: &str, args: &[&str], nofile: Option<u64>) -> KmsProcess {
         let generation = std::fs::read_dir(self.dir.path())
             .unwrap()
             .filter(|e| {
@@ -109,6 +114,7 @@ impl Cluster {
         cmd.env_clear()
             .current_dir(self.dir.path())
             .arg("serve")
+            .args(args)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdin(Stdio::null())
             .stdout(Stdio::from(file.try_clone().unwrap()))

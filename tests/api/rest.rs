@@ -181,7 +181,7 @@ async fn closed_registration_needs_an_admin(backend: Backend) {
     let body = json!({"username": "late", "password": "late-password-1", "roles": "user"});
     register(&http, body.clone(), None)
         .await
-        .expect(403, "registration is disabled");
+        .expect(403, "KMS_ALLOW_REGISTRATION=true");
     let admin = http.login(ADMIN, ADMIN_PASSWORD).await;
     assert_eq!(register(&http, body, Some(&admin)).await.status, 201);
     server.stop().await;

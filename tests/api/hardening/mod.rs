@@ -1,3 +1,4 @@
-//! Hardening against hostile clients (issue 18).
+//! Fixes from the hardening issue (an outside attacker's probe of the first release).
 
+mod auth;
 mod ops;
