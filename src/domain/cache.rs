@@ -149,6 +149,33 @@ impl<K: Hash + Eq + Clone, V: Clone> TtlCache<K, V> {
         Ok(value)
     }
 
+    /// `get_or_fetch` for a cache of found things only: `fetch` may find nothing,
+    /// which is never kept.
+    pub async fn get_or_fetch_found<Q, E>(
+        &self,
+        trusted: bool,
+        key: &Q,
+        fetch: impl Future<Output = Result<Option<V>, E>>,
+        keep: impl FnOnce(&V) -> bool,
+    ) -> Result<Option<V>, E>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+    {
+        if trusted && let Some(hit) = self.get(key) {
+            return Ok(Some(hit));
+        }
+        let seen = self.generation();
+        let found = fetch.await?;
+        if trusted
+            && let Some(value) = &found
+            && keep(value)
+        {
+            self.insert(key.to_owned(), value.clone(), seen);
+        }
+        Ok(found)
+    }
+
     pub fn len(&self) -> usize {
         self.shards
             .iter()
@@ -236,6 +263,53 @@ mod tests {
         assert_eq!(
             cache.get_or_fetch(true, "b", failed, keep).await,
             Err("down")
+        );
+    }
+
+    #[tokio::test]
+    async fn get_or_fetch_found_keeps_only_trusted_liked_finds() {
+        let cache: TtlCache<String, u32> = TtlCache::new(100, Duration::from_secs(60));
+        let fetched = |v| async move { Ok::<_, ()>(v) };
+        let odd = |v: &u32| v % 2 == 1;
+        assert_eq!(
+            cache
+                .get_or_fetch_found(true, "a", fetched(None), odd)
+                .await,
+            Ok(None)
+        );
+        assert_eq!(
+            cache
+                .get_or_fetch_found(true, "a", fetched(Some(2)), odd)
+                .await,
+            Ok(Some(2))
+        );
+        assert_eq!(cache.get("a"), None, "disliked: not kept");
+        assert_eq!(
+            cache
+                .get_or_fetch_found(false, "a", fetched(Some(1)), odd)
+                .await,
+            Ok(Some(1))
+        );
+        assert_eq!(cache.get("a"), None, "untrusted: not kept");
+        assert_eq!(
+            cache
+                .get_or_fetch_found(true, "a", fetched(Some(3)), odd)
+                .await,
+            Ok(Some(3))
+        );
+        assert_eq!(
+            cache
+                .get_or_fetch_found(true, "a", fetched(None), odd)
+                .await,
+            Ok(Some(3)),
+            "a hit"
+        );
+        assert_eq!(
+            cache
+                .get_or_fetch_found(false, "a", fetched(None), odd)
+                .await,
+            Ok(None),
+            "untrusted: no hit"
         );
     }
 

@@ -17,6 +17,7 @@
 //! SQLite serves one replica, whose caches are always trusted.
 
 use std::{
+    future::Future,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -85,15 +86,18 @@ enum Trust {
     },
 }
 
+/// The fields are private: every read goes through a read-through method that asks
+/// `trusted` itself, so no caller can answer from a cache the feed no longer vouches
+/// for, nor store into one.
 #[derive(Debug)]
 pub struct Caches {
     /// Verified API key secrets by SHA-256 digest.
-    pub keys: TtlCache<[u8; 32], CachedKey>,
+    keys: TtlCache<[u8; 32], CachedKey>,
     /// Each live key with its current secret (still sealed) by service name, for
     /// GetKey. Only found keys are kept: creating a key needs no invalidation.
-    pub current: TtlCache<String, Option<Arc<KeyWithSecret>>>,
+    current: TtlCache<String, Option<Arc<KeyWithSecret>>>,
     /// Login state by session id (`None`: no such session).
-    pub sessions: TtlCache<String, Option<SessionState>>,
+    sessions: TtlCache<String, Option<SessionState>>,
     trust: Trust,
     replica: String,
 }
@@ -162,6 +166,42 @@ impl Caches {
         if let Trust::Feed { last_beat_ms, .. } = &self.trust {
             last_beat_ms.fetch_max(sent_ms, Ordering::AcqRel);
         }
+    }
+
+    /// A verified secret by digest: from the cache when trusted, else `fetch`ed. What
+    /// `fetch` finds is kept (when trusted) only if `keep` likes it.
+    pub async fn key_by_digest<E>(
+        &self,
+        digest: &[u8; 32],
+        fetch: impl Future<Output = Result<Option<CachedKey>, E>>,
+        keep: impl FnOnce(&CachedKey) -> bool,
+    ) -> Result<Option<CachedKey>, E> {
+        self.keys
+            .get_or_fetch_found(self.trusted(), digest, fetch, keep)
+            .await
+    }
+
+    /// The live key of that name with its current secret; only found keys are kept.
+    pub async fn current_key<E>(
+        &self,
+        service_name: &str,
+        fetch: impl Future<Output = Result<Option<Arc<KeyWithSecret>>, E>>,
+    ) -> Result<Option<Arc<KeyWithSecret>>, E> {
+        self.current
+            .get_or_fetch(self.trusted(), service_name, fetch, Option::is_some)
+            .await
+    }
+
+    /// The login state of a session; "no such session" is kept too (session ids are
+    /// never reused).
+    pub async fn session<E>(
+        &self,
+        sid: &str,
+        fetch: impl Future<Output = Result<Option<SessionState>, E>>,
+    ) -> Result<Option<SessionState>, E> {
+        self.sessions
+            .get_or_fetch(self.trusted(), sid, fetch, |_| true)
+            .await
     }
 
     /// Forgets whatever `change` made stale.

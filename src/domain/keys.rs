@@ -164,13 +164,9 @@ impl KeyService {
         validate::service_name(service_name)?;
         let found = self
             .caches
-            .current
-            .get_or_fetch(
-                self.caches.trusted(),
-                service_name,
-                async { Ok::<_, Error>(self.store.current_key(service_name).await?.map(Arc::new)) },
-                Option::is_some,
-            )
+            .current_key(service_name, async {
+                Ok::<_, Error>(self.store.current_key(service_name).await?.map(Arc::new))
+            })
             .await?
             .ok_or_else(|| not_found(service_name))?;
         let view = self.view(&found, true)?;
@@ -308,36 +304,28 @@ impl KeyService {
             return Ok(None);
         }
         let presented_digest = digest::sha256(presented.as_bytes());
-        let trusted = self.caches.trusted();
-        if trusted && let Some(hit) = self.caches.keys.get(&presented_digest) {
-            // A hit is a verified secret: only its times can have run out since.
-            return Ok(hit.valid_at(Utc::now()).then(|| VerifiedKey {
-                service_name: hit.service_name.to_string(),
-                expires_at: hit.stops_at(),
-            }));
-        }
-        let seen = self.caches.keys.generation();
-        let Some(found) = self.store.find_secret(&presented_digest).await? else {
-            return Ok(None);
+        let now = Utc::now();
+        let fetch = async {
+            let Some(found) = self.store.find_secret(&presented_digest).await? else {
+                return Ok::<_, Error>(None);
+            };
+            let matches = digest::ct_eq(&found.secret.digest, &presented_digest)
+                && found.key.revoked_at.is_none();
+            Ok(matches.then(|| CachedKey {
+                service_name: found.key.service_name.as_str().into(),
+                key_expires_at: found.key.expires_at,
+                secret_retires_at: found.secret.retires_at,
+            }))
         };
-        let entry = CachedKey {
-            service_name: found.key.service_name.as_str().into(),
-            key_expires_at: found.key.expires_at,
-            secret_retires_at: found.secret.retires_at,
-        };
-        let valid = digest::ct_eq(&found.secret.digest, &presented_digest)
-            && found.key.revoked_at.is_none()
-            && entry.valid_at(Utc::now());
-        if !valid {
-            return Ok(None);
-        }
-        let expires_at = entry.stops_at();
-        if trusted {
-            self.caches.keys.insert(presented_digest, entry, seen);
-        }
-        Ok(Some(VerifiedKey {
-            service_name: found.key.service_name,
-            expires_at,
+        // A cached entry is a verified secret: only its times can have run out since,
+        // so they are checked on every answer, and only a valid one is kept.
+        let entry = self
+            .caches
+            .key_by_digest(&presented_digest, fetch, |k| k.valid_at(now))
+            .await?;
+        Ok(entry.filter(|k| k.valid_at(now)).map(|k| VerifiedKey {
+            service_name: k.service_name.to_string(),
+            expires_at: k.stops_at(),
         }))
     }
 }

@@ -117,11 +117,7 @@ impl Authenticator {
                 }
             })
         };
-        // "No such session" is kept too: session ids are never reused.
-        self.caches
-            .sessions
-            .get_or_fetch(self.caches.trusted(), sid, fetch, |_| true)
-            .await
+        self.caches.session(sid, fetch).await
     }
 
     /// Re-reads the signing keys when a token names one this replica does not know:
