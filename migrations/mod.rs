@@ -11,6 +11,7 @@ mod m20261125_000005_audit;
 pub mod m20261201_000006_usernames_fold_case;
 mod m20261201_000007_issued_secret_digests;
 mod m20261216_000001_audit_event_count;
+mod m20261217_000001_key_policy;
 
 pub struct Migrator;
 
@@ -26,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000006_usernames_fold_case::Migration),
             Box::new(m20261201_000007_issued_secret_digests::Migration),
             Box::new(m20261216_000001_audit_event_count::Migration),
+            Box::new(m20261217_000001_key_policy::Migration),
         ]
     }
 }

@@ -61,6 +61,7 @@ pub const KNOWN_ENV: &[&str] = &[
     "KMS_TLS_KEY",
     "KMS_TLS_CLIENT_CA",
     "KMS_SHUTDOWN_GRACE_SECONDS",
+    "KMS_LAST_USED_RESOLUTION_SECONDS",
     "KMS_MAX_REQUEST_BYTES",
     "KMS_REQUEST_TIMEOUT_SECONDS",
     "KMS_MAX_CONCURRENT_REQUESTS",
@@ -254,6 +255,9 @@ pub struct ServeArgs {
     /// After SIGTERM/SIGINT, how long in-flight calls may take to finish.
     #[arg(long, env = "KMS_SHUTDOWN_GRACE_SECONDS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(0..=3600))]
     pub shutdown_grace_seconds: u64,
+    /// How precisely a key's last_used_at is kept: it is written at most this often.
+    #[arg(long, env = "KMS_LAST_USED_RESOLUTION_SECONDS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub last_used_resolution_seconds: u64,
     /// Largest accepted request message, in bytes.
     #[arg(long, env = "KMS_MAX_REQUEST_BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(1024..=16_777_216))]
     pub max_request_bytes: u64,
@@ -366,6 +370,7 @@ pub struct Limits {
     pub max_concurrent_requests: usize,
     pub shutdown_grace: std::time::Duration,
     pub connections: ConnectionLimits,
+    pub last_used_resolution: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -376,6 +381,7 @@ impl Default for Limits {
             max_concurrent_requests: 1024,
             shutdown_grace: std::time::Duration::from_secs(10),
             connections: ConnectionLimits::default(),
+            last_used_resolution: std::time::Duration::from_secs(60),
         }
     }
 }
@@ -559,6 +565,7 @@ impl ServeArgs {
                 .map_err(|_| out_of_range("KMS_MAX_CONCURRENT_REQUESTS"))?,
             shutdown_grace: std::time::Duration::from_secs(self.shutdown_grace_seconds),
             connections: self.connections.resolve()?,
+            last_used_resolution: std::time::Duration::from_secs(self.last_used_resolution_seconds),
         };
         let password_min_length = usize::try_from(self.password_min_length)
             .map_err(|_| ConfigError("KMS_PASSWORD_MIN_LENGTH is out of range".into()))?;

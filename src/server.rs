@@ -114,7 +114,12 @@ impl App {
         )
         .with_signing_keys(signing.clone())
         .with_login_throttle(throttle.clone());
-        let keys = KeyService::new(store.clone(), sealer, caches.clone());
+        let keys = KeyService::new(
+            store.clone(),
+            sealer,
+            caches.clone(),
+            config.limits.last_used_resolution,
+        );
         let users = UserAdmin::new(
             store.clone(),
             hasher,

@@ -90,6 +90,11 @@ fn generate_batch(
             ttl_seconds: 0,
             expires_at: None,
             secret: new,
+            // Scopes so that `verify-scoped` has something to match against.
+            policy: kms::store::StoredPolicy {
+                scopes: vec!["bench:*".into(), "read".into()],
+                ..kms::store::StoredPolicy::open()
+            },
         });
     }
     Ok((keys, kept))

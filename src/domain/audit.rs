@@ -71,6 +71,7 @@ pub mod action {
     pub const KEY_GET: &str = "key_get";
     pub const KEY_ROTATE: &str = "key_rotate";
     pub const KEY_REVOKE: &str = "key_revoke";
+    pub const KEY_UPDATE: &str = "key_update";
     pub const KEY_VERIFY: &str = "key_verify";
     pub const ROLES_SET: &str = "roles_set";
     pub const USER_DELETE: &str = "user_delete";

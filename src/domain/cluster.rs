@@ -28,7 +28,7 @@ use std::{
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
-use super::{cache::TtlCache, signing::SigningKeys, token::TokenAuthority};
+use super::{cache::TtlCache, policy::Policy, signing::SigningKeys, token::TokenAuthority};
 use crate::store::{Change, ChangeFeed, Heard, KeyWithSecret, SessionState, Store};
 
 /// How often a replica sends itself a heartbeat over the channel.
@@ -54,7 +54,9 @@ const SESSIONS_MAX: usize = 100_000;
 /// so an entry never outlives its key's expiry or its secret's grace period.
 #[derive(Debug, Clone)]
 pub struct CachedKey {
+    pub key_id: i64,
     pub service_name: Arc<str>,
+    pub policy: Arc<Policy>,
     pub key_expires_at: Option<DateTime<Utc>>,
     pub secret_retires_at: Option<DateTime<Utc>>,
 }
@@ -202,6 +204,11 @@ impl Caches {
         self.sessions
             .get_or_fetch(self.trusted(), sid, fetch, |_| true)
             .await
+    }
+
+    /// Forgets what GetKey keeps of a key whose last-used time was just written.
+    pub fn forget_current(&self, service_name: &str) {
+        self.current.remove(service_name);
     }
 
     /// Forgets whatever `change` made stale.
@@ -361,7 +368,15 @@ mod tests {
 
     fn key(name: &str) -> CachedKey {
         CachedKey {
+            key_id: 1,
             service_name: name.into(),
+            policy: Arc::new(Policy {
+                scopes: Arc::new([]),
+                metadata: Arc::default(),
+                enabled: true,
+                rate_limit: None,
+                has_credits: false,
+            }),
             key_expires_at: None,
             secret_retires_at: None,
         }

@@ -1,19 +1,28 @@
-//! The Keys service: create, read, list, rotate, revoke and verify API keys.
+//! The Keys service: create, read, list, update, rotate, revoke and verify API keys.
 
-use std::sync::Arc;
+use std::{collections::BTreeMap, sync::Arc, time::Duration as StdDuration};
 
 use chrono::{DateTime, Duration, Utc};
 
 use super::{
     Caller, Error, Result, api_key,
     audit::{self, action, outcome},
-    cluster::{CachedKey, Caches},
-    paging, require_admin, seconds, validate,
+    cluster::Caches,
+    paging,
+    policy::{RateLimit, fields, fields::MaskPath, rate::Limiter, scopes, usage::LastUsed},
+    require_admin, seconds, validate,
 };
 use crate::{
     crypto::{digest, sealing::Sealer},
-    store::{Change, CreateConflict, KeyWithSecret, NewKey, NewSecret, Rotation, Store},
+    store::{
+        Change, CreateConflict, KeyUpdate, KeyWithSecret, NewKey, NewSecret, Rotation, Store,
+        StoredPolicy,
+    },
 };
+
+mod verify;
+
+pub use verify::{Verification, VerifiedKey};
 
 /// An API key as the transport shows it. `api_key` is empty where no secret is given
 /// out (lists).
@@ -26,13 +35,38 @@ pub struct ApiKeyView {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub expires_at: Option<DateTime<Utc>>,
+    pub scopes: Vec<String>,
+    pub metadata: BTreeMap<String, String>,
+    pub enabled: bool,
+    pub rate_limit: Option<RateLimit>,
+    /// Credits left; `None`: unlimited.
+    pub remaining: Option<i64>,
+    pub last_used_at: Option<DateTime<Utc>>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct CreateKey {
     pub service_name: String,
     pub api_key: Option<String>,
     pub description: String,
+    pub ttl_seconds: i64,
+    pub scopes: Vec<String>,
+    pub metadata: BTreeMap<String, String>,
+    pub rate_limit: Option<RateLimit>,
+    pub remaining: Option<i64>,
+}
+
+/// UpdateKey: only the fields named in `paths` change.
+#[derive(Debug, Clone, Default)]
+pub struct UpdateKey {
+    pub service_name: String,
+    pub paths: Vec<String>,
+    pub description: String,
+    pub scopes: Vec<String>,
+    pub metadata: BTreeMap<String, String>,
+    pub enabled: bool,
+    pub rate_limit: Option<RateLimit>,
+    pub remaining: Option<i64>,
     pub ttl_seconds: i64,
 }
 
@@ -42,15 +76,6 @@ pub struct KeyPage {
     pub next_page_token: String,
 }
 
-/// The answer to VerifyKey: `None` for anything that is not a valid key right now.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct VerifiedKey {
-    pub service_name: String,
-    /// When the presented secret stops verifying (for a rotated-out secret, the end
-    /// of its grace, not the key's expiry); `None`: never.
-    pub expires_at: Option<DateTime<Utc>>,
-}
-
 #[derive(Debug, Clone)]
 pub struct KeyService {
     store: Store,
@@ -58,13 +83,25 @@ pub struct KeyService {
     caches: Arc<Caches>,
     /// Secret reads, committed before the secret is handed out, written in batches.
     audit: audit::AuditQueue,
+    /// This server's rate-limit counts, by key id.
+    limiter: Arc<Limiter>,
+    /// Last-used times waiting for their batched write.
+    last_used: Arc<LastUsed>,
 }
 
 impl KeyService {
-    /// Starts the background audit writer for refused keys: call inside the runtime.
-    pub fn new(store: Store, sealer: Sealer, caches: Arc<Caches>) -> Self {
+    /// Starts the background writers (audit, last-used times every
+    /// `last_used_resolution`): call inside the runtime.
+    pub fn new(
+        store: Store,
+        sealer: Sealer,
+        caches: Arc<Caches>,
+        last_used_resolution: StdDuration,
+    ) -> Self {
         Self {
             audit: audit::AuditQueue::start(store.clone()),
+            last_used: LastUsed::start(store.clone(), caches.clone(), last_used_resolution),
+            limiter: Arc::default(),
             store,
             sealer,
             caches,
@@ -99,6 +136,7 @@ impl KeyService {
             created_at: found.key.created_at,
             updated_at: found.key.updated_at,
             expires_at: found.key.expires_at,
+            ..policy_view(&found.key)
         })
     }
 
@@ -107,6 +145,10 @@ impl KeyService {
         validate::service_name(&req.service_name)?;
         validate::description(&req.description)?;
         validate::ttl_seconds(req.ttl_seconds)?;
+        let scopes = scopes::granted("scopes", req.scopes)?;
+        fields::metadata(&req.metadata)?;
+        fields::rate_limit(req.rate_limit)?;
+        fields::remaining(req.remaining)?;
         let secret = match req.api_key {
             Some(imported) => {
                 validate::imported_api_key(&imported)?;
@@ -131,6 +173,13 @@ impl KeyService {
             description: req.description,
             ttl_seconds: req.ttl_seconds,
             expires_at,
+            policy: StoredPolicy {
+                scopes,
+                metadata: req.metadata,
+                enabled: true,
+                rate_limit: req.rate_limit.map(|l| (l.requests, l.window_seconds)),
+                remaining: req.remaining,
+            },
         };
         let record = audit::event(
             &caller.subject,
@@ -197,6 +246,62 @@ impl KeyService {
             keys,
             next_page_token,
         })
+    }
+
+    /// Changes the fields the mask names; every field is checked before anything is
+    /// written. The answer carries no secret.
+    pub async fn update(&self, caller: &Caller, req: UpdateKey) -> Result<ApiKeyView> {
+        require_admin(caller)?;
+        validate::service_name(&req.service_name)?;
+        let now = Utc::now();
+        let mut update = KeyUpdate::default();
+        for path in fields::mask(&req.paths)? {
+            match path {
+                MaskPath::Description => {
+                    validate::description(&req.description)?;
+                    update.description = Some(req.description.clone());
+                }
+                MaskPath::Scopes => {
+                    update.scopes = Some(scopes::granted("scopes", req.scopes.clone())?);
+                }
+                MaskPath::Metadata => {
+                    fields::metadata(&req.metadata)?;
+                    update.metadata = Some(req.metadata.clone());
+                }
+                MaskPath::Enabled => update.enabled = Some(req.enabled),
+                MaskPath::RateLimit => {
+                    fields::rate_limit(req.rate_limit)?;
+                    update.rate_limit =
+                        Some(req.rate_limit.map(|l| (l.requests, l.window_seconds)));
+                }
+                MaskPath::Remaining => {
+                    fields::remaining(req.remaining)?;
+                    update.remaining = Some(req.remaining);
+                }
+                MaskPath::TtlSeconds => {
+                    validate::ttl_seconds(req.ttl_seconds)?;
+                    let expires_at = match req.ttl_seconds {
+                        0 => None,
+                        ttl => Some(now + seconds(ttl)?),
+                    };
+                    update.ttl = Some((req.ttl_seconds, expires_at));
+                }
+            }
+        }
+        let record = audit::event(
+            &caller.subject,
+            action::KEY_UPDATE,
+            &req.service_name,
+            outcome::SUCCESS,
+        );
+        let updated = self
+            .store
+            .update_key(&req.service_name, update, now, record)
+            .await?
+            .ok_or_else(|| not_found(&req.service_name))?;
+        self.caches.apply(&Change::Key(req.service_name.clone()));
+        tracing::info!(service_name = %req.service_name, paths = ?req.paths, "key updated");
+        self.view(&updated, false)
     }
 
     pub async fn rotate(
@@ -269,67 +374,33 @@ impl KeyService {
             Err(not_found(service_name))
         }
     }
-
-    /// Any authenticated caller may verify. Every kind of bad key is `Ok(None)`.
-    pub async fn verify(&self, caller: &Caller, presented: &str) -> Result<Option<VerifiedKey>> {
-        let verified = self.check_presented_key(presented).await?;
-        if verified.is_none() {
-            // Failures only: successes are the hot path and say nothing new. The target
-            // is the key's display prefix, never the key. Anyone with a token can send
-            // these as fast as valid ones: counted, never waited for (see `append`).
-            audit::append(
-                &self.store,
-                audit::event(
-                    &caller.subject,
-                    action::KEY_VERIFY,
-                    &api_key::display_prefix(presented),
-                    outcome::FAILURE,
-                ),
-            )
-            .await;
-        }
-        Ok(verified)
-    }
-
-    /// The check behind `verify`, for a transport that authenticated its peer some
-    /// other way (Envoy's ext_authz: mTLS or network policy, no KMS token). Every kind
-    /// of bad key is `Ok(None)`; `Err` means the check itself could not be made (the
-    /// database is down), which is never an answer about the key.
-    pub async fn check_presented_key(&self, presented: &str) -> Result<Option<VerifiedKey>> {
-        if presented.is_empty() || presented.len() > validate::IMPORTED_KEY_MAX {
-            return Ok(None);
-        }
-        // A KMS-format key with a bad checksum is a typo or a forgery: no lookup.
-        if api_key::claims_kms_format(presented) && !api_key::checksum_ok(presented) {
-            return Ok(None);
-        }
-        let presented_digest = digest::sha256(presented.as_bytes());
-        let now = Utc::now();
-        let fetch = async {
-            let Some(found) = self.store.find_secret(&presented_digest).await? else {
-                return Ok::<_, Error>(None);
-            };
-            let matches = digest::ct_eq(&found.secret.digest, &presented_digest)
-                && found.key.revoked_at.is_none();
-            Ok(matches.then(|| CachedKey {
-                service_name: found.key.service_name.as_str().into(),
-                key_expires_at: found.key.expires_at,
-                secret_retires_at: found.secret.retires_at,
-            }))
-        };
-        // A cached entry is a verified secret: only its times can have run out since,
-        // so they are checked on every answer, and only a valid one is kept.
-        let entry = self
-            .caches
-            .key_by_digest(&presented_digest, fetch, |k| k.valid_at(now))
-            .await?;
-        Ok(entry.filter(|k| k.valid_at(now)).map(|k| VerifiedKey {
-            service_name: k.service_name.to_string(),
-            expires_at: k.stops_at(),
-        }))
-    }
 }
 
 fn not_found(service_name: &str) -> Error {
     Error::NotFound(format!("no key for service_name '{service_name}'"))
+}
+
+/// The policy fields of a stored key as the transport shows them.
+fn policy_view(key: &crate::store::entities::api_key::Model) -> ApiKeyView {
+    let policy = StoredPolicy::of(key);
+    ApiKeyView {
+        service_name: String::new(),
+        api_key: String::new(),
+        key_prefix: String::new(),
+        description: String::new(),
+        created_at: key.created_at,
+        updated_at: key.updated_at,
+        expires_at: None,
+        scopes: policy.scopes,
+        metadata: policy.metadata,
+        enabled: policy.enabled,
+        rate_limit: policy
+            .rate_limit
+            .map(|(requests, window_seconds)| RateLimit {
+                requests,
+                window_seconds,
+            }),
+        remaining: policy.remaining,
+        last_used_at: key.last_used_at,
+    }
 }

@@ -11,6 +11,7 @@ pub mod error;
 pub mod keys;
 pub mod master_key;
 pub mod paging;
+pub mod policy;
 pub mod sessions;
 pub mod signing;
 pub mod throttle;

@@ -3,7 +3,13 @@
 use chrono::{DateTime, Utc};
 use prost_types::Timestamp;
 
-use crate::{domain::keys::ApiKeyView, proto::kms::v1 as pb};
+use crate::{
+    domain::{
+        keys::ApiKeyView,
+        policy::{RateLimit, VerifyCode},
+    },
+    proto::kms::v1 as pb,
+};
 
 pub fn timestamp(t: DateTime<Utc>) -> Timestamp {
     Timestamp {
@@ -22,6 +28,34 @@ pub fn api_key(view: ApiKeyView) -> pb::ApiKey {
         created_at: Some(timestamp(view.created_at)),
         updated_at: Some(timestamp(view.updated_at)),
         expires_at: view.expires_at.map(timestamp),
+        scopes: view.scopes,
+        metadata: view.metadata.into_iter().collect(),
+        enabled: view.enabled,
+        rate_limit: view.rate_limit.map(|l| pb::RateLimit {
+            requests: l.requests,
+            window_seconds: l.window_seconds,
+        }),
+        remaining: view.remaining,
+        last_used_at: view.last_used_at.map(timestamp),
+    }
+}
+
+pub fn rate_limit(limit: pb::RateLimit) -> RateLimit {
+    RateLimit {
+        requests: limit.requests,
+        window_seconds: limit.window_seconds,
+    }
+}
+
+pub fn verify_code(code: VerifyCode) -> pb::VerifyCode {
+    match code {
+        VerifyCode::Valid => pb::VerifyCode::Valid,
+        VerifyCode::NotFound => pb::VerifyCode::NotFound,
+        VerifyCode::Expired => pb::VerifyCode::Expired,
+        VerifyCode::Disabled => pb::VerifyCode::Disabled,
+        VerifyCode::InsufficientScope => pb::VerifyCode::InsufficientScope,
+        VerifyCode::RateLimited => pb::VerifyCode::RateLimited,
+        VerifyCode::UsageExceeded => pb::VerifyCode::UsageExceeded,
     }
 }
 

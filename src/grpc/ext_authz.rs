@@ -35,6 +35,7 @@ use crate::{
     domain::{
         Caller,
         keys::KeyService,
+        policy::VerifyOptions,
         sessions::{AuthFailure, Authenticator},
     },
     telemetry::Metrics,
@@ -228,14 +229,18 @@ impl ExtAuthz {
                 }
             },
             Ok(Credential::ApiKey(key)) => {
-                let found = self.keys.check_presented_key(key).await?;
-                self.metrics.verification(found.is_some());
-                found
+                let found = self
+                    .keys
+                    .check_presented_key(key, &VerifyOptions::default())
+                    .await?;
+                self.metrics.verification(found.valid());
+                match found.key {
+                    Some(key) if found.valid() => Ok(Principal::Service {
+                        service_name: key.service_name,
+                    }),
+                    _ => Err(Denial::InvalidKey),
+                }
             }
-            .map(|found| Principal::Service {
-                service_name: found.service_name,
-            })
-            .ok_or(Denial::InvalidKey),
             Err(denial) => Err(denial),
         })
     }

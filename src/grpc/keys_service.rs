@@ -4,10 +4,13 @@ use tonic::{Request, Response, Status};
 
 use super::{
     auth_layer::caller,
-    convert::{api_key, timestamp},
+    convert::{api_key, rate_limit, timestamp, verify_code},
 };
 use crate::{
-    domain::keys::{CreateKey, KeyService},
+    domain::{
+        keys::{CreateKey, KeyService, UpdateKey},
+        policy::VerifyOptions,
+    },
     proto::kms::v1::{self as pb, keys_server::Keys},
     telemetry::Metrics,
 };
@@ -40,6 +43,10 @@ impl Keys for KeysApi {
                     api_key: req.api_key,
                     description: req.description,
                     ttl_seconds: req.ttl_seconds,
+                    scopes: req.scopes,
+                    metadata: req.metadata.into_iter().collect(),
+                    rate_limit: req.rate_limit.map(rate_limit),
+                    remaining: req.remaining,
                 },
             )
             .await?;
@@ -103,19 +110,55 @@ impl Keys for KeysApi {
         request: Request<pb::VerifyKeyRequest>,
     ) -> Result<Response<pb::VerifyKeyResponse>, Status> {
         let caller = caller(&request)?;
-        let verified = self
-            .service
-            .verify(&caller, &request.get_ref().api_key)
-            .await?;
-        self.metrics.verification(verified.is_some());
-        let response = match verified {
-            Some(found) => pb::VerifyKeyResponse {
-                valid: true,
-                service_name: found.service_name,
-                expires_at: found.expires_at.map(timestamp),
-            },
-            None => pb::VerifyKeyResponse::default(),
+        let req = request.into_inner();
+        let options = VerifyOptions {
+            required_scopes: req.required_scopes,
+            cost: req.cost,
         };
+        let verified = self.service.verify(&caller, &req.api_key, &options).await?;
+        self.metrics.verification(verified.valid());
+        let mut response = pb::VerifyKeyResponse {
+            valid: verified.valid(),
+            code: verify_code(verified.code).into(),
+            remaining: verified.remaining,
+            rate_limit: verified.rate_limit.map(|s| pb::RateLimitStatus {
+                limit: s.limit,
+                remaining: s.remaining,
+                reset_at: Some(timestamp(s.reset_at)),
+            }),
+            ..Default::default()
+        };
+        if let Some(key) = verified.key {
+            response.service_name = key.service_name;
+            response.expires_at = key.expires_at.map(timestamp);
+            response.scopes = key.scopes.to_vec();
+            response.metadata = key
+                .metadata
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect();
+        }
         Ok(Response::new(response))
+    }
+
+    async fn update_key(
+        &self,
+        request: Request<pb::UpdateKeyRequest>,
+    ) -> Result<Response<pb::ApiKey>, Status> {
+        let caller = caller(&request)?;
+        let req = request.into_inner();
+        let update = UpdateKey {
+            service_name: req.service_name,
+            paths: req.update_mask.map(|m| m.paths).unwrap_or_default(),
+            description: req.description,
+            scopes: req.scopes,
+            metadata: req.metadata.into_iter().collect(),
+            enabled: req.enabled,
+            rate_limit: req.rate_limit.map(rate_limit),
+            remaining: req.remaining,
+            ttl_seconds: req.ttl_seconds,
+        };
+        let key = self.service.update(&caller, update).await?;
+        Ok(Response::new(api_key(key)))
     }
 }

@@ -225,6 +225,7 @@ pub(super) async fn create_key(
         api_key: body.api_key,
         description: String::new(),
         ttl_seconds: 0,
+        ..CreateKey::default()
     };
     let created = state.keys.create(&caller, request).await?;
     Ok((StatusCode::CREATED, Json(created.into())))

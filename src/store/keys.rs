@@ -14,6 +14,7 @@ use super::{
     audit::insert_audit,
     changes::{Change, announce},
     entities::{api_key, api_key_secret, issued_secret_digest},
+    key_policy::StoredPolicy,
 };
 
 /// A secret ready to store: digest and sealed form only.
@@ -31,6 +32,7 @@ pub struct NewKey {
     pub ttl_seconds: i64,
     pub expires_at: Option<DateTime<Utc>>,
     pub secret: NewSecret,
+    pub policy: StoredPolicy,
 }
 
 #[derive(Debug, Clone)]
@@ -74,6 +76,13 @@ impl Store {
             updated_at: Set(now),
             expires_at: Set(new.expires_at),
             revoked_at: Set(None),
+            scopes: Set(new.policy.scopes_json()),
+            metadata: Set(new.policy.metadata_json()),
+            enabled: Set(new.policy.enabled),
+            rate_limit_requests: Set(new.policy.rate_limit.map(|l| l.0)),
+            rate_limit_window_seconds: Set(new.policy.rate_limit.map(|l| l.1)),
+            remaining: Set(new.policy.remaining),
+            last_used_at: Set(None),
         })
         .exec_with_returning(&txn)
         .await

@@ -42,6 +42,13 @@ impl Store {
                 updated_at: Set(now),
                 expires_at: Set(k.expires_at),
                 revoked_at: Set(None),
+                scopes: Set(k.policy.scopes_json()),
+                metadata: Set(k.policy.metadata_json()),
+                enabled: Set(k.policy.enabled),
+                rate_limit_requests: Set(k.policy.rate_limit.map(|l| l.0)),
+                rate_limit_window_seconds: Set(k.policy.rate_limit.map(|l| l.1)),
+                remaining: Set(k.policy.remaining),
+                last_used_at: Set(None),
             }))
             .exec_with_returning(&txn)
             .await?;

@@ -72,6 +72,7 @@ async fn security_events_are_recorded(backend: Backend) {
                 api_key: None,
                 description: String::new(),
                 ttl_seconds: 0,
+                ..Default::default()
             },
             &admin,
         ))
@@ -86,6 +87,7 @@ async fn security_events_are_recorded(backend: Backend) {
                 api_key: None,
                 description: String::new(),
                 ttl_seconds: 0,
+                ..Default::default()
             },
             &admin,
         ))
@@ -113,6 +115,7 @@ async fn security_events_are_recorded(backend: Backend) {
     keys.verify_key(authed(
         pb::VerifyKeyRequest {
             api_key: created.api_key.clone(),
+            ..Default::default()
         },
         &admin,
     ))
@@ -259,6 +262,7 @@ async fn audit_listing_filters_and_pages(backend: Backend) {
                 api_key: None,
                 description: String::new(),
                 ttl_seconds: 0,
+                ..Default::default()
             },
             &admin,
         ))

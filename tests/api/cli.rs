@@ -187,6 +187,7 @@ async fn dev_server_runs_a_full_flow_without_logging_a_secret() {
                 api_key: None,
                 description: "d".into(),
                 ttl_seconds: 0,
+                ..Default::default()
             },
             &admin_token,
         ))
@@ -199,6 +200,7 @@ async fn dev_server_runs_a_full_flow_without_logging_a_secret() {
             api_key: Some(imported.into()),
             description: String::new(),
             ttl_seconds: 0,
+            ..Default::default()
         },
         &admin_token,
     ))
@@ -232,6 +234,7 @@ async fn dev_server_runs_a_full_flow_without_logging_a_secret() {
         keys.verify_key(authed(
             pb::VerifyKeyRequest {
                 api_key: key.clone(),
+                ..Default::default()
             },
             &user_token,
         ))
@@ -495,6 +498,7 @@ async fn migrate_user_create_and_configured_serve() {
                 api_key: None,
                 description: String::new(),
                 ttl_seconds: 0,
+                ..Default::default()
             },
             &token,
         ))
@@ -589,6 +593,7 @@ async fn sigterm_during_a_stream_of_calls_loses_none() {
                 api_key: None,
                 description: String::new(),
                 ttl_seconds: 0,
+                ..Default::default()
             },
             &token,
         ))
@@ -621,6 +626,7 @@ async fn sigterm_during_a_stream_of_calls_loses_none() {
                         .verify_key(authed(
                             pb::VerifyKeyRequest {
                                 api_key: key.clone(),
+                                ..Default::default()
                             },
                             &token,
                         ))

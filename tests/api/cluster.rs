@@ -28,6 +28,7 @@ fn create(name: &str) -> pb::CreateKeyRequest {
         api_key: None,
         description: String::new(),
         ttl_seconds: 0,
+        ..Default::default()
     }
 }
 
@@ -37,6 +38,7 @@ async fn verify(server: &KmsProcess, token: &str, api_key: &str) -> bool {
         .verify_key(authed(
             pb::VerifyKeyRequest {
                 api_key: api_key.into(),
+                ..Default::default()
             },
             token,
         ))

@@ -141,6 +141,7 @@ async fn create_key(server: &TestServer, admin: &str, name: &str, ttl: i64) -> S
                 api_key: None,
                 description: String::new(),
                 ttl_seconds: ttl,
+                ..Default::default()
             },
             admin,
         ))

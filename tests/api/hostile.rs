@@ -142,6 +142,7 @@ impl Ctx {
                         api_key: None,
                         description: "seeded".into(),
                         ttl_seconds: 0,
+                        ..Default::default()
                     },
                     &admin,
                 ))
@@ -1005,6 +1006,7 @@ async fn hostile_keys_fields(backend: Backend) {
                         api_key,
                         description,
                         ttl_seconds,
+                        ..Default::default()
                     }
                 })
         },
@@ -1111,7 +1113,10 @@ async fn hostile_keys_fields(backend: Backend) {
                 1 => Just(String::new()),
                 1 => "[!-~]{257,300}",
             ]
-            .prop_map(|api_key| pb::VerifyKeyRequest { api_key })
+            .prop_map(|api_key| pb::VerifyKeyRequest {
+                api_key,
+                ..Default::default()
+            })
         },
         |req| sized(req, codes(&[Code::Ok])),
         move |ctx, req| {
@@ -1128,7 +1133,11 @@ async fn hostile_keys_fields(backend: Backend) {
                     "{answer:?}"
                 );
                 if !answer.valid {
-                    assert_eq!(answer, pb::VerifyKeyResponse::default());
+                    let not_found = pb::VerifyKeyResponse {
+                        code: pb::VerifyCode::NotFound.into(),
+                        ..Default::default()
+                    };
+                    assert_eq!(answer, not_found);
                     failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
                 Ok::<_, Status>(answer)
@@ -1523,6 +1532,7 @@ impl Method {
                 api_key: Some("k".repeat(40)),
                 description: "raw".into(),
                 ttl_seconds: 60,
+                ..Default::default()
             }
             .encode_to_vec(),
             Self::GetKey => pb::GetKeyRequest {
@@ -1545,6 +1555,7 @@ impl Method {
             .encode_to_vec(),
             Self::VerifyKey => pb::VerifyKeyRequest {
                 api_key: "kms_nope".into(),
+                ..Default::default()
             }
             .encode_to_vec(),
             Self::ListUsers => pb::ListUsersRequest {
@@ -1943,6 +1954,7 @@ async fn call_with(ctx: &Ctx, method: Method, meta: MetadataMap) -> Result<(), S
                 meta,
                 pb::VerifyKeyRequest {
                     api_key: "kms_nope".into(),
+                    ..Default::default()
                 },
             ))
             .await

@@ -19,6 +19,7 @@ fn create(name: &str) -> pb::CreateKeyRequest {
         api_key: None,
         description: String::new(),
         ttl_seconds: 0,
+        ..Default::default()
     }
 }
 
@@ -51,6 +52,7 @@ fn list(page_size: i32, page_token: &str) -> pb::ListKeysRequest {
 fn verify(key: &str) -> pb::VerifyKeyRequest {
     pb::VerifyKeyRequest {
         api_key: key.into(),
+        ..Default::default()
     }
 }
 
@@ -406,10 +408,11 @@ async fn ttl_expires_keys(backend: Backend) {
     assert_eq!(v.expires_at.unwrap().seconds, expires);
 
     tokio::time::sleep(Duration::from_millis(3100)).await;
-    assert_eq!(
-        verifies(&server, &admin, &created.api_key).await,
-        pb::VerifyKeyResponse::default()
-    );
+    // Second release: an expired key is EXPIRED, with the key's fields (API.md).
+    let expired = verifies(&server, &admin, &created.api_key).await;
+    assert!(!expired.valid);
+    assert_eq!(expired.code, i32::from(pb::VerifyCode::Expired));
+    assert_eq!(expired.service_name, "short-lived");
     // Still listed and readable, with its expiry, so admins can see why it fails.
     let got = keys
         .get_key(authed(get("short-lived"), &admin))
@@ -652,7 +655,12 @@ async fn verify_never_fails_for_bad_keys(backend: Backend) {
         format!("{} ", created.api_key),
     ] {
         let v = verifies(&server, &user, &bad).await;
-        assert_eq!(v, pb::VerifyKeyResponse::default(), "{bad:?}");
+        // NOT_FOUND and nothing else (the code is the second release's addition).
+        let not_found = pb::VerifyKeyResponse {
+            code: pb::VerifyCode::NotFound.into(),
+            ..Default::default()
+        };
+        assert_eq!(v, not_found, "{bad:?}");
     }
     assert!(verifies(&server, &user, &created.api_key).await.valid);
     server.stop().await;

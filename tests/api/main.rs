@@ -19,6 +19,7 @@ mod hostile;
 mod http_client;
 mod keys;
 mod ops;
+mod policy;
 mod process;
 mod replicas;
 mod rest;

@@ -71,6 +71,7 @@ async fn metrics_count_a_flow(backend: Backend) {
                 api_key: None,
                 description: String::new(),
                 ttl_seconds: 0,
+                ..Default::default()
             },
             &admin,
         ))
@@ -81,6 +82,7 @@ async fn metrics_count_a_flow(backend: Backend) {
         keys.verify_key(authed(
             pb::VerifyKeyRequest {
                 api_key: key.into(),
+                ..Default::default()
             },
             &admin,
         ))

@@ -22,6 +22,7 @@ async fn changes_on_one_replica_reach_the_other_within_a_second() {
 fn verify(key: &str) -> pb::VerifyKeyRequest {
     pb::VerifyKeyRequest {
         api_key: key.into(),
+        ..Default::default()
     }
 }
 
@@ -134,6 +135,7 @@ async fn propagation(backend: Backend) {
                 api_key: None,
                 description: String::new(),
                 ttl_seconds: 0,
+                ..Default::default()
             },
             &admin,
         ))
@@ -238,6 +240,7 @@ async fn a_replica_that_loses_its_listener_still_honours_changes_within_a_second
                 api_key: None,
                 description: String::new(),
                 ttl_seconds: 0,
+                ..Default::default()
             },
             &admin,
         ))

@@ -272,11 +272,17 @@ async fn keys_endpoints_and_their_errors(backend: Backend) {
         let mut keys = server.keys();
         let admin = admin.clone();
         async move {
-            keys.verify_key(authed(pb::VerifyKeyRequest { api_key: key }, &admin))
-                .await
-                .unwrap()
-                .into_inner()
-                .valid
+            keys.verify_key(authed(
+                pb::VerifyKeyRequest {
+                    api_key: key,
+                    ..Default::default()
+                },
+                &admin,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .valid
         }
     };
     assert!(
@@ -546,6 +552,7 @@ async fn tokens_work_across_both_apis(backend: Backend) {
                 api_key: None,
                 description: String::new(),
                 ttl_seconds: 0,
+                ..Default::default()
             },
             &from_http,
         ))

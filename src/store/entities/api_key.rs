@@ -14,6 +14,18 @@ pub struct Model {
     pub updated_at: DateTimeUtc,
     pub expires_at: Option<DateTimeUtc>,
     pub revoked_at: Option<DateTimeUtc>,
+    /// JSON array of strings, sorted and unique.
+    pub scopes: String,
+    /// JSON object of strings.
+    pub metadata: String,
+    pub enabled: bool,
+    /// Both set or both NULL (no limit).
+    pub rate_limit_requests: Option<i64>,
+    pub rate_limit_window_seconds: Option<i64>,
+    /// Credits left; NULL: unlimited.
+    pub remaining: Option<i64>,
+    /// Written in coarse batches, not per verification.
+    pub last_used_at: Option<DateTimeUtc>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

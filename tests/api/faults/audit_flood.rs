@@ -223,6 +223,7 @@ async fn a_verify_key_flood_writes_a_bounded_number_of_rows(backend: Backend) {
         .verify_key(authed(
             pb::VerifyKeyRequest {
                 api_key: "kms_probe".into(),
+                ..Default::default()
             },
             &token,
         ))
@@ -243,7 +244,13 @@ async fn a_verify_key_flood_writes_a_bounded_number_of_rows(backend: Backend) {
         };
         async move {
             let answer = keys
-                .verify_key(authed(pb::VerifyKeyRequest { api_key }, &token))
+                .verify_key(authed(
+                    pb::VerifyKeyRequest {
+                        api_key,
+                        ..Default::default()
+                    },
+                    &token,
+                ))
                 .await
                 .unwrap()
                 .into_inner();

@@ -136,6 +136,7 @@ async fn verify(keys: &mut KeysClient<Channel>, admin: &str, secret: &str) -> bo
     keys.verify_key(authed(
         pb::VerifyKeyRequest {
             api_key: secret.into(),
+            ..Default::default()
         },
         admin,
     ))

@@ -297,6 +297,7 @@ async fn idle_reflection_streams_do_not_starve_the_api() {
                 api_key: None,
                 description: String::new(),
                 ttl_seconds: 0,
+                ..Default::default()
             },
             &admin,
         ))
@@ -343,6 +344,7 @@ async fn idle_reflection_streams_do_not_starve_the_api() {
         .verify_key(authed(
             pb::VerifyKeyRequest {
                 api_key: created.api_key.clone(),
+                ..Default::default()
             },
             &user,
         ))
@@ -423,6 +425,7 @@ async fn health_is_not_serving_while_every_api_call_is_refused() {
             .verify_key(authed(
                 pb::VerifyKeyRequest {
                     api_key: "kms_x".into(),
+                    ..Default::default()
                 },
                 &user,
             ))

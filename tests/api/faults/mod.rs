@@ -24,6 +24,7 @@ fn create(name: &str) -> pb::CreateKeyRequest {
         api_key: None,
         description: String::new(),
         ttl_seconds: 0,
+        ..Default::default()
     }
 }
 

@@ -169,6 +169,7 @@ async fn load(load: Load, task: usize) {
                 let f = keys.verify_key(authed(
                     pb::VerifyKeyRequest {
                         api_key: secret.clone(),
+                        ..Default::default()
                     },
                     &admin,
                 ));

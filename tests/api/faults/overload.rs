@@ -72,6 +72,7 @@ async fn burst(server: &KmsProcess, admin: &str, secret: &str, round: usize) -> 
                             .verify_key(authed(
                                 pb::VerifyKeyRequest {
                                     api_key: secret.clone(),
+                                    ..Default::default()
                                 },
                                 &admin,
                             ))
@@ -155,6 +156,7 @@ async fn burst_beyond_capacity_is_shed_and_service_recovers(backend: Backend) {
             .verify_key(authed(
                 pb::VerifyKeyRequest {
                     api_key: secret.clone(),
+                    ..Default::default()
                 },
                 &admin,
             ))

@@ -136,6 +136,7 @@ async fn concurrent_rotations_leave_one_current_secret(backend: Backend) {
             .verify_key(authed(
                 pb::VerifyKeyRequest {
                     api_key: secret.clone(),
+                    ..Default::default()
                 },
                 &admin,
             ))

@@ -228,6 +228,7 @@ async fn a_second_server_on_a_link_to_the_sqlite_file_is_refused() {
                 api_key: None,
                 description: String::new(),
                 ttl_seconds: 0,
+                ..Default::default()
             },
             &admin,
         ))
@@ -385,6 +386,7 @@ async fn a_wrong_master_key_is_refused_at_start_and_by_the_cli(backend: Backend)
                         api_key: None,
                         description: String::new(),
                         ttl_seconds: 0,
+                        ..Default::default()
                     },
                     &token,
                 ))
