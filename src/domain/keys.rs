@@ -22,7 +22,7 @@ use crate::{
 
 mod verify;
 
-pub use verify::{Verification, VerifiedKey};
+pub use verify::{RateLimitStatus, Verification, VerifiedKey};
 
 /// An API key as the transport shows it. `api_key` is empty where no secret is given
 /// out (lists).

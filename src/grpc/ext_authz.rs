@@ -6,6 +6,12 @@
 //! denial (HTTP 401 with `www-authenticate`). Only a check that could not be made (the
 //! database is down) is a gRPC error, so that Envoy's `failure_mode_allow` decides.
 //!
+//! Routes may ask for more in their `context_extensions`: `kms_required_scopes` (API
+//! keys must hold every one, space-separated) and `kms_required_roles` (access tokens
+//! must carry every role). A route naming only one kind refuses the other with 403.
+//! A key without a scope is 403; a key rate limited or out of credits is 429, with
+//! `retry-after` when rate limited, and `ratelimit-*` headers for keys with a limit.
+//!
 //! The service is served by `ExtAuthzServer`, not envoy-types' generated
 //! `AuthorizationServer`: that one hard-codes tonic-prost's codec, which answers bytes
 //! that do not decode (or a header value that is not UTF-8) with INTERNAL. Ours uses
@@ -30,12 +36,15 @@ use tonic::{
     server::{NamedService, UnaryService},
 };
 
-use super::auth_layer::bearer_token;
+use super::{
+    auth_layer::bearer_token,
+    ext_authz_route::{Route, rate_limit_headers, seconds_until},
+};
 use crate::{
     domain::{
         Caller,
-        keys::KeyService,
-        policy::VerifyOptions,
+        keys::{KeyService, RateLimitStatus},
+        policy::{VerifyCode, VerifyOptions},
         sessions::{AuthFailure, Authenticator},
     },
     telemetry::Metrics,
@@ -46,6 +55,9 @@ use crate::{
 pub const SUBJECT_HEADER: &str = "x-kms-subject";
 pub const ROLES_HEADER: &str = "x-kms-roles";
 pub const SERVICE_HEADER: &str = "x-kms-service";
+/// The allowed key's scopes, space-separated.
+pub const SCOPES_HEADER: &str = "x-kms-scopes";
+
 const AUTHORIZATION_HEADER: &str = "authorization";
 const API_KEY_HEADER: &str = "x-api-key";
 const WWW_AUTHENTICATE: &str = "www-authenticate";
@@ -55,7 +67,11 @@ const OVERWRITE: Option<HeaderAppendAction> = Some(HeaderAppendAction::Overwrite
 #[derive(Debug, PartialEq, Eq)]
 enum Principal {
     User(Caller),
-    Service { service_name: String },
+    Service {
+        service_name: String,
+        scopes: Vec<String>,
+        rate_limit: Option<RateLimitStatus>,
+    },
 }
 
 /// Why a request is refused. The reason goes into the rpc status, which Envoy may log;
@@ -70,6 +86,16 @@ enum Denial {
     Malformed,
     InvalidToken,
     InvalidKey,
+    /// The route takes only the other kind of credential (403).
+    WrongKind,
+    /// A key without a scope the route requires (403).
+    MissingScope,
+    /// A token without a role the route requires (403).
+    MissingRole,
+    /// 429, with `retry-after`.
+    RateLimited,
+    /// 429: the key's credits are used up.
+    UsageExceeded,
 }
 
 impl Denial {
@@ -82,6 +108,11 @@ impl Denial {
             Self::Malformed => "authorization header must be 'Bearer <access token>'",
             Self::InvalidToken => "invalid or expired access token",
             Self::InvalidKey => "invalid, expired or revoked API key",
+            Self::WrongKind => "this route does not take this kind of credential",
+            Self::MissingScope => "the API key lacks a scope this route requires",
+            Self::MissingRole => "the access token lacks a role this route requires",
+            Self::RateLimited => "the API key's rate limit is used up",
+            Self::UsageExceeded => "the API key's credits are used up",
         }
     }
 
@@ -91,7 +122,51 @@ impl Denial {
         match self {
             Self::Malformed => r#"Bearer realm="kms", error="invalid_request""#,
             Self::InvalidToken => r#"Bearer realm="kms", error="invalid_token""#,
-            Self::Missing | Self::Ambiguous | Self::InvalidKey => r#"Bearer realm="kms""#,
+            Self::Missing
+            | Self::Ambiguous
+            | Self::InvalidKey
+            | Self::WrongKind
+            | Self::MissingScope
+            | Self::MissingRole
+            | Self::RateLimited
+            | Self::UsageExceeded => r#"Bearer realm="kms""#,
+        }
+    }
+
+    fn http_status(self) -> (HttpStatusCode, Status) {
+        let reason = self.reason();
+        match self {
+            Self::Missing
+            | Self::Ambiguous
+            | Self::Malformed
+            | Self::InvalidToken
+            | Self::InvalidKey => (
+                HttpStatusCode::Unauthorized,
+                Status::unauthenticated(reason),
+            ),
+            Self::WrongKind | Self::MissingScope | Self::MissingRole => {
+                (HttpStatusCode::Forbidden, Status::permission_denied(reason))
+            }
+            Self::RateLimited | Self::UsageExceeded => (
+                HttpStatusCode::TooManyRequests,
+                Status::resource_exhausted(reason),
+            ),
+        }
+    }
+}
+
+/// A refusal, with the key's rate-limit state when it has a limit.
+#[derive(Debug, PartialEq, Eq)]
+struct Refusal {
+    denial: Denial,
+    rate_limit: Option<RateLimitStatus>,
+}
+
+impl From<Denial> for Refusal {
+    fn from(denial: Denial) -> Self {
+        Self {
+            denial,
+            rate_limit: None,
         }
     }
 }
@@ -176,11 +251,24 @@ fn allow(principal: &Principal) -> CheckResponse {
             } else {
                 ok.add_header(ROLES_HEADER, roles, OVERWRITE, false);
             }
-            ok.remove_header(SERVICE_HEADER);
+            ok.remove_header(SERVICE_HEADER)
+                .remove_header(SCOPES_HEADER);
         }
-        Principal::Service { service_name } => {
+        Principal::Service {
+            service_name,
+            scopes,
+            rate_limit,
+        } => {
             ok.add_header(SERVICE_HEADER, service_name.as_str(), OVERWRITE, false);
             ok.remove_header(SUBJECT_HEADER).remove_header(ROLES_HEADER);
+            if scopes.is_empty() {
+                ok.remove_header(SCOPES_HEADER);
+            } else {
+                ok.add_header(SCOPES_HEADER, scopes.join(" "), OVERWRITE, false);
+            }
+            for (name, value) in rate_limit.iter().flat_map(rate_limit_headers) {
+                ok.add_response_header(name, value, OVERWRITE, false);
+            }
         }
     }
     ok.remove_header(API_KEY_HEADER);
@@ -190,12 +278,35 @@ fn allow(principal: &Principal) -> CheckResponse {
 }
 
 /// Denied: HTTP 401 with a challenge for the client, UNAUTHENTICATED for Envoy.
+#[cfg(test)]
 fn deny(denial: Denial) -> CheckResponse {
+    refuse(&denial.into())
+}
+
+/// Denied: 401 with a challenge, 403, or 429 with `retry-after` when rate limited;
+/// `ratelimit-*` headers whenever the key has a limit.
+fn refuse(refusal: &Refusal) -> CheckResponse {
+    let (http_status, status) = refusal.denial.http_status();
     let mut denied = DeniedHttpResponseBuilder::new();
-    denied
-        .set_http_status(HttpStatusCode::Unauthorized)
-        .add_header(WWW_AUTHENTICATE, denial.challenge(), OVERWRITE, false);
-    let mut response = CheckResponse::with_status(Status::unauthenticated(denial.reason()));
+    denied.set_http_status(http_status);
+    if http_status == HttpStatusCode::Unauthorized {
+        denied.add_header(
+            WWW_AUTHENTICATE,
+            refusal.denial.challenge(),
+            OVERWRITE,
+            false,
+        );
+    }
+    if let Some(limit) = &refusal.rate_limit {
+        if refusal.denial == Denial::RateLimited {
+            let retry = seconds_until(limit.reset_at).max(1);
+            denied.add_header("retry-after", retry.to_string(), OVERWRITE, false);
+        }
+        for (name, value) in rate_limit_headers(limit) {
+            denied.add_header(name, value, OVERWRITE, false);
+        }
+    }
+    let mut response = CheckResponse::with_status(status);
     response.set_http_response(denied);
     response
 }
@@ -215,33 +326,66 @@ impl ExtAuthz {
         }
     }
 
-    /// `Err` only when the check could not be made; every bad credential is a `Denial`.
+    /// `Err` only when the check could not be made; every bad credential is a refusal.
     async fn decide(
         &self,
         http: Option<&HttpRequest>,
-    ) -> Result<Result<Principal, Denial>, Status> {
-        Ok(match credential(http) {
-            Ok(Credential::Bearer(token)) => match self.authenticator.authenticate(token).await {
-                Ok(claims) => Ok(Principal::User(claims.caller())),
-                Err(AuthFailure::Invalid) => Err(Denial::InvalidToken),
+        route: &Route,
+    ) -> Result<Result<Principal, Refusal>, Status> {
+        let credential = match credential(http) {
+            Ok(credential) => credential,
+            Err(denial) => return Ok(Err(denial.into())),
+        };
+        Ok(match credential {
+            // Refused before any lookup: a key is not spent on a route that takes none.
+            Credential::Bearer(_) if !route.takes_tokens() => Err(Denial::WrongKind.into()),
+            Credential::ApiKey(_) if !route.takes_keys() => Err(Denial::WrongKind.into()),
+            Credential::Bearer(token) => match self.authenticator.authenticate(token).await {
+                Ok(claims) => {
+                    let caller = claims.caller();
+                    let required = route.roles.as_deref().unwrap_or_default();
+                    if required.iter().all(|role| caller.roles.contains(role)) {
+                        Ok(Principal::User(caller))
+                    } else {
+                        Err(Denial::MissingRole.into())
+                    }
+                }
+                Err(AuthFailure::Invalid) => Err(Denial::InvalidToken.into()),
                 Err(AuthFailure::Unavailable) => {
                     return Err(Status::unavailable("cannot check the token now"));
                 }
             },
-            Ok(Credential::ApiKey(key)) => {
-                let found = self
-                    .keys
-                    .check_presented_key(key, &VerifyOptions::default())
-                    .await?;
+            Credential::ApiKey(key) => {
+                let options = VerifyOptions {
+                    required_scopes: route.scopes.clone().unwrap_or_default(),
+                    cost: None,
+                };
+                let found = self.keys.check_presented_key(key, &options).await?;
                 self.metrics.verification(found.valid());
-                match found.key {
-                    Some(key) if found.valid() => Ok(Principal::Service {
+                let denial = match found.code {
+                    VerifyCode::Valid => None,
+                    VerifyCode::NotFound | VerifyCode::Expired | VerifyCode::Disabled => {
+                        Some(Denial::InvalidKey)
+                    }
+                    VerifyCode::InsufficientScope => Some(Denial::MissingScope),
+                    VerifyCode::RateLimited => Some(Denial::RateLimited),
+                    VerifyCode::UsageExceeded => Some(Denial::UsageExceeded),
+                };
+                match (denial, found.key) {
+                    (None, Some(key)) => Ok(Principal::Service {
                         service_name: key.service_name,
+                        scopes: key.scopes.to_vec(),
+                        rate_limit: found.rate_limit,
                     }),
-                    _ => Err(Denial::InvalidKey),
+                    (denial, _) => Err(Refusal {
+                        denial: denial.unwrap_or(Denial::InvalidKey),
+                        // Limit headers go with the key's own refusals, not with 401s.
+                        rate_limit: found.rate_limit.filter(|_| {
+                            matches!(denial, Some(Denial::RateLimited | Denial::UsageExceeded))
+                        }),
+                    }),
                 }
             }
-            Err(denial) => Err(denial),
         })
     }
 }
@@ -258,14 +402,19 @@ impl Authorization for ExtAuthz {
             .as_ref()
             .and_then(|a| a.request.as_ref())
             .and_then(|r| r.http.as_ref());
-        let response = match self.decide(http).await? {
+        let route = check
+            .attributes
+            .as_ref()
+            .map(|a| Route::of(&a.context_extensions))
+            .unwrap_or_default();
+        let response = match self.decide(http, &route).await? {
             Ok(principal) => {
                 tracing::debug!(?principal, "ext_authz: allowed");
                 allow(&principal)
             }
-            Err(denial) => {
-                tracing::debug!(reason = denial.reason(), "ext_authz: denied");
-                deny(denial)
+            Err(refusal) => {
+                tracing::debug!(reason = refusal.denial.reason(), "ext_authz: denied");
+                refuse(&refusal)
             }
         };
         Ok(Response::new(response))
@@ -447,7 +596,7 @@ mod tests {
                 ("x-kms-roles".into(), "admin,user".into(), overwrite),
             ]
         );
-        assert_eq!(removed, vec!["x-kms-service", "x-api-key"]);
+        assert_eq!(removed, vec!["x-kms-service", "x-kms-scopes", "x-api-key"]);
 
         let no_roles = Principal::User(Caller {
             subject: "bob".into(),
@@ -456,17 +605,33 @@ mod tests {
         });
         let (set, removed) = ok_parts(&allow(&no_roles));
         assert_eq!(set.len(), 1);
-        assert_eq!(removed, vec!["x-kms-roles", "x-kms-service", "x-api-key"]);
+        assert_eq!(
+            removed,
+            vec!["x-kms-roles", "x-kms-service", "x-kms-scopes", "x-api-key"]
+        );
 
         let service = Principal::Service {
             service_name: "billing".into(),
+            scopes: Vec::new(),
+            rate_limit: None,
         };
         let (set, removed) = ok_parts(&allow(&service));
         assert_eq!(
             set,
             vec![("x-kms-service".into(), "billing".into(), overwrite)]
         );
-        assert_eq!(removed, vec!["x-kms-subject", "x-kms-roles", "x-api-key"]);
+        assert_eq!(
+            removed,
+            vec!["x-kms-subject", "x-kms-roles", "x-kms-scopes", "x-api-key"]
+        );
+
+        let scoped = Principal::Service {
+            service_name: "billing".into(),
+            scopes: vec!["a:*".into(), "b".into()],
+            rate_limit: None,
+        };
+        let (set, _) = ok_parts(&allow(&scoped));
+        assert!(set.contains(&("x-kms-scopes".into(), "a:* b".into(), overwrite)));
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod budget;
 pub mod codec;
 mod convert;
 mod ext_authz;
+mod ext_authz_route;
 mod keys_service;
 pub mod observe;
 mod status;

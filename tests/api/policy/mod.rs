@@ -9,6 +9,7 @@ use crate::common::{TestServer, authed};
 
 mod credits;
 mod crud;
+mod ext_authz;
 mod rate;
 mod verify;
 
