@@ -1,9 +1,14 @@
 //! Keys that carry policy: scopes and metadata (JSON text), an enabled flag, a rate
 //! limit, credits and the time of the last valid verification. Keys of the first
 //! release get no scopes, no metadata, enabled, no limit, unlimited credits, never used.
+//!
+//! `rate_leases`: the share of each key's rate limit that replicas sharing a database
+//! have taken, per tenth of its window (see `domain::policy::lease`).
 
 use sea_orm_migration::prelude::*;
-use sea_orm_migration::schema::{big_integer_null, boolean, text, timestamp_with_time_zone_null};
+use sea_orm_migration::schema::{
+    big_integer, big_integer_null, boolean, text, timestamp_with_time_zone_null,
+};
 
 #[derive(DeriveMigrationName)]
 pub struct Migration;
@@ -18,6 +23,14 @@ enum ApiKeys {
     RateLimitWindowSeconds,
     Remaining,
     LastUsedAt,
+}
+
+#[derive(DeriveIden)]
+enum RateLeases {
+    Table,
+    KeyId,
+    BucketStartMs,
+    Count,
 }
 
 #[async_trait::async_trait]
@@ -48,6 +61,21 @@ impl MigrationTrait for Migration {
                 )
                 .await?;
         }
+        manager
+            .create_table(
+                Table::create()
+                    .table(RateLeases::Table)
+                    .col(big_integer(RateLeases::KeyId))
+                    .col(big_integer(RateLeases::BucketStartMs))
+                    .col(big_integer(RateLeases::Count))
+                    .primary_key(
+                        Index::create()
+                            .col(RateLeases::KeyId)
+                            .col(RateLeases::BucketStartMs),
+                    )
+                    .to_owned(),
+            )
+            .await?;
         Ok(())
     }
 }

@@ -9,7 +9,9 @@ use super::{
     audit::{self, action, outcome},
     cluster::Caches,
     paging,
-    policy::{RateLimit, fields, fields::MaskPath, rate::Limiter, scopes, usage::LastUsed},
+    policy::{
+        RateLimit, fields, fields::MaskPath, lease::Leases, rate::Limiter, scopes, usage::LastUsed,
+    },
     require_admin, seconds, validate,
 };
 use crate::{
@@ -85,6 +87,8 @@ pub struct KeyService {
     audit: audit::AuditQueue,
     /// This server's rate-limit counts, by key id.
     limiter: Arc<Limiter>,
+    /// The share of each limit this replica holds, when replicas share the database.
+    leases: Option<Arc<Leases>>,
     /// Last-used times waiting for their batched write.
     last_used: Arc<LastUsed>,
 }
@@ -102,6 +106,9 @@ impl KeyService {
             audit: audit::AuditQueue::start(store.clone()),
             last_used: LastUsed::start(store.clone(), caches.clone(), last_used_resolution),
             limiter: Arc::default(),
+            leases: store
+                .is_shared()
+                .then(|| Arc::new(Leases::new(store.clone()))),
             store,
             sealer,
             caches,

@@ -217,3 +217,62 @@ impl Store {
         Ok(())
     }
 }
+
+/// A request for a share of a key's rate limit (`domain::policy::lease`).
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseAsk {
+    pub key_id: i64,
+    /// The start of the current bucket and the width of one, in Unix milliseconds.
+    pub bucket_start_ms: i64,
+    pub bucket_ms: i64,
+    /// How many buckets one check spans, and how much they may hold together.
+    pub span_buckets: i64,
+    pub cap: i64,
+    pub want: i64,
+}
+
+impl Store {
+    /// Takes up to `want` of a key's rate limit for the current bucket: as much as
+    /// the last `span_buckets` buckets leave under `cap`. The key row is locked first,
+    /// so replicas asking at once are served one after another. 0: none left.
+    pub async fn lease_rate(&self, ask: LeaseAsk) -> Result<i64, StoreError> {
+        use sea_orm::{ConnectionTrait, DbBackend, Statement};
+        let pg = |sql: &str, values: Vec<sea_orm::Value>| {
+            Statement::from_sql_and_values(DbBackend::Postgres, sql, values)
+        };
+        let oldest = ask.bucket_start_ms - (ask.span_buckets - 1) * ask.bucket_ms;
+        let txn = self.db.begin().await?;
+        txn.execute_raw(pg(
+            "SELECT id FROM api_keys WHERE id = $1 FOR UPDATE",
+            vec![ask.key_id.into()],
+        ))
+        .await?;
+        let used: i64 = txn
+            .query_one_raw(pg(
+                "SELECT COALESCE(SUM(count), 0)::BIGINT AS used FROM rate_leases \
+                 WHERE key_id = $1 AND bucket_start_ms >= $2",
+                vec![ask.key_id.into(), oldest.into()],
+            ))
+            .await?
+            .map(|row| row.try_get::<i64>("", "used"))
+            .transpose()?
+            .unwrap_or(0);
+        let grant = std::cmp::max(std::cmp::min(ask.want, ask.cap - used), 0);
+        if grant > 0 {
+            txn.execute_raw(pg(
+                "INSERT INTO rate_leases (key_id, bucket_start_ms, count) VALUES ($1, $2, $3) \
+                 ON CONFLICT (key_id, bucket_start_ms) \
+                 DO UPDATE SET count = rate_leases.count + EXCLUDED.count",
+                vec![ask.key_id.into(), ask.bucket_start_ms.into(), grant.into()],
+            ))
+            .await?;
+        }
+        txn.execute_raw(pg(
+            "DELETE FROM rate_leases WHERE key_id = $1 AND bucket_start_ms < $2",
+            vec![ask.key_id.into(), oldest.into()],
+        ))
+        .await?;
+        txn.commit().await?;
+        Ok(grant)
+    }
+}

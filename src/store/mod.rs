@@ -25,7 +25,7 @@ use sea_orm_migration::MigratorTrait;
 pub use audit::{AuditFilter, AuditRecord, StoredAuditEvent, audit_batch_len};
 pub use changes::{Change, ChangeFeed, ChangeSender, Heard};
 pub use error::StoreError;
-pub use key_policy::{KeyUpdate, Spend, StoredPolicy};
+pub use key_policy::{KeyUpdate, LeaseAsk, Spend, StoredPolicy};
 pub use keys::{CreateConflict, KeyWithSecret, NewKey, NewSecret, Rotation};
 pub use sealed::{SealedSample, SealedSamples};
 pub use sessions::{NewRefreshToken, RefreshAudit, RefreshOutcome, SessionState};

@@ -16,7 +16,9 @@ use crate::{
         Caller, Result, api_key,
         audit::{self, action, outcome},
         cluster::CachedKey,
-        policy::{Policy, VerifyCode, VerifyOptions, fields, rate::LimitState, scopes},
+        policy::{
+            Policy, RateLimit, VerifyCode, VerifyOptions, fields, lease, rate::LimitState, scopes,
+        },
         validate,
     },
     store::{Spend, StoredPolicy},
@@ -146,7 +148,7 @@ impl KeyService {
         }
         let rate_limit = match policy.rate_limit {
             None => None,
-            Some(limit) => match self.limiter.take(entry.key_id, limit, now_ms) {
+            Some(limit) => match self.take_request(entry.key_id, limit, now_ms).await? {
                 Ok(state) => Some(status(state)),
                 Err(state) => {
                     return Ok(Verification {
@@ -159,8 +161,11 @@ impl KeyService {
             },
         };
         let give_back = || {
-            if rate_limit.is_some() {
+            if let Some(limit) = policy.rate_limit {
                 self.limiter.give_back(entry.key_id);
+                if let Some(leases) = &self.leases {
+                    leases.give_back(entry.key_id, limit, now_ms);
+                }
             }
         };
         let remaining = if policy.has_credits {
@@ -196,6 +201,40 @@ impl KeyService {
             remaining,
             rate_limit,
         })
+    }
+
+    /// One request of a key's limit: this server's exact count first, then, when
+    /// replicas share the database, this replica's share of the key's limit.
+    async fn take_request(
+        &self,
+        key_id: i64,
+        limit: RateLimit,
+        now_ms: i64,
+    ) -> Result<std::result::Result<LimitState, LimitState>> {
+        let state = match self.limiter.take(key_id, limit, now_ms) {
+            Ok(state) => state,
+            refused => return Ok(refused),
+        };
+        let Some(leases) = &self.leases else {
+            return Ok(Ok(state));
+        };
+        match leases.take(key_id, limit, now_ms).await {
+            Ok(true) => Ok(Ok(state)),
+            Ok(false) => {
+                self.limiter.give_back(key_id);
+                // The other replicas used the rest: one more may pass in the next bucket.
+                let (start, width) = lease::bucket(limit, now_ms);
+                Ok(Err(LimitState {
+                    limit: limit.requests,
+                    remaining: 0,
+                    reset_at_ms: start + width,
+                }))
+            }
+            Err(e) => {
+                self.limiter.give_back(key_id);
+                Err(e)
+            }
+        }
     }
 
     /// A refusal made before the rate limit was counted: the limit's state as it is.
@@ -253,12 +292,12 @@ impl KeyService {
                     scopes: policy.scopes.into(),
                     metadata: Arc::new(policy.metadata),
                     enabled: policy.enabled,
-                    rate_limit: policy.rate_limit.map(|(requests, window_seconds)| {
-                        crate::domain::policy::RateLimit {
+                    rate_limit: policy
+                        .rate_limit
+                        .map(|(requests, window_seconds)| RateLimit {
                             requests,
                             window_seconds,
-                        }
-                    }),
+                        }),
                     has_credits: policy.remaining.is_some(),
                 }),
                 key_expires_at: found.key.expires_at,

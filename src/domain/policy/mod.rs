@@ -4,6 +4,7 @@
 use std::{collections::BTreeMap, sync::Arc};
 
 pub mod fields;
+pub mod lease;
 pub mod rate;
 pub mod scopes;
 pub mod usage;

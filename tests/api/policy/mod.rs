@@ -11,6 +11,7 @@ mod credits;
 mod crud;
 mod ext_authz;
 mod rate;
+mod replicas;
 mod verify;
 
 pub fn create(name: &str) -> pb::CreateKeyRequest {
