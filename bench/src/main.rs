@@ -171,7 +171,7 @@ struct ScenarioArgs {
     server: ServerArgs,
     #[command(flatten)]
     load: LoadArgs,
-    /// Scenarios to run after health: health, validate, verify, verify-invalid, get,
+    /// Scenarios to run after health: health, validate, verify, verify-scoped, verify-invalid, get,
     /// create, rotate, login.
     scenarios: Vec<Scenario>,
     /// Also print the Markdown table.

@@ -24,6 +24,8 @@ pub enum Scenario {
     Health,
     Validate,
     Verify,
+    /// VerifyKey with `required_scopes`, to measure what the scope check costs.
+    VerifyScoped,
     VerifyInvalid,
     Get,
     Create,
@@ -32,10 +34,11 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 8] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::Health,
         Scenario::Validate,
         Scenario::Verify,
+        Scenario::VerifyScoped,
         Scenario::VerifyInvalid,
         Scenario::Get,
         Scenario::Create,
@@ -48,6 +51,7 @@ impl Scenario {
             Scenario::Health => "health",
             Scenario::Validate => "validate",
             Scenario::Verify => "verify",
+            Scenario::VerifyScoped => "verify-scoped",
             Scenario::VerifyInvalid => "verify-invalid",
             Scenario::Get => "get",
             Scenario::Create => "create",
@@ -62,6 +66,9 @@ impl Scenario {
             Scenario::Health => "grpc.health.v1 Check",
             Scenario::Validate => "Auth/ValidateToken of a valid access token",
             Scenario::Verify => "Keys/VerifyKey of a stored key",
+            Scenario::VerifyScoped => {
+                "Keys/VerifyKey of a stored key with required_scopes (bench:verify read)"
+            }
             Scenario::VerifyInvalid => "Keys/VerifyKey of a well-formed key not stored",
             Scenario::Get => "Keys/GetKey (opens the sealed secret, audits the read)",
             Scenario::Create => "Keys/CreateKey, a new service name each call",
@@ -159,8 +166,14 @@ pub fn call_fn(scenario: Scenario, fx: Arc<Fixture>, concurrency: usize) -> Resu
                 label_of(r, |a| a.valid)
             })
         }),
-        Scenario::Verify | Scenario::VerifyInvalid => {
-            let valid = scenario == Scenario::Verify;
+        Scenario::Verify | Scenario::VerifyScoped | Scenario::VerifyInvalid => {
+            let valid = scenario != Scenario::VerifyInvalid;
+            // The bench's keys hold `bench:*` and `read` (seed and session).
+            let required_scopes: Vec<String> = if scenario == Scenario::VerifyScoped {
+                vec!["bench:verify".into(), "read".into()]
+            } else {
+                Vec::new()
+            };
             if valid {
                 need(!fx.valid_keys.is_empty(), "stored keys")?;
             } else {
@@ -173,7 +186,14 @@ pub fn call_fn(scenario: Scenario, fx: Arc<Fixture>, concurrency: usize) -> Resu
                     pick(&fx.invalid_keys, worker, seq, concurrency).cloned()
                 }
                 .unwrap_or_default();
-                let request = authed(VerifyKeyRequest { api_key }, &fx.admin_auth);
+                let request = authed(
+                    VerifyKeyRequest {
+                        api_key,
+                        required_scopes: required_scopes.clone(),
+                        cost: None,
+                    },
+                    &fx.admin_auth,
+                );
                 Box::pin(async move {
                     let r = KeysClient::new(ch).verify_key(request).await;
                     label_of(r, |a| a.valid == valid)
@@ -201,6 +221,7 @@ pub fn call_fn(scenario: Scenario, fx: Arc<Fixture>, concurrency: usize) -> Resu
                     api_key: None,
                     description: "kms-bench create".into(),
                     ttl_seconds: 0,
+                    ..Default::default()
                 },
                 &fx.admin_auth,
             );

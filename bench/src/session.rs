@@ -218,6 +218,9 @@ impl Session {
                 api_key: None,
                 description: "kms-bench".into(),
                 ttl_seconds: 0,
+                // What `verify-scoped` requires, as the seeded keys hold.
+                scopes: vec!["bench:*".into(), "read".into()],
+                ..Default::default()
             });
             request.metadata_mut().insert("authorization", auth.clone());
             let channel = first.clone();

@@ -61,3 +61,52 @@ async fn concurrent_verifies_never_spend_more_credits_than_there_are(backend: Ba
     }
     server.stop().await;
 }
+
+/// A measurement, not a check: VerifyKey calls/s for a key with credits (one
+/// conditional UPDATE per VALID answer) beside one without (the cached path). Run with
+/// `cargo test --test api -- --ignored credits_path --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: prints calls/s"]
+async fn credits_path_calls_per_second() {
+    let mut backends = vec![Backend::Sqlite];
+    backends.extend(Backend::postgres());
+    for backend in backends {
+        let name = if matches!(backend, Backend::Sqlite) {
+            "SQLite"
+        } else {
+            "PostgreSQL"
+        };
+        let server = TestServer::start(backend).await;
+        let admin = server.admin_token().await;
+        for (label, remaining) in [("no credits", None), ("credits", Some(1_000_000_000_000))] {
+            let key = create_key(
+                &server,
+                &admin,
+                pb::CreateKeyRequest {
+                    remaining,
+                    ..create(label.replace(' ', "-").as_str())
+                },
+            )
+            .await
+            .unwrap();
+            let started = std::time::Instant::now();
+            let clients = (0..16).map(|_| {
+                let (ch, admin, k) = (server.channel.clone(), admin.clone(), key.api_key.clone());
+                tokio::spawn(async move {
+                    let mut n = 0u64;
+                    while started.elapsed() < std::time::Duration::from_secs(5) {
+                        assert!(verify_with(&ch, &admin, &k, &[], None).await.valid);
+                        n += 1;
+                    }
+                    n
+                })
+            });
+            let calls: u64 = super::join_all(clients.collect()).await.into_iter().sum();
+            eprintln!(
+                "{name}, {label}: {:.0} VerifyKey calls/s (16 in flight)",
+                calls as f64 / 5.0
+            );
+        }
+        server.stop().await;
+    }
+}
