@@ -163,6 +163,7 @@ impl App {
 
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let db_health = DbHealth::new(true);
+        crate::health::report(&reporter, db_health.is_serving()).await;
         if let Some(signing) = self.auth.signing_keys() {
             tokio::spawn(refresh_signing_keys(
                 signing.clone(),
