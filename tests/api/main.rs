@@ -25,4 +25,5 @@ mod rest;
 mod sessions;
 mod signing;
 mod throttle;
+mod transports_agree;
 mod users;
