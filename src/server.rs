@@ -18,7 +18,7 @@ use crate::{
         signing::SigningKeys,
         throttle::LoginThrottle,
         token::{SigningAlgorithm, TokenAuthority},
-        users::UserAdmin,
+        users::{UserAdmin, UserCreator},
     },
     grpc::{AuditApi, AuthApi, AuthLayer, Budgets, ExtAuthz, KeysApi, ObserveLayer, UsersApi},
     health::DbHealth,
@@ -106,25 +106,28 @@ impl App {
             store.clone(),
             hasher.clone(),
             authenticator.clone(),
+            signing,
+            throttle.clone(),
             AuthSettings {
                 allow_registration: config.allow_registration,
                 password_min_bytes: config.password_min_length,
                 refresh_token_ttl_seconds: config.refresh_token_ttl_seconds,
             },
-        )
-        .with_signing_keys(signing.clone())
-        .with_login_throttle(throttle.clone());
+        );
         let keys = KeyService::new(store.clone(), sealer, caches.clone());
         let users = UserAdmin::new(
             store.clone(),
-            hasher,
+            hasher.clone(),
             authenticator,
             config.password_min_length,
             throttle,
         );
 
         let created_admin = match &config.bootstrap_admin {
-            Some(admin) => bootstrap(&auth, admin).await?,
+            Some(admin) => {
+                let creator = UserCreator::new(store.clone(), hasher, config.password_min_length);
+                bootstrap(&creator, admin).await?
+            }
             None => None,
         };
         let metrics = Metrics::new().map_err(|e| StartError::Serve(format!("metrics: {e}")))?;
@@ -418,7 +421,7 @@ async fn refresh_signing_keys(
 }
 
 async fn bootstrap(
-    auth: &AuthService,
+    creator: &UserCreator,
     admin: &crate::config::BootstrapAdmin,
 ) -> Result<Option<CreatedAdmin>, StartError> {
     let (password, generated) = match &admin.password {
@@ -431,7 +434,7 @@ async fn bootstrap(
             (p.clone(), Some(p))
         }
     };
-    match auth.ensure_admin(&admin.username, password).await {
+    match creator.ensure_admin(&admin.username, password).await {
         Ok(true) => {
             tracing::info!(username = %admin.username, "bootstrap admin created");
             Ok(Some(CreatedAdmin {

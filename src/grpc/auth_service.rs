@@ -10,8 +10,9 @@ use super::{
 use crate::{
     domain::{
         Caller, Error as DomainError,
-        auth::{AuthService, LoginTokens, NewUser},
+        auth::{AuthService, LoginTokens},
         token::TOKEN_TYPE,
+        users::NewUser,
     },
     proto::kms::v1::{self as pb, auth_server::Auth},
     telemetry::{Metrics, metrics::login_outcome},

@@ -26,4 +26,5 @@ mod sessions;
 mod signing;
 mod throttle;
 mod transports_agree;
+mod user_creator;
 mod users;
