@@ -4,7 +4,9 @@
 //!
 //! The counters live in this process's memory: each replica throttles on its own, so
 //! behind a load balancer over N replicas a guesser gets up to N times the allowance,
-//! and a restart forgets every lockout. Issue 6 may move the counters to the database.
+//! and a restart forgets every lockout. Counting in the database instead would share
+//! one allowance between the replicas, at the price of a database write per failed
+//! login, which a flood of guesses would turn into load on the database.
 //!
 //! Attempts still running are not failures. While the failures counted plus the
 //! attempts running reach a key's allowance, a new attempt waits (asynchronously,
