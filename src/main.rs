@@ -1,4 +1,5 @@
-//! The `kms` command line: `serve`, `migrate`, `user create`.
+//! The `kms` command line: `serve`, `migrate`, `user create`, `signing-key rotate` and
+//! `healthcheck`.
 
 use std::{io::Read, process::ExitCode, time::Duration};
 

@@ -1,4 +1,5 @@
-//! Assembles the server: store, services, the auth layer, limits and shutdown.
+//! Assembles the server: store, signing keys, services, the bootstrap admin, the layers
+//! (observe, auth), the listeners with their limits, and shutdown.
 
 use std::{future::Future, sync::Arc};
 
@@ -42,6 +43,9 @@ const BOOTSTRAP_PASSWORD_LEN: usize = 24;
 pub enum StartError {
     #[error("database: {0}")]
     Database(String),
+    /// Token signing or password hashing could not be set up.
+    #[error("{0}")]
+    Setup(String),
     #[error("bootstrap admin: {0}")]
     Bootstrap(String),
     #[error("server: {0}")]
@@ -93,7 +97,7 @@ impl App {
         let (tokens, signing) = token_authority(config, &store, &sealer).await?;
         let hasher = PasswordHasherPool::new(config.password_hash_concurrency)
             .await
-            .map_err(|e| StartError::Bootstrap(e.to_string()))?;
+            .map_err(|e| StartError::Setup(format!("password hashing: {e}")))?;
         let caches = Arc::new(Caches::for_store(&store));
         let authenticator = Arc::new(
             Authenticator::new(tokens.clone(), store.clone(), caches.clone())
@@ -385,7 +389,7 @@ async fn token_authority(
     match config.jwt_algorithm {
         SigningAlgorithm::Hs256 => {
             let secret = config.jwt_secret.as_ref().ok_or_else(|| {
-                StartError::Bootstrap("KMS_JWT_ALGORITHM=HS256 needs KMS_JWT_SECRET".into())
+                StartError::Setup("KMS_JWT_ALGORITHM=HS256 needs KMS_JWT_SECRET".into())
             })?;
             let tokens = TokenAuthority::hs256(secret.expose(), issuer, audience, ttl);
             Ok((Arc::new(tokens), None))
@@ -396,9 +400,9 @@ async fn token_authority(
             let keys = signing
                 .load_or_create()
                 .await
-                .map_err(|e| StartError::Bootstrap(format!("signing keys: {e:?}")))?;
+                .map_err(|e| StartError::Setup(format!("signing keys: {e:?}")))?;
             let tokens = TokenAuthority::asymmetric(&keys, issuer, audience, ttl)
-                .map_err(|e| StartError::Bootstrap(format!("signing keys: {e}")))?;
+                .map_err(|e| StartError::Setup(format!("signing keys: {e}")))?;
             Ok((Arc::new(tokens), Some(signing)))
         }
     }

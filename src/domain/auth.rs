@@ -1,4 +1,5 @@
-//! The Auth service: registering users, logging in, introspecting tokens.
+//! The Auth service: registering users, logging in, refreshing and ending logins,
+//! introspecting tokens, and the signing keys (JWKS, rotation).
 
 use std::{net::IpAddr, sync::Arc, time::Instant};
 

@@ -17,6 +17,7 @@ mod faults;
 mod hardening;
 mod hostile;
 mod http_client;
+mod image;
 mod keys;
 mod ops;
 mod process;
