@@ -30,13 +30,9 @@ use tonic::{
     server::{NamedService, UnaryService},
 };
 
-use super::auth_layer::bearer_token;
 use crate::{
-    domain::{
-        Caller,
-        keys::KeyService,
-        sessions::{AuthFailure, Authenticator},
-    },
+    bearer::{self, BearerError, bearer_token},
+    domain::{Caller, Error, keys::KeyService, sessions::Authenticator},
     telemetry::Metrics,
 };
 
@@ -78,8 +74,8 @@ impl Denial {
                 "missing credentials: send 'authorization: Bearer <token>' or 'x-api-key'"
             }
             Self::Ambiguous => "a credential header is repeated or not UTF-8",
-            Self::Malformed => "authorization header must be 'Bearer <access token>'",
-            Self::InvalidToken => "invalid or expired access token",
+            Self::Malformed => bearer::NOT_BEARER,
+            Self::InvalidToken => bearer::INVALID_TOKEN,
             Self::InvalidKey => "invalid, expired or revoked API key",
         }
     }
@@ -220,12 +216,11 @@ impl ExtAuthz {
         http: Option<&HttpRequest>,
     ) -> Result<Result<Principal, Denial>, Status> {
         Ok(match credential(http) {
-            Ok(Credential::Bearer(token)) => match self.authenticator.authenticate(token).await {
-                Ok(claims) => Ok(Principal::User(claims.caller())),
-                Err(AuthFailure::Invalid) => Err(Denial::InvalidToken),
-                Err(AuthFailure::Unavailable) => {
-                    return Err(Status::unavailable("cannot check the token now"));
-                }
+            Ok(Credential::Bearer(token)) => match bearer::verify(&self.authenticator, token).await
+            {
+                Ok(caller) => Ok(Principal::User(caller)),
+                Err(BearerError::Rejected(_)) => Err(Denial::InvalidToken),
+                Err(BearerError::Unavailable) => return Err(Error::Unavailable.into()),
             },
             Ok(Credential::ApiKey(key)) => {
                 let found = self.keys.check_presented_key(key).await?;

@@ -1,6 +1,7 @@
 //! Several `kms serve` processes on one PostgreSQL database are one service: any
 //! replica serves any call, and a change made on one is honoured by every other within
-//! 1 second (issue 6). PostgreSQL only: SQLite is a single-node database.
+//! 1 second, the promise RELIABILITY.md makes for replicas. PostgreSQL only: SQLite is
+//! a single-node database.
 //!
 //! Each propagation is measured from the moment the changing call returned, by probing
 //! the other replica every 20 ms. The bound is strict: a probe *started* 1 s or more
@@ -18,7 +19,7 @@ use crate::{
     process::{Cluster, KmsProcess},
 };
 
-/// Issue 6: "honoured by every other replica within 1 second".
+/// The promise: a change is honoured by every other replica within 1 second.
 const PROPAGATION_BOUND: Duration = Duration::from_secs(1);
 const PROBE_EVERY: Duration = Duration::from_millis(20);
 

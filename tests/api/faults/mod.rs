@@ -1,4 +1,4 @@
-//! Faults (issue 6): races, a database outage, `kill -9` mid-stream, overload. The
+//! Faults (see RELIABILITY.md): races, a database outage, `kill -9` mid-stream, overload. The
 //! answers stay the specified codes, nothing acknowledged is lost, and the service
 //! recovers by itself. Run this group alone, with KMS_TEST_POSTGRES_URL set, with
 //! `cargo test --test api -- --include-ignored faults:: cluster::` (cluster: the

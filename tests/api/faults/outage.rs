@@ -1,4 +1,4 @@
-//! A database outage (issue 6): PostgreSQL behind a TCP proxy that is cut while calls
+//! A database outage: PostgreSQL behind a TCP proxy that is cut while calls
 //! run. Calls fail fast with UNAVAILABLE (bounded by the call timeout, no hang), health
 //! goes NOT_SERVING, and everything recovers by itself when the database returns.
 //! PostgreSQL only: a SQLite file cannot go away in a meaningful way.
