@@ -193,10 +193,10 @@ pub struct ServeArgs {
     /// Where --dev keeps its generated secrets.
     #[arg(long, env = "KMS_DATA_DIR", default_value = "kms-data")]
     pub data_dir: PathBuf,
-    /// Address of the HTTP listener (`/health`, `/metrics`).
+    /// Address of the HTTP listener: the REST API, `/health`, `/metrics`, the JWKS.
     #[arg(long, env = "KMS_HTTP_ADDR", default_value = "127.0.0.1:8003")]
     pub http_addr: SocketAddr,
-    /// PEM certificate chain: serve gRPC over TLS (with KMS_TLS_KEY).
+    /// PEM certificate chain: serve gRPC and the HTTP listener over TLS (with KMS_TLS_KEY).
     #[arg(long, env = "KMS_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of that certificate.

@@ -1,4 +1,4 @@
-//! Hostile input (issue 6): property tests over every request message of the four
+//! Hostile input: property tests over every request message of the four
 //! services, garbage and forged bearer tokens, raw protobuf bytes, oversized messages
 //! and metadata.
 //!
@@ -272,7 +272,7 @@ fn unchanged(what: &str, before: &Snapshot, after: &Snapshot) -> TestCaseResult 
 }
 
 /// How many events of `action` the audit trail records: refusals are coalesced into
-/// rows with a count (issue 18, point 3), so the rows' counts, not the rows.
+/// rows with a count (a flood of refusals must not grow the table), so the rows' counts, not the rows.
 async fn audit_count(db: &DatabaseConnection, action: &str) -> i64 {
     entities::audit_event::Entity::find()
         .filter(entities::audit_event::Column::Action.eq(action))
