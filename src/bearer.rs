@@ -1,13 +1,23 @@
-//! Bearer credentials (RFC 6750) in the `authorization` header, read the same way by
-//! every transport: gRPC metadata are HTTP/2 headers, so the gRPC auth layer, Envoy's
-//! ext_authz check and the REST API share this one reading of a token.
+//! Bearer credentials (RFC 6750) in the `authorization` header, read and decided the
+//! same way by every transport: gRPC metadata are HTTP/2 headers, so the gRPC auth
+//! layer, Envoy's ext_authz check and the REST API share this one reading of a token,
+//! one verdict on it and one wording of each refusal. Each transport turns the
+//! refusal into its answer through its single error map (`grpc/status.rs`,
+//! `http/error.rs`), so the two cannot drift apart.
 
 use http::{HeaderMap, header::AUTHORIZATION};
 
 use crate::domain::{
-    Caller,
+    Caller, Error,
     sessions::{AuthFailure, Authenticator},
 };
+
+/// The refusal of a call that needs a token and was sent none.
+pub const MISSING_TOKEN: &str = "missing bearer access token";
+/// The refusal of an `authorization` header of another scheme, or without a token.
+pub const NOT_BEARER: &str = "authorization header must be 'Bearer <access token>'";
+/// The refusal of a token that does not verify: forged, expired, or its login revoked.
+pub const INVALID_TOKEN: &str = "invalid or expired access token";
 
 /// The token in an `authorization` header value of the form `Bearer <token>`; `None`
 /// for any other scheme or an empty token.
@@ -37,9 +47,7 @@ pub fn from_headers(headers: &HeaderMap) -> Result<Option<&str>, &'static str> {
     let value = value
         .to_str()
         .map_err(|_| "malformed authorization header")?;
-    bearer_token(value)
-        .map(Some)
-        .ok_or("authorization header must be 'Bearer <access token>'")
+    bearer_token(value).map(Some).ok_or(NOT_BEARER)
 }
 
 /// Why a sent bearer token did not yield a caller.
@@ -51,22 +59,41 @@ pub enum BearerError {
     Unavailable,
 }
 
+impl From<BearerError> for Error {
+    fn from(err: BearerError) -> Self {
+        match err {
+            BearerError::Rejected(reason) => Error::Unauthenticated(reason),
+            BearerError::Unavailable => Error::Unavailable,
+        }
+    }
+}
+
+/// The caller a token names, signature and login both checked.
+pub async fn verify(authenticator: &Authenticator, token: &str) -> Result<Caller, BearerError> {
+    match authenticator.authenticate(token).await {
+        Ok(claims) => Ok(claims.caller()),
+        Err(AuthFailure::Invalid) => Err(BearerError::Rejected(INVALID_TOKEN)),
+        Err(AuthFailure::Unavailable) => Err(BearerError::Unavailable),
+    }
+}
+
 /// The caller named by the request's bearer token. `Ok(None)`: no token was sent,
-/// which each transport decides about. A token that is sent must verify, signature
-/// and login both: an expired, forged or logged-out one is an error, never a silent
-/// anonymous call.
+/// which each transport decides about (see `required`). A token that is sent must
+/// verify, signature and login both: an expired, forged or logged-out one is an
+/// error, never a silent anonymous call.
 pub async fn caller(
     authenticator: &Authenticator,
     headers: &HeaderMap,
 ) -> Result<Option<Caller>, BearerError> {
-    let Some(token) = from_headers(headers).map_err(BearerError::Rejected)? else {
-        return Ok(None);
-    };
-    match authenticator.authenticate(token).await {
-        Ok(claims) => Ok(Some(claims.caller())),
-        Err(AuthFailure::Invalid) => Err(BearerError::Rejected("invalid or expired access token")),
-        Err(AuthFailure::Unavailable) => Err(BearerError::Unavailable),
+    match from_headers(headers).map_err(BearerError::Rejected)? {
+        Some(token) => verify(authenticator, token).await.map(Some),
+        None => Ok(None),
     }
+}
+
+/// For a call that needs a caller: none is a refusal, never a pass.
+pub fn required(caller: Option<Caller>) -> Result<Caller, Error> {
+    caller.ok_or(Error::Unauthenticated(MISSING_TOKEN))
 }
 
 #[cfg(test)]
@@ -88,6 +115,20 @@ mod tests {
         for bad in ["Basic abc", "Bearer", "Bearer ", "Bearer   ", "abc", ""] {
             assert_eq!(bearer_token(bad), None, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn refusals_become_the_domain_errors_both_transports_map() {
+        let rejected = Error::from(BearerError::Rejected(INVALID_TOKEN));
+        assert!(matches!(rejected, Error::Unauthenticated(INVALID_TOKEN)));
+        assert!(matches!(
+            Error::from(BearerError::Unavailable),
+            Error::Unavailable
+        ));
+        assert!(matches!(
+            required(None),
+            Err(Error::Unauthenticated(MISSING_TOKEN))
+        ));
     }
 
     #[test]

@@ -3,86 +3,39 @@
 //! environment lacks). Secrets are held in wrappers whose `Debug` prints nothing.
 //! The original HTTP service's variable names are fallbacks for some of these
 //! (`legacy`): a `KMS_*` name or flag wins over them, a default loses.
+//!
+//! This file holds the command line and `resolve_with`, which assembles the pieces:
+//! `secrets` (master key, JWT secret, bootstrap admin), `dev` (the files `--dev`
+//! writes; nothing else writes), `tls`, `limits` (with `connections`), and
+//! `known_env` (the `KMS_*` names, read from the command line's `env` attributes).
 
 mod connections;
+mod dev;
+mod known_env;
 mod legacy;
+mod limits;
+mod secrets;
+mod tls;
 
-use std::{
-    fs,
-    io::Write,
-    net::SocketAddr,
-    path::{Path, PathBuf},
-};
+use std::{net::SocketAddr, path::PathBuf};
 
-use base64::{Engine, engine::general_purpose::STANDARD};
 use clap::{Args, Parser, Subcommand, builder::BoolishValueParser};
-use zeroize::Zeroizing;
 
 use crate::{
-    crypto::{random, sealing::MasterKey},
-    domain::{
-        throttle::ThrottleSettings,
-        token::{MIN_HS256_SECRET_BYTES, SigningAlgorithm},
-    },
+    crypto::sealing::MasterKey,
+    domain::{throttle::ThrottleSettings, token::SigningAlgorithm},
     store::StoreOptions,
 };
 
 pub use connections::{ConnectionArgs, ConnectionLimits};
+pub use known_env::{known_env_vars, unknown_env_vars};
 pub use legacy::{LegacyEnv, translate_database_url};
+pub use limits::Limits;
+pub use secrets::{BootstrapAdmin, JwtSecret};
+pub use tls::TlsFiles;
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://kms-data/kms.db?mode=rwc";
 const DEFAULT_ACCESS_TOKEN_TTL_SECONDS: i64 = 3600;
-const MASTER_KEY_FILE: &str = "master.key";
-const JWT_SECRET_FILE: &str = "jwt.secret";
-const DEV_ADMIN_USERNAME: &str = "admin";
-
-/// Every `KMS_*` variable the server reads; any other earns a warning at start.
-pub const KNOWN_ENV: &[&str] = &[
-    "KMS_DATABASE_URL",
-    "KMS_DATABASE_MAX_CONNECTIONS",
-    "KMS_GRPC_ADDR",
-    "KMS_MASTER_KEY",
-    "KMS_MASTER_KEY_FILE",
-    "KMS_JWT_SECRET",
-    "KMS_JWT_SECRET_FILE",
-    "KMS_JWT_ALGORITHM",
-    "KMS_REFRESH_TOKEN_TTL_SECONDS",
-    "KMS_ACCESS_TOKEN_TTL_SECONDS",
-    "KMS_JWT_ISSUER",
-    "KMS_JWT_AUDIENCE",
-    "KMS_ALLOW_REGISTRATION",
-    "KMS_BOOTSTRAP_ADMIN_USERNAME",
-    "KMS_BOOTSTRAP_ADMIN_PASSWORD",
-    "KMS_PASSWORD_MIN_LENGTH",
-    "KMS_DATA_DIR",
-    "KMS_TEST_POSTGRES_URL",
-    "KMS_HTTP_ADDR",
-    "KMS_TLS_CERT",
-    "KMS_TLS_KEY",
-    "KMS_TLS_CLIENT_CA",
-    "KMS_SHUTDOWN_GRACE_SECONDS",
-    "KMS_LAST_USED_RESOLUTION_SECONDS",
-    "KMS_MAX_REQUEST_BYTES",
-    "KMS_REQUEST_TIMEOUT_SECONDS",
-    "KMS_MAX_CONCURRENT_REQUESTS",
-    "KMS_LOG_FORMAT",
-    "KMS_EXT_AUTHZ",
-    "KMS_LOGIN_MAX_FAILURES",
-    "KMS_LOGIN_FAILURE_WINDOW_SECONDS",
-    "KMS_LOGIN_LOCKOUT_BASE_SECONDS",
-    "KMS_LOGIN_LOCKOUT_MAX_SECONDS",
-    "KMS_PROBE_ADDR",
-    "KMS_MAX_CONNECTIONS",
-    "KMS_MAX_CONNECTIONS_PER_PEER",
-    "KMS_HANDSHAKE_TIMEOUT_SECONDS",
-    "KMS_CONNECTION_IDLE_TIMEOUT_SECONDS",
-    "KMS_HTTP2_MAX_CONCURRENT_STREAMS",
-    "KMS_MAX_STREAMS",
-    "KMS_MAX_STREAMS_PER_PEER",
-    "KMS_STREAM_IDLE_TIMEOUT_SECONDS",
-    "KMS_MAX_PUBLIC_CALLS_PER_PEER",
-    "KMS_LOGIN_WAIT_SECONDS",
-];
 
 #[derive(Debug, Parser)]
 #[command(name = "kms", version, about = "A gRPC key-management server")]
@@ -240,10 +193,10 @@ pub struct ServeArgs {
     /// Where --dev keeps its generated secrets.
     #[arg(long, env = "KMS_DATA_DIR", default_value = "kms-data")]
     pub data_dir: PathBuf,
-    /// Address of the HTTP listener (`/health`, `/metrics`).
+    /// Address of the HTTP listener: the REST API, `/health`, `/metrics`, the JWKS.
     #[arg(long, env = "KMS_HTTP_ADDR", default_value = "127.0.0.1:8003")]
     pub http_addr: SocketAddr,
-    /// PEM certificate chain: serve gRPC over TLS (with KMS_TLS_KEY).
+    /// PEM certificate chain: serve gRPC and the HTTP listener over TLS (with KMS_TLS_KEY).
     #[arg(long, env = "KMS_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key of that certificate.
@@ -298,94 +251,6 @@ pub struct ServeArgs {
     pub login_wait_seconds: u64,
 }
 
-/// The JWT signing secret. `Debug` prints nothing of it.
-#[derive(Clone)]
-pub struct JwtSecret(Zeroizing<Vec<u8>>);
-
-impl JwtSecret {
-    pub fn new(bytes: Vec<u8>) -> Result<Self, ConfigError> {
-        if bytes.len() < MIN_HS256_SECRET_BYTES {
-            return Err(ConfigError(format!(
-                "KMS_JWT_SECRET must be at least {MIN_HS256_SECRET_BYTES} bytes"
-            )));
-        }
-        Ok(Self(Zeroizing::new(bytes)))
-    }
-
-    /// The original service's `SECRET_KEY`, which may be shorter than the floor: the
-    /// caller has warned about it.
-    pub(crate) fn legacy(bytes: Vec<u8>) -> Self {
-        Self(Zeroizing::new(bytes))
-    }
-
-    pub fn expose(&self) -> &[u8] {
-        &self.0
-    }
-}
-
-impl std::fmt::Debug for JwtSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("JwtSecret(<redacted>)")
-    }
-}
-
-/// The admin to create at start when none exists. `password: None` means generate a
-/// random one and show it once (dev mode).
-#[derive(Clone)]
-pub struct BootstrapAdmin {
-    pub username: String,
-    pub password: Option<Zeroizing<String>>,
-}
-
-impl std::fmt::Debug for BootstrapAdmin {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("BootstrapAdmin")
-            .field("username", &self.username)
-            .finish_non_exhaustive()
-    }
-}
-
-/// TLS material, read at start so that a bad path fails before serving.
-#[derive(Clone)]
-pub struct TlsFiles {
-    pub cert_pem: Vec<u8>,
-    pub key_pem: Zeroizing<Vec<u8>>,
-    /// Set: clients must present a certificate signed by this CA.
-    pub client_ca_pem: Option<Vec<u8>>,
-}
-
-impl std::fmt::Debug for TlsFiles {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TlsFiles")
-            .field("mutual", &self.client_ca_pem.is_some())
-            .finish_non_exhaustive()
-    }
-}
-
-/// Limits that keep one client from taking the server down.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    pub max_request_bytes: usize,
-    pub request_timeout: std::time::Duration,
-    pub max_concurrent_requests: usize,
-    pub shutdown_grace: std::time::Duration,
-    pub connections: ConnectionLimits,
-    pub last_used_resolution: std::time::Duration,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            max_request_bytes: 64 * 1024,
-            request_timeout: std::time::Duration::from_secs(30),
-            max_concurrent_requests: 1024,
-            shutdown_grace: std::time::Duration::from_secs(10),
-            connections: ConnectionLimits::default(),
-            last_used_resolution: std::time::Duration::from_secs(60),
-        }
-    }
-}
-
 /// Everything `serve` needs, resolved and checked.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -426,53 +291,12 @@ impl ServeArgs {
         self.resolve_with(&LegacyEnv::from_process())
     }
 
-    /// `resolve` with the original service's variables given, for tests.
+    /// `resolve` with the original service's variables given, for tests. Reads files
+    /// but writes none, except under `--dev` (`dev.rs`).
     pub fn resolve_with(self, legacy: &LegacyEnv) -> Result<Config, ConfigError> {
-        let mut master_key = match (&self.master_key, &self.master_key_file) {
-            (Some(_), Some(_)) => {
-                return Err(ConfigError(
-                    "set KMS_MASTER_KEY or KMS_MASTER_KEY_FILE, not both".into(),
-                ));
-            }
-            (Some(b64), None) => Some(parse_master_key(b64, "KMS_MASTER_KEY")?),
-            (None, Some(path)) => Some(read_master_key_file(path)?),
-            (None, None) => legacy.master_key()?,
-        };
-        let mut jwt_secret = match (&self.jwt_secret, &self.jwt_secret_file) {
-            (Some(_), Some(_)) => {
-                return Err(ConfigError(
-                    "set KMS_JWT_SECRET or KMS_JWT_SECRET_FILE, not both".into(),
-                ));
-            }
-            (Some(s), None) => Some(JwtSecret::new(s.as_bytes().to_vec())?),
-            (None, Some(path)) => Some(read_jwt_secret_file(path)?),
-            (None, None) => legacy.jwt_secret()?,
-        };
-
-        let bootstrap_admin = match (
-            &self.bootstrap_admin_username,
-            &self.bootstrap_admin_password,
-        ) {
-            (Some(username), Some(password)) => Some(BootstrapAdmin {
-                username: username.clone(),
-                password: Some(Zeroizing::new(password.clone())),
-            }),
-            // Dev mode fills in either half: username `admin`, a generated password.
-            (username, password) if self.dev => Some(BootstrapAdmin {
-                username: username
-                    .clone()
-                    .unwrap_or_else(|| DEV_ADMIN_USERNAME.to_owned()),
-                password: password.clone().map(Zeroizing::new),
-            }),
-            (None, None) => None,
-            _ => {
-                return Err(ConfigError(
-                    "KMS_BOOTSTRAP_ADMIN_USERNAME and KMS_BOOTSTRAP_ADMIN_PASSWORD must be set together"
-                        .into(),
-                ));
-            }
-        };
-
+        let mut master_key = self.given_master_key(legacy)?;
+        let mut jwt_secret = self.given_jwt_secret(legacy)?;
+        let bootstrap_admin = self.bootstrap_admin()?;
         let jwt_algorithm = match self.jwt_algorithm {
             Some(algorithm) => algorithm,
             None => legacy.jwt_algorithm()?.unwrap_or(SigningAlgorithm::EdDsa),
@@ -485,104 +309,14 @@ impl ServeArgs {
         };
         let hs256 = jwt_algorithm == SigningAlgorithm::Hs256;
         if self.dev {
-            // An existing folder is made private even when nothing is generated into
-            // it: it holds the database by default, and secrets from earlier starts.
-            if master_key.is_none() || (hs256 && jwt_secret.is_none()) || self.data_dir.exists() {
-                ensure_private_dir(&self.data_dir)?;
-            }
-            if master_key.is_none() {
-                let path = self.data_dir.join(MASTER_KEY_FILE);
-                if !path.exists() {
-                    let key = random::bytes::<32>().map_err(|e| ConfigError(e.to_string()))?;
-                    write_private_file(&path, STANDARD.encode(key).as_bytes())?;
-                }
-                master_key = Some(read_master_key_file(&path)?);
-            }
-            if hs256 && jwt_secret.is_none() {
-                let path = self.data_dir.join(JWT_SECRET_FILE);
-                if !path.exists() {
-                    let secret = random::bytes::<48>().map_err(|e| ConfigError(e.to_string()))?;
-                    write_private_file(&path, STANDARD.encode(secret).as_bytes())?;
-                }
-                jwt_secret = Some(read_jwt_secret_file(&path)?);
-            }
+            dev::fill_in_secrets(&self.data_dir, &mut master_key, &mut jwt_secret, hs256)?;
         }
-
-        // The master key is always needed; the JWT secret only for HS256 (EdDSA keys
-        // are generated and kept, sealed, in the database).
-        let master_missing = master_key.is_none();
-        let secret_missing = hs256 && jwt_secret.is_none();
-        let master_key = match master_key {
-            Some(m) if !secret_missing => m,
-            _ => {
-                let mut missing = Vec::new();
-                if master_missing {
-                    missing.push("a master key (KMS_MASTER_KEY: base64 of 32 random bytes, e.g. `openssl rand -base64 32`, or KMS_MASTER_KEY_FILE: a file holding it)");
-                }
-                if secret_missing {
-                    missing.push("a JWT signing secret for KMS_JWT_ALGORITHM=HS256 (KMS_JWT_SECRET: at least 32 bytes, e.g. `openssl rand -base64 48`, or KMS_JWT_SECRET_FILE: a file holding it)");
-                }
-                let note = if hs256 {
-                    ""
-                } else {
-                    " (KMS_JWT_SECRET is needed only with KMS_JWT_ALGORITHM=HS256: the default EdDSA signing keys are generated and stored sealed in the database)"
-                };
-                return Err(ConfigError(format!(
-                    "refusing to start without {}{note}. For a local trial with generated secrets, run `kms serve --dev`.",
-                    missing.join(" and ")
-                )));
-            }
-        };
-
-        let tls = match (&self.tls_cert, &self.tls_key) {
-            (Some(cert), Some(key)) => Some(TlsFiles {
-                cert_pem: read_file("KMS_TLS_CERT", cert)?,
-                key_pem: Zeroizing::new(read_file("KMS_TLS_KEY", key)?),
-                client_ca_pem: self
-                    .tls_client_ca
-                    .as_deref()
-                    .map(|ca| read_file("KMS_TLS_CLIENT_CA", ca))
-                    .transpose()?,
-            }),
-            (None, None) if self.tls_client_ca.is_some() => {
-                return Err(ConfigError(
-                    "KMS_TLS_CLIENT_CA needs KMS_TLS_CERT and KMS_TLS_KEY".into(),
-                ));
-            }
-            (None, None) => None,
-            _ => {
-                return Err(ConfigError(
-                    "KMS_TLS_CERT and KMS_TLS_KEY must be set together".into(),
-                ));
-            }
-        };
-        let out_of_range = |name: &str| ConfigError(format!("{name} is out of range"));
-        let limits = Limits {
-            max_request_bytes: usize::try_from(self.max_request_bytes)
-                .map_err(|_| out_of_range("KMS_MAX_REQUEST_BYTES"))?,
-            request_timeout: std::time::Duration::from_secs(self.request_timeout_seconds),
-            max_concurrent_requests: usize::try_from(self.max_concurrent_requests)
-                .map_err(|_| out_of_range("KMS_MAX_CONCURRENT_REQUESTS"))?,
-            shutdown_grace: std::time::Duration::from_secs(self.shutdown_grace_seconds),
-            connections: self.connections.resolve()?,
-            last_used_resolution: std::time::Duration::from_secs(self.last_used_resolution_seconds),
-        };
+        let master_key = secrets::require(master_key, jwt_secret.as_ref(), hs256)?;
+        let tls = self.tls_files()?;
+        let limits = self.limits()?;
         let password_min_length = usize::try_from(self.password_min_length)
             .map_err(|_| ConfigError("KMS_PASSWORD_MIN_LENGTH is out of range".into()))?;
-        if self.login_lockout_max_seconds < self.login_lockout_base_seconds {
-            return Err(ConfigError(
-                "KMS_LOGIN_LOCKOUT_MAX_SECONDS must be at least KMS_LOGIN_LOCKOUT_BASE_SECONDS"
-                    .into(),
-            ));
-        }
-        let login_throttle = ThrottleSettings {
-            max_failures: self.login_max_failures,
-            failure_window: std::time::Duration::from_secs(self.login_failure_window_seconds),
-            lockout_base: std::time::Duration::from_secs(self.login_lockout_base_seconds),
-            lockout_max: std::time::Duration::from_secs(self.login_lockout_max_seconds),
-            max_wait: std::time::Duration::from_secs(self.login_wait_seconds),
-            ..ThrottleSettings::default()
-        };
+        let login_throttle = self.login_throttle()?;
         Ok(Config {
             database: self.database.store_options_with(legacy),
             grpc_addr: self.grpc_addr,
@@ -614,94 +348,16 @@ pub fn default_hash_concurrency() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
-fn read_file(name: &str, path: &Path) -> Result<Vec<u8>, ConfigError> {
-    fs::read(path).map_err(|e| ConfigError(format!("{name}: cannot read {}: {e}", path.display())))
-}
-
-fn parse_master_key(b64: &str, name: &str) -> Result<MasterKey, ConfigError> {
-    let invalid = || ConfigError(format!("{name} must be base64 of exactly 32 bytes"));
-    let bytes = Zeroizing::new(STANDARD.decode(b64.trim()).map_err(|_| invalid())?);
-    let key: [u8; 32] = bytes.as_slice().try_into().map_err(|_| invalid())?;
-    Ok(MasterKey::from_bytes(key))
-}
-
-fn read_master_key_file(path: &Path) -> Result<MasterKey, ConfigError> {
-    let text = Zeroizing::new(fs::read_to_string(path).map_err(|e| {
-        ConfigError(format!(
-            "cannot read master key file {}: {e}",
-            path.display()
-        ))
-    })?);
-    parse_master_key(&text, &format!("the master key file {}", path.display()))
-}
-
-fn read_jwt_secret_file(path: &Path) -> Result<JwtSecret, ConfigError> {
-    let text = Zeroizing::new(fs::read_to_string(path).map_err(|e| {
-        ConfigError(format!(
-            "cannot read JWT secret file {}: {e}",
-            path.display()
-        ))
-    })?);
-    JwtSecret::new(text.trim().as_bytes().to_vec())
-}
-
-/// The data folder holds secrets: owner-only. A new one is created 0700; an existing
-/// one that other users may read or enter is tightened to 0700, and refused when that
-/// fails (it belongs to someone else, a read-only mount): never used as it is.
-fn ensure_private_dir(dir: &Path) -> Result<(), ConfigError> {
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder
-        .create(dir)
-        .map_err(|e| ConfigError(format!("cannot create {}: {e}", dir.display())))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = fs::metadata(dir)
-            .map_err(|e| ConfigError(format!("cannot read {}: {e}", dir.display())))?
-            .permissions()
-            .mode()
-            & 0o777;
-        if mode & 0o077 != 0 {
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| {
-                ConfigError(format!(
-                    "the data folder {} is open to other users (mode {mode:o}) and cannot be made private: {e}. Run `chmod 700` on it as its owner, or set KMS_DATA_DIR to a folder of your own",
-                    dir.display()
-                ))
-            })?;
-            tracing::warn!(path = %dir.display(), was = %format!("{mode:o}"), "the data folder was open to other users: made private (0700)");
-        }
-    }
-    Ok(())
-}
-
-/// Creates a file readable by its owner only (0600) and fails if it exists.
-fn write_private_file(path: &Path, contents: &[u8]) -> Result<(), ConfigError> {
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(path)
-        .map_err(|e| ConfigError(format!("cannot create {}: {e}", path.display())))?;
-    file.write_all(contents)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| ConfigError(format!("cannot write {}: {e}", path.display())))
-}
-
-/// Names (never values) of `KMS_*` variables that nothing reads: usually a typo.
-pub fn unknown_env_vars() -> Vec<String> {
-    std::env::vars_os()
-        .filter_map(|(k, _)| k.into_string().ok())
-        .filter(|k| k.starts_with("KMS_") && !KNOWN_ENV.contains(&k.as_str()))
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::fs;
+
+    use base64::{Engine, engine::general_purpose::STANDARD};
+
+    use super::{
+        dev::{JWT_SECRET_FILE, MASTER_KEY_FILE},
+        *,
+    };
 
     fn args(extra: &[&str]) -> ServeArgs {
         let mut argv = vec!["kms", "serve"];

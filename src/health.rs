@@ -35,7 +35,9 @@ impl DbHealth {
     }
 }
 
-async fn report(reporter: &HealthReporter, serving: bool) {
+/// Sets every reported service's status. `serve` calls it once before it accepts
+/// connections, so that no probe ever finds a service unregistered.
+pub async fn report(reporter: &HealthReporter, serving: bool) {
     let status = if serving {
         ServingStatus::Serving
     } else {

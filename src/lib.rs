@@ -8,8 +8,6 @@ pub mod bearer;
 pub mod config;
 pub mod crypto;
 pub mod domain;
-#[cfg(test)]
-mod fuzz_tests;
 pub mod grpc;
 pub mod health;
 pub mod http;

@@ -1,4 +1,5 @@
-//! The `kms` command line: `serve`, `migrate`, `user create`.
+//! The `kms` command line: `serve`, `migrate`, `user create`, `signing-key rotate` and
+//! `healthcheck`.
 
 use std::{io::Read, process::ExitCode, time::Duration};
 
@@ -10,11 +11,9 @@ use kms::{
     },
     crypto::password::PasswordHasherPool,
     crypto::sealing::Sealer,
-    domain::auth::{AuthService, AuthSettings, NewUser},
-    domain::cluster::Caches,
-    domain::sessions::Authenticator,
     domain::signing::SigningKeys,
-    domain::token::{SigningAlgorithm, TokenAuthority},
+    domain::token::SigningAlgorithm,
+    domain::users::{NewUser, UserCreator},
     server::{App, Listeners, shutdown_signal},
     store::Store,
     telemetry,
@@ -191,25 +190,10 @@ async fn create_user(args: UserCreateArgs) -> Result<(), String> {
     let hasher = PasswordHasherPool::new(1)
         .await
         .map_err(|e| e.to_string())?;
-    // Creating a user signs no token; this authority is never used to sign.
-    let unused_tokens = std::sync::Arc::new(TokenAuthority::hs256(&[0; 32], "kms", "kms", 1));
-    let auth = AuthService::new(
-        store.clone(),
-        hasher,
-        std::sync::Arc::new(Authenticator::new(
-            unused_tokens,
-            store.clone(),
-            std::sync::Arc::new(Caches::local()),
-        )),
-        AuthSettings {
-            allow_registration: false,
-            password_min_bytes: usize::try_from(args.password_min_length)
-                .map_err(|_| "KMS_PASSWORD_MIN_LENGTH is out of range".to_owned())?,
-            refresh_token_ttl_seconds: 60,
-        },
-    );
-    let user = auth
-        .create_user(NewUser {
+    let password_min_bytes = usize::try_from(args.password_min_length)
+        .map_err(|_| "KMS_PASSWORD_MIN_LENGTH is out of range".to_owned())?;
+    let user = UserCreator::new(store, hasher, password_min_bytes)
+        .create_by_operator(NewUser {
             username: args.username,
             password,
             roles: args.roles,

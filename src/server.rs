@@ -1,4 +1,5 @@
-//! Assembles the server: store, services, the auth layer, limits and shutdown.
+//! Assembles the server: store, signing keys, services, the bootstrap admin, the layers
+//! (observe, auth), the listeners with their limits, and shutdown.
 
 use std::{future::Future, sync::Arc};
 
@@ -18,7 +19,7 @@ use crate::{
         signing::SigningKeys,
         throttle::LoginThrottle,
         token::{SigningAlgorithm, TokenAuthority},
-        users::UserAdmin,
+        users::{UserAdmin, UserCreator},
     },
     grpc::{AuditApi, AuthApi, AuthLayer, Budgets, ExtAuthz, KeysApi, ObserveLayer, UsersApi},
     health::DbHealth,
@@ -42,6 +43,9 @@ const BOOTSTRAP_PASSWORD_LEN: usize = 24;
 pub enum StartError {
     #[error("database: {0}")]
     Database(String),
+    /// Token signing or password hashing could not be set up.
+    #[error("{0}")]
+    Setup(String),
     #[error("bootstrap admin: {0}")]
     Bootstrap(String),
     #[error("server: {0}")]
@@ -93,7 +97,7 @@ impl App {
         let (tokens, signing) = token_authority(config, &store, &sealer).await?;
         let hasher = PasswordHasherPool::new(config.password_hash_concurrency)
             .await
-            .map_err(|e| StartError::Bootstrap(e.to_string()))?;
+            .map_err(|e| StartError::Setup(format!("password hashing: {e}")))?;
         let caches = Arc::new(Caches::for_store(&store));
         let authenticator = Arc::new(
             Authenticator::new(tokens.clone(), store.clone(), caches.clone())
@@ -106,14 +110,14 @@ impl App {
             store.clone(),
             hasher.clone(),
             authenticator.clone(),
+            signing,
+            throttle.clone(),
             AuthSettings {
                 allow_registration: config.allow_registration,
                 password_min_bytes: config.password_min_length,
                 refresh_token_ttl_seconds: config.refresh_token_ttl_seconds,
             },
-        )
-        .with_signing_keys(signing.clone())
-        .with_login_throttle(throttle.clone());
+        );
         let keys = KeyService::new(
             store.clone(),
             sealer,
@@ -122,14 +126,17 @@ impl App {
         );
         let users = UserAdmin::new(
             store.clone(),
-            hasher,
+            hasher.clone(),
             authenticator,
             config.password_min_length,
             throttle,
         );
 
         let created_admin = match &config.bootstrap_admin {
-            Some(admin) => bootstrap(&auth, admin).await?,
+            Some(admin) => {
+                let creator = UserCreator::new(store.clone(), hasher, config.password_min_length);
+                bootstrap(&creator, admin).await?
+            }
             None => None,
         };
         let metrics = Metrics::new().map_err(|e| StartError::Serve(format!("metrics: {e}")))?;
@@ -168,6 +175,7 @@ impl App {
 
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let db_health = DbHealth::new(true);
+        crate::health::report(&reporter, db_health.is_serving()).await;
         if let Some(signing) = self.auth.signing_keys() {
             tokio::spawn(refresh_signing_keys(
                 signing.clone(),
@@ -387,7 +395,7 @@ async fn token_authority(
     match config.jwt_algorithm {
         SigningAlgorithm::Hs256 => {
             let secret = config.jwt_secret.as_ref().ok_or_else(|| {
-                StartError::Bootstrap("KMS_JWT_ALGORITHM=HS256 needs KMS_JWT_SECRET".into())
+                StartError::Setup("KMS_JWT_ALGORITHM=HS256 needs KMS_JWT_SECRET".into())
             })?;
             let tokens = TokenAuthority::hs256(secret.expose(), issuer, audience, ttl);
             Ok((Arc::new(tokens), None))
@@ -398,9 +406,9 @@ async fn token_authority(
             let keys = signing
                 .load_or_create()
                 .await
-                .map_err(|e| StartError::Bootstrap(format!("signing keys: {e:?}")))?;
+                .map_err(|e| StartError::Setup(format!("signing keys: {e:?}")))?;
             let tokens = TokenAuthority::asymmetric(&keys, issuer, audience, ttl)
-                .map_err(|e| StartError::Bootstrap(format!("signing keys: {e}")))?;
+                .map_err(|e| StartError::Setup(format!("signing keys: {e}")))?;
             Ok((Arc::new(tokens), Some(signing)))
         }
     }
@@ -423,7 +431,7 @@ async fn refresh_signing_keys(
 }
 
 async fn bootstrap(
-    auth: &AuthService,
+    creator: &UserCreator,
     admin: &crate::config::BootstrapAdmin,
 ) -> Result<Option<CreatedAdmin>, StartError> {
     let (password, generated) = match &admin.password {
@@ -436,7 +444,7 @@ async fn bootstrap(
             (p.clone(), Some(p))
         }
     };
-    match auth.ensure_admin(&admin.username, password).await {
+    match creator.ensure_admin(&admin.username, password).await {
         Ok(true) => {
             tracing::info!(username = %admin.username, "bootstrap admin created");
             Ok(Some(CreatedAdmin {

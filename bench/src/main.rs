@@ -1,7 +1,7 @@
-//! `kms-bench`: the KMS load generator (issue 5). It starts `kms serve` (or targets a
-//! running server), prepares users, keys and tokens, drives one scenario at a time in
-//! a closed loop, and reports calls/s, latency quantiles and every status code, each
-//! scenario also as a ratio to the `health` baseline measured in the same run.
+//! `kms-bench`: the KMS load generator. It starts `kms serve` (or targets a running
+//! server), prepares users, keys and tokens, drives one scenario at a time in a closed
+//! loop, and reports calls/s, latency quantiles and every status code, each scenario
+//! also as a ratio to the `health` baseline measured in the same run.
 //!
 //! `run` makes the whole BENCHMARKS.md table, `chart` the concurrency sweep PNG,
 //! `smoke` a one-second-per-scenario check for CI, `seed` a bulk load, and `scenario`
@@ -656,7 +656,7 @@ async fn run(args: RunArgs) -> Result<bool, String> {
             rows.push(row);
         }
 
-        // The issue's targets, judged on these figures.
+        // The performance targets (BENCHMARKS.md, "Targets"), judged on these figures.
         let pct = |r: Option<f64>| report::fmt_ratio(r);
         if let Some(v) = find(&small, "verify") {
             checks.push(Check::new("verify calls/s vs health", ">= 70%", pct(v.ratio), v.ratio.map(|r| r >= 0.7)));

@@ -1,5 +1,5 @@
 //! The report: one row per measured scenario, as an aligned text table and as Markdown,
-//! plus the targets checked against the figures.
+//! plus the performance targets checked against the figures.
 
 use std::{collections::BTreeMap, fmt::Write};
 
@@ -189,7 +189,7 @@ pub fn markdown_table(rows: &[Row]) -> String {
     out
 }
 
-/// One of the targets, with the figure measured against it.
+/// One of the performance targets, with the figure measured against it.
 #[derive(Debug, Clone)]
 pub struct Check {
     pub what: String,

@@ -139,8 +139,9 @@ fn legacy_algorithm(name: &str) -> Result<SigningAlgorithm, ConfigError> {
     }
 }
 
-/// An original service's `.env` must start the KMS (issue 7), so a `SECRET_KEY` shorter
-/// than KMS_JWT_SECRET's floor is accepted, loudly: it is what the deployment already
+/// An original service's `.env` must start the KMS unchanged, so that moving to it needs
+/// no edit of a working deployment's configuration. So a `SECRET_KEY` shorter than
+/// KMS_JWT_SECRET's floor is accepted, loudly: it is what the deployment already
 /// trusts, and refusing it would only block the move. Empty is refused.
 fn check_secret_key(secret: &str) -> Result<(), ConfigError> {
     if secret.is_empty() {

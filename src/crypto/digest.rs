@@ -1,13 +1,15 @@
 //! Digests used to look secrets up without storing them.
 
-use sha2::{Digest, Sha256};
+use aws_lc_rs::digest::{SHA256, digest};
 use subtle::ConstantTimeEq;
 
 /// SHA-256 of an API key. Keys are high-entropy (generated: 256 bits; imported: at
 /// least 32 characters), so a fast unsalted digest is the right lookup index, as
 /// GitHub does for its tokens; a slow KDF would only tax every VerifyKey.
 pub fn sha256(data: &[u8]) -> [u8; 32] {
-    Sha256::digest(data).into()
+    let mut out = [0u8; 32];
+    out.copy_from_slice(digest(&SHA256, data).as_ref());
+    out
 }
 
 /// Constant-time equality for secrets and digests of secrets.

@@ -1,17 +1,24 @@
 //! Key derivation: HKDF-SHA256 (RFC 5869), for a key that must be derived from
 //! another secret rather than drawn at random.
 
-use hkdf::Hkdf;
-use sha2::Sha256;
+use aws_lc_rs::{
+    error::Unspecified,
+    hkdf::{HKDF_SHA256, Salt},
+};
 use zeroize::Zeroizing;
 
 /// 32 bytes of HKDF-SHA256 output keyed by `ikm`, without salt (the input is already a
-/// secret key, RFC 5869 section 3.1), bound to its purpose by `info`: the same input
-/// with another `info` gives an unrelated key. (Expand refuses only outputs longer
-/// than 255 hash lengths, so the error never happens for 32 bytes.)
-pub fn hkdf_sha256_32(ikm: &[u8], info: &[u8]) -> Result<Zeroizing<[u8; 32]>, hkdf::InvalidLength> {
+/// secret key, RFC 5869 section 3.1; an empty salt is the same as HashLen zero bytes),
+/// bound to its purpose by `info`: the same input with another `info` gives an
+/// unrelated key. (Expand refuses only outputs longer than 255 hash lengths, so the
+/// error never happens for 32 bytes.)
+pub fn hkdf_sha256_32(ikm: &[u8], info: &[u8]) -> Result<Zeroizing<[u8; 32]>, Unspecified> {
     let mut okm = Zeroizing::new([0u8; 32]);
-    Hkdf::<Sha256>::new(None, ikm).expand(info, okm.as_mut_slice())?;
+    let info = [info];
+    Salt::new(HKDF_SHA256, &[])
+        .extract(ikm)
+        .expand(&info, HKDF_SHA256)?
+        .fill(okm.as_mut_slice())?;
     Ok(okm)
 }
 

@@ -1,15 +1,11 @@
 //! Randomness straight from the operating system's CSPRNG.
 
-use rand::{TryRng, rngs::SysRng};
-
 use super::CryptoError;
 
 const BASE62: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
 
 pub fn fill(buf: &mut [u8]) -> Result<(), CryptoError> {
-    SysRng
-        .try_fill_bytes(buf)
-        .map_err(|e| CryptoError::Random(e.to_string()))
+    aws_lc_rs::rand::fill(buf).map_err(|_| CryptoError::Random("aws-lc's RNG failed".into()))
 }
 
 pub fn bytes<const N: usize>() -> Result<[u8; N], CryptoError> {

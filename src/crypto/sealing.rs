@@ -5,16 +5,17 @@
 //! bound stays negligible for far more secrets than a KMS holds (NIST SP 800-38D, 2^32
 //! messages per key).
 
-use aes_gcm::{
-    Aes256Gcm, KeyInit, Nonce,
-    aead::{Aead, Payload},
+use std::sync::Arc;
+
+use aws_lc_rs::aead::{
+    AES_256_GCM, Aad, LessSafeKey, NONCE_LEN as AEAD_NONCE_LEN, Nonce, UnboundKey,
 };
 use zeroize::Zeroizing;
 
 use super::{CryptoError, random};
 
 const VERSION: u8 = 1;
-const NONCE_LEN: usize = 12;
+const NONCE_LEN: usize = AEAD_NONCE_LEN;
 
 /// The 32-byte master key. Its `Debug` prints nothing of the key.
 #[derive(Clone)]
@@ -42,35 +43,38 @@ impl std::fmt::Debug for MasterKey {
 
 /// Seals and opens secrets; `aad` binds a ciphertext to its owner (the service name),
 /// so a ciphertext moved to another row does not open.
+///
+/// "LessSafe" is aws-lc's name for a key that takes caller-made nonces: ours are fresh
+/// random 96-bit values per seal (see the module comment).
 #[derive(Clone)]
 pub struct Sealer {
-    cipher: Aes256Gcm,
+    cipher: Arc<LessSafeKey>,
 }
 
 impl Sealer {
     pub fn new(key: &MasterKey) -> Self {
+        // A 32-byte key is exactly what AES-256-GCM takes, so this cannot fail.
+        let unbound = UnboundKey::new(&AES_256_GCM, key.expose())
+            .unwrap_or_else(|_| unreachable!("AES-256-GCM takes a 32-byte key"));
         Self {
-            cipher: Aes256Gcm::new(key.expose().into()),
+            cipher: Arc::new(LessSafeKey::new(unbound)),
         }
     }
 
     pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
         let nonce_bytes: [u8; NONCE_LEN] = random::bytes()?;
-        let nonce = Nonce::from(nonce_bytes);
-        let ciphertext = self
-            .cipher
-            .encrypt(
-                &nonce,
-                Payload {
-                    msg: plaintext,
-                    aad,
-                },
-            )
-            .map_err(|_| CryptoError::Seal)?;
-        let mut out = Vec::with_capacity(1 + NONCE_LEN + ciphertext.len());
+        let mut out = Vec::with_capacity(1 + NONCE_LEN + plaintext.len() + AES_256_GCM.tag_len());
         out.push(VERSION);
         out.extend_from_slice(&nonce_bytes);
-        out.extend_from_slice(&ciphertext);
+        let mut in_out = plaintext.to_vec();
+        self.cipher
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce_bytes),
+                Aad::from(aad),
+                &mut in_out,
+            )
+            .map_err(|_| CryptoError::Seal)?;
+        out.extend_from_slice(&in_out);
         Ok(out)
     }
 
@@ -81,16 +85,18 @@ impl Sealer {
         }
         let (nonce_bytes, ciphertext) = rest.split_at(NONCE_LEN);
         let nonce_bytes: [u8; NONCE_LEN] = nonce_bytes.try_into().map_err(|_| CryptoError::Open)?;
-        self.cipher
-            .decrypt(
-                &Nonce::from(nonce_bytes),
-                Payload {
-                    msg: ciphertext,
-                    aad,
-                },
+        let mut in_out = Zeroizing::new(ciphertext.to_vec());
+        let len = self
+            .cipher
+            .open_in_place(
+                Nonce::assume_unique_for_key(nonce_bytes),
+                Aad::from(aad),
+                in_out.as_mut_slice(),
             )
-            .map(Zeroizing::new)
-            .map_err(|_| CryptoError::Open)
+            .map_err(|_| CryptoError::Open)?
+            .len();
+        in_out.truncate(len);
+        Ok(in_out)
     }
 }
 
@@ -135,6 +141,28 @@ mod tests {
         assert!(s.open(&tampered, b"billing").is_err());
         assert!(s.open(&[], b"billing").is_err());
         assert!(s.open(&[VERSION, 1, 2], b"billing").is_err());
+    }
+
+    /// Blobs sealed by earlier releases (with the RustCrypto `aes-gcm` crate) still
+    /// open: AES-256-GCM is one algorithm whoever implements it. This blob was made in
+    /// the same layout by a third implementation (OpenSSL, through Python's
+    /// `cryptography`): key [7; 32], nonce 00..0b, AAD "billing", plaintext
+    /// "kms_secret".
+    #[test]
+    fn opens_what_the_previous_implementation_sealed() {
+        let s = Sealer::new(&MasterKey::from_bytes([7; 32]));
+        let sealed = hex(FIXTURE);
+        assert_eq!(&*s.open(&sealed, b"billing").unwrap(), b"kms_secret");
+    }
+
+    const FIXTURE: &str =
+        "01000102030405060708090a0b73ec9a2f6e6cba3b12c6dd05aa6a93e31d9a269fecad355e9359";
+
+    fn hex(s: &str) -> Vec<u8> {
+        (0..s.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+            .collect()
     }
 
     #[test]

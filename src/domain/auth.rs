@@ -1,4 +1,5 @@
-//! The Auth service: registering users, logging in, introspecting tokens.
+//! The Auth service: registering users, logging in, refreshing and ending logins,
+//! introspecting tokens, and the signing keys (JWKS, rotation).
 
 use std::{net::IpAddr, sync::Arc, time::Instant};
 
@@ -9,11 +10,11 @@ use zeroize::Zeroizing;
 use super::{
     Caller, Error, Result, Roles,
     audit::{self, action, outcome},
-    caller::{ROLE_ADMIN, ROLE_USER},
     sessions::{AuthFailure, Authenticator},
     signing::SigningKeys,
-    throttle::{LoginThrottle, Refusal, ThrottleSettings, retry_after_secs},
+    throttle::{LoginThrottle, Refusal, retry_after_secs},
     token::{Claims, IssuedToken, TokenAuthority},
+    users::{NewUser, RegisteredUser, UserCreator},
     validate,
 };
 use crate::{
@@ -22,12 +23,10 @@ use crate::{
         password::{PasswordHasherPool, Verification},
         random,
     },
-    store::{NewRefreshToken, RefreshAudit, RefreshOutcome, Store, StoreError, StoredUser},
+    store::{NewRefreshToken, RefreshAudit, RefreshOutcome, Store, StoredUser},
 };
 
 const BAD_CREDENTIALS: &str = "incorrect username or password";
-/// The actor of changes made from the command line (`kms user create`, bootstrap).
-const OPERATOR: &str = "operator";
 
 #[derive(Debug, Clone)]
 pub struct AuthSettings {
@@ -47,56 +46,42 @@ pub struct LoginTokens {
     pub refresh_expires_in: i64,
 }
 
-#[derive(Debug, Clone)]
-pub struct NewUser {
-    pub username: String,
-    pub password: Zeroizing<String>,
-    pub roles: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RegisteredUser {
-    pub username: String,
-    pub roles: Vec<String>,
-}
-
 #[derive(Clone)]
 pub struct AuthService {
     store: Store,
     hasher: PasswordHasherPool,
     authenticator: Arc<Authenticator>,
     settings: AuthSettings,
-    /// Asymmetric signing keys (EdDSA); `None` with the HS256 shared secret.
+    /// The rules of a new user, shared with `kms user create` and the bootstrap admin.
+    users: UserCreator,
+    /// Asymmetric signing keys (EdDSA, RS256); `None` with the HS256 shared secret.
     signing: Option<SigningKeys>,
     /// Failed-login counters of this process (per replica, see `throttle`).
     throttle: LoginThrottle,
 }
 
 impl AuthService {
+    /// Every dependency is named here, none set later: `throttle` is the one shared
+    /// with `UserAdmin` (a password guessed through ChangePassword and through Login is
+    /// the same guessing), and `signing` the keys the `authenticator`'s token
+    /// authority was built from.
     pub fn new(
         store: Store,
         hasher: PasswordHasherPool,
         authenticator: Arc<Authenticator>,
+        signing: Option<SigningKeys>,
+        throttle: LoginThrottle,
         settings: AuthSettings,
     ) -> Self {
         Self {
+            users: UserCreator::new(store.clone(), hasher.clone(), settings.password_min_bytes),
             store,
             hasher,
             authenticator,
             settings,
-            signing: None,
-            throttle: LoginThrottle::new(ThrottleSettings::default()),
+            signing,
+            throttle,
         }
-    }
-
-    pub fn with_login_throttle(mut self, throttle: LoginThrottle) -> Self {
-        self.throttle = throttle;
-        self
-    }
-
-    pub fn with_signing_keys(mut self, signing: Option<SigningKeys>) -> Self {
-        self.signing = signing;
-        self
     }
 
     pub fn signing_keys(&self) -> Option<&SigningKeys> {
@@ -139,68 +124,13 @@ impl AuthService {
                  (KMS_ALLOW_REGISTRATION=true opens it to anyone)",
             ));
         }
-        let roles = self.check_new_user(&new)?;
-        if !by_admin && roles != Roles::user() {
+        let new = self.users.check(new)?;
+        if !by_admin && *new.roles() != Roles::user() {
             return Err(Error::PermissionDenied(
                 "roles: only an admin may grant roles other than user",
             ));
         }
-        self.insert_user(audit::actor(caller), new.username, new.password, roles)
-            .await
-    }
-
-    /// The operator path (`kms user create`): same rules, no caller.
-    pub async fn create_user(&self, new: NewUser) -> Result<RegisteredUser> {
-        let roles = self.check_new_user(&new)?;
-        self.insert_user(OPERATOR, new.username, new.password, roles)
-            .await
-    }
-
-    fn check_new_user(&self, new: &NewUser) -> Result<Roles> {
-        validate::username(&new.username)?;
-        validate::password("password", &new.password, self.settings.password_min_bytes)?;
-        for role in &new.roles {
-            validate::role(role)?;
-        }
-        Ok(if new.roles.is_empty() {
-            Roles::user()
-        } else {
-            new.roles.iter().cloned().collect()
-        })
-    }
-
-    async fn insert_user(
-        &self,
-        actor: &str,
-        username: String,
-        password: Zeroizing<String>,
-        roles: Roles,
-    ) -> Result<RegisteredUser> {
-        let hash = self.hasher.hash(password).await?;
-        let roles = roles.to_vec();
-        match self
-            .store
-            .create_user(
-                &username,
-                hash,
-                &roles,
-                Utc::now(),
-                audit::event(actor, action::REGISTER, &username, outcome::SUCCESS),
-            )
-            .await
-        {
-            Ok(user) => {
-                tracing::info!(username = %user.username, roles = ?user.roles, "user registered");
-                Ok(RegisteredUser {
-                    username: user.username,
-                    roles: user.roles,
-                })
-            }
-            Err(StoreError::Conflict) => Err(Error::AlreadyExists(format!(
-                "username: '{username}' is already taken (usernames are unique without regard to case)"
-            ))),
-            Err(e) => Err(e.into()),
-        }
+        self.users.create(audit::actor(caller), new).await
     }
 
     /// Login. Unknown user and wrong password give the same error after the same
@@ -397,20 +327,5 @@ impl AuthService {
             Err(AuthFailure::Invalid) => Ok(None),
             Err(AuthFailure::Unavailable) => Err(Error::Unavailable),
         }
-    }
-
-    /// Creates the bootstrap admin unless an admin exists. `Ok(true)` when created.
-    pub async fn ensure_admin(&self, username: &str, password: Zeroizing<String>) -> Result<bool> {
-        if self.store.any_user_has_role(ROLE_ADMIN).await? {
-            return Ok(false);
-        }
-        let roles = vec![ROLE_ADMIN.to_owned(), ROLE_USER.to_owned()];
-        self.create_user(NewUser {
-            username: username.to_owned(),
-            password,
-            roles,
-        })
-        .await?;
-        Ok(true)
     }
 }

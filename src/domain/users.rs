@@ -1,5 +1,6 @@
-//! User administration: list, read, set roles, delete, change passwords. Every change
-//! that alters what a user may do invalidates the tokens they hold.
+//! Users: creating them (`UserCreator`, the rules every way in shares) and
+//! administering them (`UserAdmin`: list, read, set roles, delete, change passwords).
+//! Every change that alters what a user may do invalidates the tokens they hold.
 
 use std::{net::IpAddr, sync::Arc, time::Instant};
 
@@ -9,6 +10,7 @@ use zeroize::Zeroizing;
 use super::{
     Caller, Error, Result, Roles,
     audit::{self, action, outcome},
+    caller::{ROLE_ADMIN, ROLE_USER},
     paging, require_admin,
     sessions::Authenticator,
     throttle::{self, LoginThrottle, Refusal, retry_after_secs},
@@ -16,8 +18,137 @@ use super::{
 };
 use crate::{
     crypto::password::{PasswordHasherPool, Verification},
-    store::{AdminGuarded, Store, UserRecord},
+    store::{AdminGuarded, Store, StoreError, UserRecord},
 };
+
+/// The actor of changes made from the command line (`kms user create`) and of the
+/// bootstrap admin's creation at server start.
+const OPERATOR: &str = "operator";
+
+/// A user to create, as Register, `kms user create` and the bootstrap admin ask.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    pub username: String,
+    pub password: Zeroizing<String>,
+    /// Empty: `["user"]`.
+    pub roles: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisteredUser {
+    pub username: String,
+    pub roles: Vec<String>,
+}
+
+/// A `NewUser` that passed the rules. Only `UserCreator::check` makes one, so no user
+/// reaches the store unchecked.
+#[derive(Debug)]
+pub struct CheckedUser {
+    username: String,
+    password: Zeroizing<String>,
+    roles: Roles,
+}
+
+impl CheckedUser {
+    pub fn roles(&self) -> &Roles {
+        &self.roles
+    }
+}
+
+/// Creates users. It needs only the store and the password hasher, so `kms user
+/// create` and the bootstrap admin at server start create users without any token
+/// machinery, under the same rules as Register (which adds who may ask for what).
+#[derive(Clone)]
+pub struct UserCreator {
+    store: Store,
+    hasher: PasswordHasherPool,
+    password_min_bytes: usize,
+}
+
+impl UserCreator {
+    pub fn new(store: Store, hasher: PasswordHasherPool, password_min_bytes: usize) -> Self {
+        Self {
+            store,
+            hasher,
+            password_min_bytes,
+        }
+    }
+
+    /// The username, the password's length and the roles; no roles means `user`.
+    pub fn check(&self, new: NewUser) -> Result<CheckedUser> {
+        validate::username(&new.username)?;
+        validate::password("password", &new.password, self.password_min_bytes)?;
+        for role in &new.roles {
+            validate::role(role)?;
+        }
+        let roles = if new.roles.is_empty() {
+            Roles::user()
+        } else {
+            new.roles.into_iter().collect()
+        };
+        Ok(CheckedUser {
+            username: new.username,
+            password: new.password,
+            roles,
+        })
+    }
+
+    /// Stores the user, audited as created by `actor`. Usernames are unique without
+    /// regard to case: `Alice` is refused while `alice` exists.
+    pub async fn create(&self, actor: &str, new: CheckedUser) -> Result<RegisteredUser> {
+        let CheckedUser {
+            username,
+            password,
+            roles,
+        } = new;
+        let hash = self.hasher.hash(password).await?;
+        let roles = roles.to_vec();
+        match self
+            .store
+            .create_user(
+                &username,
+                hash,
+                &roles,
+                Utc::now(),
+                audit::event(actor, action::REGISTER, &username, outcome::SUCCESS),
+            )
+            .await
+        {
+            Ok(user) => {
+                tracing::info!(username = %user.username, roles = ?user.roles, "user registered");
+                Ok(RegisteredUser {
+                    username: user.username,
+                    roles: user.roles,
+                })
+            }
+            Err(StoreError::Conflict) => Err(Error::AlreadyExists(format!(
+                "username: '{username}' is already taken (usernames are unique without regard to case)"
+            ))),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The operator path (`kms user create`): the same rules, no caller, any roles.
+    pub async fn create_by_operator(&self, new: NewUser) -> Result<RegisteredUser> {
+        let new = self.check(new)?;
+        self.create(OPERATOR, new).await
+    }
+
+    /// Creates the bootstrap admin unless an admin exists. `Ok(true)` when created;
+    /// `AlreadyExists` when a user who is not an admin has the name.
+    pub async fn ensure_admin(&self, username: &str, password: Zeroizing<String>) -> Result<bool> {
+        if self.store.any_user_has_role(ROLE_ADMIN).await? {
+            return Ok(false);
+        }
+        self.create_by_operator(NewUser {
+            username: username.to_owned(),
+            password,
+            roles: vec![ROLE_ADMIN.to_owned(), ROLE_USER.to_owned()],
+        })
+        .await?;
+        Ok(true)
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserView {

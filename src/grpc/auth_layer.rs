@@ -1,6 +1,8 @@
 //! A tower layer in front of every service: it checks `authorization: Bearer <jwt>`
-//! and puts the `Caller` into the request extensions. Which methods need a token is
-//! decided here, in one list; a method not listed needs one (fail closed).
+//! the way the REST API does (`crate::bearer`), answers a refusal through the one
+//! error map (`status.rs`), and puts the `Caller` into the request extensions. Which
+//! methods need a token is decided here, in one list; a method not listed needs one
+//! (fail closed).
 
 use std::{
     pin::Pin,
@@ -12,9 +14,9 @@ use http::{Request, Response};
 use tonic::{Status, body::Body};
 use tower::{Layer, Service};
 
-use crate::domain::{
-    Caller,
-    sessions::{AuthFailure, Authenticator},
+use crate::{
+    bearer,
+    domain::{Caller, Error, sessions::Authenticator},
 };
 
 /// How a method treats the bearer token.
@@ -75,9 +77,6 @@ pub fn access(path: &str) -> Access {
     }
 }
 
-/// Shared with ext_authz, which reads the same header from Envoy's CheckRequest.
-pub(super) use crate::bearer::bearer_token;
-
 #[derive(Clone)]
 pub struct AuthLayer {
     authenticator: Arc<Authenticator>,
@@ -128,41 +127,29 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let access = access(req.uri().path());
-        // Public methods ignore any token sent along (a stale one must not stop a login).
-        let token = match access {
-            Access::Public => Ok(None),
-            _ => crate::bearer::from_headers(req.headers()).map(|t| t.map(str::to_owned)),
-        };
         let authenticator = self.authenticator.clone();
         Box::pin(async move {
-            let token = match token {
-                Ok(token) => token,
-                Err(problem) => return Ok(Status::unauthenticated(problem).into_http()),
+            // Public methods ignore any token sent along (a stale one must not stop a
+            // login). Otherwise the token is read and checked as REST checks it.
+            let caller = match access {
+                Access::Public => Ok(None),
+                Access::Optional => bearer::caller(&authenticator, req.headers())
+                    .await
+                    .map_err(Error::from),
+                Access::Required => bearer::caller(&authenticator, req.headers())
+                    .await
+                    .map_err(Error::from)
+                    .and_then(bearer::required)
+                    .map(Some),
             };
-            match (token, access) {
-                (Some(token), _) => match authenticator.authenticate(&token).await {
-                    Ok(claims) => {
-                        let caller = claims.caller();
-                        // The observe layer's span for this call shows who made it.
-                        tracing::Span::current().record("subject", caller.subject.as_str());
-                        req.extensions_mut().insert(caller);
-                    }
-                    Err(AuthFailure::Invalid) => {
-                        return Ok(
-                            Status::unauthenticated("invalid or expired access token").into_http()
-                        );
-                    }
-                    Err(AuthFailure::Unavailable) => {
-                        return Ok(Status::unavailable(
-                            "cannot check the access token now, try again later",
-                        )
-                        .into_http());
-                    }
-                },
-                (None, Access::Public | Access::Optional) => {}
-                (None, Access::Required) => {
-                    return Ok(Status::unauthenticated("missing bearer access token").into_http());
+            match caller {
+                Ok(Some(caller)) => {
+                    // The observe layer's span for this call shows who made it.
+                    tracing::Span::current().record("subject", caller.subject.as_str());
+                    req.extensions_mut().insert(caller);
                 }
+                Ok(None) => {}
+                Err(refusal) => return Ok(Status::from(refusal).into_http()),
             }
             inner.call(req).await
         })
@@ -172,10 +159,7 @@ where
 /// The caller a handler acts for. Missing means the layer did not authenticate this
 /// method, which for a handler that needs a caller is a denial, never a pass.
 pub fn caller<T>(req: &tonic::Request<T>) -> Result<Caller, Status> {
-    req.extensions()
-        .get::<Caller>()
-        .cloned()
-        .ok_or_else(|| Status::unauthenticated("missing bearer access token"))
+    Ok(bearer::required(req.extensions().get::<Caller>().cloned())?)
 }
 
 #[cfg(test)]

@@ -10,11 +10,12 @@ use super::{
 use crate::{
     domain::{
         Caller, Error as DomainError,
-        auth::{AuthService, LoginTokens, NewUser},
+        auth::{AuthService, LoginTokens},
         token::TOKEN_TYPE,
+        users::NewUser,
     },
     proto::kms::v1::{self as pb, auth_server::Auth},
-    telemetry::Metrics,
+    telemetry::{Metrics, metrics::login_outcome},
 };
 
 fn login_response(issued: LoginTokens) -> pb::LoginResponse {
@@ -75,13 +76,7 @@ impl Auth for AuthApi {
             .service
             .login(&req.username, Zeroizing::new(req.password), client)
             .await;
-        self.metrics.login(match &result {
-            Ok(_) => "success",
-            Err(DomainError::Unauthenticated(_)) => "failure",
-            Err(DomainError::Throttled { .. }) => "throttled",
-            Err(DomainError::InvalidArgument { .. }) => "invalid",
-            Err(_) => "error",
-        });
+        self.metrics.login(login_outcome(&result));
         let issued = result?;
         self.metrics.token_issued("access");
         self.metrics.token_issued("refresh");

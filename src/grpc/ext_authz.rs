@@ -36,16 +36,14 @@ use tonic::{
     server::{NamedService, UnaryService},
 };
 
-use super::{
-    auth_layer::bearer_token,
-    ext_authz_route::{Route, rate_limit_headers, seconds_until},
-};
+use super::ext_authz_route::{Route, rate_limit_headers, seconds_until};
 use crate::{
+    bearer::{self, BearerError, bearer_token},
     domain::{
-        Caller,
+        Caller, Error,
         keys::{KeyService, RateLimitStatus},
         policy::{VerifyCode, VerifyOptions},
-        sessions::{AuthFailure, Authenticator},
+        sessions::Authenticator,
     },
     telemetry::Metrics,
 };
@@ -105,8 +103,8 @@ impl Denial {
                 "missing credentials: send 'authorization: Bearer <token>' or 'x-api-key'"
             }
             Self::Ambiguous => "a credential header is repeated or not UTF-8",
-            Self::Malformed => "authorization header must be 'Bearer <access token>'",
-            Self::InvalidToken => "invalid or expired access token",
+            Self::Malformed => bearer::NOT_BEARER,
+            Self::InvalidToken => bearer::INVALID_TOKEN,
             Self::InvalidKey => "invalid, expired or revoked API key",
             Self::WrongKind => "this route does not take this kind of credential",
             Self::MissingScope => "the API key lacks a scope this route requires",
@@ -340,9 +338,8 @@ impl ExtAuthz {
             // Refused before any lookup: a key is not spent on a route that takes none.
             Credential::Bearer(_) if !route.takes_tokens() => Err(Denial::WrongKind.into()),
             Credential::ApiKey(_) if !route.takes_keys() => Err(Denial::WrongKind.into()),
-            Credential::Bearer(token) => match self.authenticator.authenticate(token).await {
-                Ok(claims) => {
-                    let caller = claims.caller();
+            Credential::Bearer(token) => match bearer::verify(&self.authenticator, token).await {
+                Ok(caller) => {
                     let required = route.roles.as_deref().unwrap_or_default();
                     if required.iter().all(|role| caller.roles.contains(role)) {
                         Ok(Principal::User(caller))
@@ -350,10 +347,8 @@ impl ExtAuthz {
                         Err(Denial::MissingRole.into())
                     }
                 }
-                Err(AuthFailure::Invalid) => Err(Denial::InvalidToken.into()),
-                Err(AuthFailure::Unavailable) => {
-                    return Err(Status::unavailable("cannot check the token now"));
-                }
+                Err(BearerError::Rejected(_)) => Err(Denial::InvalidToken.into()),
+                Err(BearerError::Unavailable) => return Err(Error::Unavailable.into()),
             },
             Credential::ApiKey(key) => {
                 let options = VerifyOptions {

@@ -12,7 +12,7 @@ use serde_json::error::Category;
 
 use super::{HttpState, error::ApiError};
 use crate::{
-    bearer::BearerError,
+    bearer,
     domain::{Caller, Error},
 };
 
@@ -24,22 +24,17 @@ pub struct Authenticated(pub Caller);
 pub struct MaybeAuthenticated(pub Option<Caller>);
 
 async fn caller(parts: &Parts, state: &HttpState) -> Result<Option<Caller>, ApiError> {
-    crate::bearer::caller(&state.authenticator, &parts.headers)
+    bearer::caller(&state.authenticator, &parts.headers)
         .await
-        .map_err(|e| match e {
-            BearerError::Rejected(reason) => Error::Unauthenticated(reason).into(),
-            BearerError::Unavailable => Error::Unavailable.into(),
-        })
+        .map_err(|e| Error::from(e).into())
 }
 
 impl FromRequestParts<HttpState> for Authenticated {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &HttpState) -> Result<Self, ApiError> {
-        match caller(parts, state).await? {
-            Some(caller) => Ok(Self(caller)),
-            None => Err(Error::Unauthenticated("missing bearer access token").into()),
-        }
+        let caller = caller(parts, state).await?;
+        Ok(Self(bearer::required(caller)?))
     }
 }
 

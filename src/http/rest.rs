@@ -25,8 +25,8 @@ use crate::{
     domain::audit::{self, RequestMeta},
     domain::{
         Error,
-        auth::NewUser,
         keys::{ApiKeyView, CreateKey},
+        users::NewUser,
     },
     telemetry::metrics::login_outcome,
 };

@@ -1,6 +1,7 @@
 //! Several `kms serve` processes on one PostgreSQL database are one service: any
 //! replica serves any call, and a change made on one is honoured by every other within
-//! 1 second (issue 6). PostgreSQL only: SQLite is a single-node database.
+//! 1 second, the promise RELIABILITY.md makes for replicas. PostgreSQL only: SQLite is
+//! a single-node database.
 //!
 //! Each propagation is measured from the moment the changing call returned, by probing
 //! the other replica every 20 ms. The bound is strict: a probe *started* 1 s or more
@@ -18,7 +19,7 @@ use crate::{
     process::{Cluster, KmsProcess},
 };
 
-/// Issue 6: "honoured by every other replica within 1 second".
+/// The promise: a change is honoured by every other replica within 1 second.
 const PROPAGATION_BOUND: Duration = Duration::from_secs(1);
 const PROBE_EVERY: Duration = Duration::from_millis(20);
 
@@ -126,11 +127,9 @@ async fn within_bound(what: &str, since: Instant, mut seen: impl AsyncFnMut() ->
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs KMS_TEST_POSTGRES_URL"]
 async fn two_processes_share_one_service() {
-    let Some(backend) = Backend::postgres() else {
-        eprintln!("KMS_TEST_POSTGRES_URL not set: two-replica test skipped");
-        return;
-    };
+    let backend = Backend::postgres();
     let cluster = Cluster::new(&backend, &[]).await;
     let a = cluster.start("a").await;
     let b = cluster.start("b").await;
@@ -345,11 +344,9 @@ async fn two_processes_share_one_service() {
 /// yet. (Found by this test: all but one used to exit with "migration failed: unique
 /// constraint violated"; migrations now take turns on an advisory lock.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs KMS_TEST_POSTGRES_URL"]
 async fn replicas_started_together_on_a_fresh_database_all_serve() {
-    let Some(backend) = Backend::postgres() else {
-        eprintln!("KMS_TEST_POSTGRES_URL not set: skipped");
-        return;
-    };
+    let backend = Backend::postgres();
     let cluster = Cluster::new(&backend, &[]).await;
     let (a, b, c) = tokio::join!(cluster.start("a"), cluster.start("b"), cluster.start("c"));
     let admin = a.admin_token().await;

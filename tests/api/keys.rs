@@ -765,7 +765,9 @@ async fn rotation_never_revives_or_stretches_an_expired_secret(backend: Backend)
     server.stop().await;
 }
 
-/// A rotated-out secret is burned, in its grace period and after it (issue 18).
+/// A rotated-out secret is burned, in its grace period and after it: importing it again
+/// under another name is refused, so a secret taken out of service (perhaps because it
+/// leaked) never verifies again.
 async fn a_spent_secret_is_never_imported_again(backend: Backend) {
     let server = TestServer::start(backend).await;
     let admin = server.admin_token().await;

@@ -2,8 +2,9 @@
 
 //! Integration tests through the real gRPC surface: each test starts the server
 //! in-process on 127.0.0.1:0 with a fresh database and talks to it with the generated
-//! clients. Every behaviour test runs on SQLite, and on PostgreSQL when
-//! KMS_TEST_POSTGRES_URL is set (each test in its own schema).
+//! clients. Every behaviour test runs on SQLite, and on PostgreSQL (each test in its
+//! own schema of KMS_TEST_POSTGRES_URL). The PostgreSQL tests are `#[ignore]`d, so
+//! that plain `cargo test` needs no database: `-- --include-ignored` runs them.
 //!
 //! One test binary on purpose: each file in tests/ links the whole crate again.
 
@@ -17,6 +18,7 @@ mod faults;
 mod hardening;
 mod hostile;
 mod http_client;
+mod image;
 mod keys;
 mod ops;
 mod policy;
@@ -26,4 +28,6 @@ mod rest;
 mod sessions;
 mod signing;
 mod throttle;
+mod transports_agree;
+mod user_creator;
 mod users;

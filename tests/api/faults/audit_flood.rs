@@ -1,7 +1,7 @@
-//! Issue 18, point 3: a flood of refusals that anyone can cause (Login for a made-up
-//! user, bad VerifyKeys from a registered user) writes a bounded number of audit rows,
-//! not one per call; the first of the burst is recorded at once, and the rows' counts
-//! add up to every refusal the server saw.
+//! A flood of refusals that anyone can cause (Login for a made-up user, bad VerifyKeys
+//! from a registered user) writes a bounded number of audit rows, not one per call;
+//! the first of the burst is recorded at once, and the rows' counts add up to every
+//! refusal the server saw.
 
 use std::{
     sync::{

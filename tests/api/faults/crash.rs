@@ -1,4 +1,4 @@
-//! `kill -9` during a stream of CreateKey and RotateKey calls (issue 6): after a
+//! `kill -9` during a stream of CreateKey and RotateKey calls: after a
 //! restart on the same database every acknowledged call is there with the secret it
 //! returned, and no key is half written. On SQLite (WAL, synchronous=FULL) and on
 //! PostgreSQL.

@@ -1,7 +1,8 @@
-//! Faults (issue 6): races, a database outage, `kill -9` mid-stream, overload. The
+//! Faults (see RELIABILITY.md): races, a database outage, `kill -9` mid-stream, overload. The
 //! answers stay the specified codes, nothing acknowledged is lost, and the service
-//! recovers by itself. Run this group alone with
-//! `cargo test --test api -- faults:: cluster::` (cluster: the two-replica test).
+//! recovers by itself. Run this group alone, with KMS_TEST_POSTGRES_URL set, with
+//! `cargo test --test api -- --include-ignored faults:: cluster::` (cluster: the
+//! two-replica test).
 
 mod audit_flood;
 mod crash;

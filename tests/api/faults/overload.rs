@@ -1,4 +1,4 @@
-//! Overload (issue 6): a burst far beyond capacity is answered RESOURCE_EXHAUSTED or
+//! Overload: a burst far beyond capacity is answered RESOURCE_EXHAUSTED or
 //! UNAVAILABLE (or served), memory stays bounded, and service is normal again when the
 //! burst ends. Against a `kms serve` process, so that its memory can be read from
 //! /proc.

@@ -1,4 +1,4 @@
-//! Races (issue 6): many concurrent calls on one name give exactly one winner and the
+//! Races: many concurrent calls on one name give exactly one winner and the
 //! specified code for everyone else, never INTERNAL or UNAVAILABLE.
 
 use kms::proto::kms::v1 as pb;

@@ -1,4 +1,4 @@
-//! Fixes from the hardening issue (an outside attacker's probe of the first release).
+//! Fixes found by probing the first release as an outside attacker would.
 
 mod auth;
 mod ops;

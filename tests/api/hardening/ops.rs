@@ -1,5 +1,5 @@
-//! Issue 18, point 11: what a client without a token gets for bytes that do not decode
-//! at ext_authz, and for methods a service does not have.
+//! What a client without a token gets for bytes that do not decode at ext_authz, and
+//! for methods a service does not have.
 
 use bytes::{Buf, BufMut};
 use envoy_types::ext_authz::v3::pb::CheckRequest;
