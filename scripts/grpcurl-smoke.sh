@@ -259,10 +259,10 @@ ok "list shows kms.v1.Auth, kms.v1.Keys, grpc.health.v1.Health"
 # 2. describe: the Keys service and all of its RPCs.
 g "$addr" describe kms.v1.Keys
 expect_ok "describe kms.v1.Keys"
-for rpc in CreateKey GetKey ListKeys RotateKey RevokeKey VerifyKey; do
+for rpc in CreateKey GetKey ListKeys RotateKey RevokeKey VerifyKey UpdateKey; do
     grep -q "rpc $rpc *(" <<<"$res" || fail "describe kms.v1.Keys" "rpc $rpc in the description" "$res"
 done
-ok "describe kms.v1.Keys shows its six RPCs"
+ok "describe kms.v1.Keys shows its seven RPCs"
 
 # 3. Login as the bootstrap admin.
 body=$(printf '{"username": %s, "password": %s}' \
