@@ -1,65 +1,21 @@
 //! What a client without a token gets for bytes that do not decode at ext_authz, and
 //! for methods a service does not have.
 
-use bytes::{Buf, BufMut};
 use envoy_types::ext_authz::v3::pb::CheckRequest;
 use prost::Message;
-use tonic::{
-    Code, Request, Status,
-    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
-    transport::Channel,
-};
+use tonic::{Code, Request, Status, transport::Channel};
 
 use crate::{
     both_backends,
     common::{Backend, TestServer},
     ext_authz::check_request,
+    hostile::raw_messages::RawCodec,
 };
 
 both_backends!(
     ext_authz_answers_undecodable_requests_with_invalid_argument,
     unknown_methods_of_public_services_are_unimplemented,
 );
-
-/// Raw bytes out, raw bytes in: a request tonic's typed clients could never send.
-#[derive(Debug, Clone, Copy, Default)]
-struct RawCodec;
-
-impl Codec for RawCodec {
-    type Encode = Vec<u8>;
-    type Decode = Vec<u8>;
-    type Encoder = RawCodec;
-    type Decoder = RawCodec;
-
-    fn encoder(&mut self) -> Self::Encoder {
-        RawCodec
-    }
-
-    fn decoder(&mut self) -> Self::Decoder {
-        RawCodec
-    }
-}
-
-impl Encoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = Status;
-
-    fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
-        dst.put_slice(&item);
-        Ok(())
-    }
-}
-
-impl Decoder for RawCodec {
-    type Item = Vec<u8>;
-    type Error = Status;
-
-    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, Status> {
-        let mut out = vec![0; src.remaining()];
-        src.copy_to_slice(&mut out);
-        Ok(Some(out))
-    }
-}
 
 async fn raw_call(channel: &Channel, path: &'static str, body: Vec<u8>) -> Result<Vec<u8>, Status> {
     let mut grpc = tonic::client::Grpc::new(channel.clone());

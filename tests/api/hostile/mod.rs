@@ -27,7 +27,7 @@ mod fields;
 mod forged_tokens;
 mod oracle;
 mod parsers;
-mod raw_messages;
+pub(crate) mod raw_messages;
 mod sizes;
 mod values;
 

@@ -222,9 +222,10 @@ impl Method {
     }
 }
 
-/// Sends raw bytes as a request message, and reads the answer as raw bytes.
+/// Sends raw bytes as a request message, and reads the answer as raw bytes: a request
+/// tonic's typed clients could never send. Shared with `hardening::ops`.
 #[derive(Debug, Clone, Copy, Default)]
-struct RawCodec;
+pub(crate) struct RawCodec;
 
 impl Codec for RawCodec {
     type Encode = Vec<u8>;
