@@ -404,18 +404,23 @@ async fn health_is_not_serving_while_every_api_call_is_refused() {
     let user = server.user_token("holder").await;
     // Two calls that send their headers and never their body hold both API slots
     // until their deadline.
-    let client = h2_client("127.0.0.2", server.addr).await;
+    // One connection each; `ready()` after `send_request` returns once h2 has
+    // written that stream's headers, so both calls are on their way.
     let mut held = Vec::new();
     for _ in 0..2 {
-        let mut ready = client.clone().ready().await.unwrap();
+        let client = h2_client("127.0.0.2", server.addr).await;
+        let mut ready = client.ready().await.unwrap();
         let (response, send) = ready
             .send_request(
                 grpc_request(server.addr, "/kms.v1.Keys/VerifyKey", Some(&user)),
                 false,
             )
             .unwrap();
-        held.push((response, send));
+        let client = ready.ready().await.unwrap();
+        held.push((response, send, client));
     }
+    // Let both reach the server before any call of ours competes for the slots.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     let mut keys = KeysClient::new(server.channel.clone());
     let verify = pb::VerifyKeyRequest {
         api_key: "kms_x".into(),
@@ -425,10 +430,17 @@ async fn health_is_not_serving_while_every_api_call_is_refused() {
     // both slots (a call of ours is refused) before counting.
     let filling = Instant::now();
     while keys.verify_key(authed(verify.clone(), &user)).await.is_ok() {
-        assert!(
-            filling.elapsed() < Duration::from_secs(3),
-            "the held calls never took the slots"
-        );
+        if filling.elapsed() > Duration::from_secs(3) {
+            let mut answers = Vec::new();
+            for (response, _, _) in &mut held {
+                answers.push(
+                    tokio::time::timeout(Duration::from_millis(100), response)
+                        .await
+                        .map(|r| r.map(|r| r.headers().clone())),
+                );
+            }
+            panic!("the held calls never took the slots: {answers:?}");
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let held_at = Instant::now();
