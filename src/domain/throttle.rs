@@ -231,15 +231,16 @@ pub fn retry_after_secs(wait: Duration) -> u64 {
     secs.max(1)
 }
 
+/// Settings and addresses both test modules of the throttle use.
 #[cfg(test)]
-mod tests {
-    use super::{Refusal::Locked, *};
+mod fixtures {
+    use super::*;
 
-    fn secs(n: u64) -> Duration {
+    pub fn secs(n: u64) -> Duration {
         Duration::from_secs(n)
     }
 
-    fn settings(max_failures: u32) -> ThrottleSettings {
+    pub fn settings(max_failures: u32) -> ThrottleSettings {
         ThrottleSettings {
             max_failures,
             failure_window: secs(60),
@@ -250,9 +251,18 @@ mod tests {
         }
     }
 
-    fn ip(last: u8) -> Option<IpAddr> {
+    pub fn ip(last: u8) -> Option<IpAddr> {
         Some(IpAddr::from([10, 0, 0, last]))
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{
+        Refusal::Locked,
+        fixtures::{ip, secs, settings},
+        *,
+    };
 
     #[test]
     fn an_unsettled_attempt_counts_for_nothing() {

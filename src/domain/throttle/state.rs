@@ -291,26 +291,13 @@ impl TableKey for IpAddr {
 
 #[cfg(test)]
 mod tests {
-    use super::{super::Refusal::Locked, *};
-
-    fn secs(n: u64) -> Duration {
-        Duration::from_secs(n)
-    }
-
-    fn settings(max_failures: u32) -> ThrottleSettings {
-        ThrottleSettings {
-            max_failures,
-            failure_window: secs(60),
-            lockout_base: secs(1),
-            lockout_max: secs(16),
-            max_tracked: 1000,
-            max_wait: secs(5),
-        }
-    }
-
-    fn ip(last: u8) -> Option<IpAddr> {
-        Some(IpAddr::from([10, 0, 0, last]))
-    }
+    use super::{
+        super::{
+            Refusal::Locked,
+            fixtures::{ip, secs, settings},
+        },
+        *,
+    };
     /// One whole wrong-password attempt: admitted, then failed.
     fn fail(
         state: &mut State,
