@@ -13,6 +13,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "kms/v1/keys.proto",
             "kms/v1/users.proto",
             "kms/v1/audit.proto",
+            "kms/v1/keyring.proto",
         ],
         ["proto"],
     )?;

@@ -12,6 +12,7 @@ pub mod m20261201_000006_usernames_fold_case;
 mod m20261201_000007_issued_secret_digests;
 mod m20261216_000001_audit_event_count;
 mod m20261217_000001_key_policy;
+mod m20261218_000001_keyring;
 
 pub struct Migrator;
 
@@ -28,6 +29,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261201_000007_issued_secret_digests::Migration),
             Box::new(m20261216_000001_audit_event_count::Migration),
             Box::new(m20261217_000001_key_policy::Migration),
+            Box::new(m20261218_000001_keyring::Migration),
         ]
     }
 }

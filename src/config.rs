@@ -31,7 +31,7 @@ pub use connections::{ConnectionArgs, ConnectionLimits};
 pub use known_env::{known_env_vars, unknown_env_vars};
 pub use legacy::{LegacyEnv, translate_database_url};
 pub use limits::Limits;
-pub use secrets::{BootstrapAdmin, JwtSecret};
+pub use secrets::{BootstrapAdmin, JwtSecret, new_master_key_from_file};
 pub use tls::TlsFiles;
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://kms-data/kms.db?mode=rwc";
@@ -58,6 +58,32 @@ pub enum Command {
     /// Manage users directly in the database (operator recovery path).
     #[command(subcommand)]
     User(UserCommand),
+    /// Manage the master key that wraps the keyring (takes the same configuration as
+    /// `serve`, whose master key is the current one).
+    #[command(subcommand)]
+    MasterKey(MasterKeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MasterKeyCommand {
+    /// Re-wrap the keyring under a new master key, in one transaction. Running servers
+    /// keep serving; each needs the new master key at its next start.
+    Rewrap(Box<MasterKeyRewrapArgs>),
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("new_master_key").required(true).args(["new_master_key_file", "new_pkcs11_key_label"])))]
+pub struct MasterKeyRewrapArgs {
+    /// A file holding the new master key: base64 of 32 random bytes (e.g. `openssl rand
+    /// -base64 32`).
+    #[arg(long)]
+    pub new_master_key_file: Option<PathBuf>,
+    /// The label of an AES-256 key in the PKCS#11 token named by
+    /// KMS_MASTER_KEY_PKCS11_MODULE and KMS_MASTER_KEY_PKCS11_TOKEN_LABEL.
+    #[arg(long)]
+    pub new_pkcs11_key_label: Option<String>,
+    #[command(flatten)]
+    pub serve: ServeArgs,
 }
 
 #[derive(Debug, Args)]

@@ -6,11 +6,11 @@ use std::{io::Read, process::ExitCode, time::Duration};
 use clap::Parser;
 use kms::{
     config::{
-        Cli, Command, DatabaseArgs, HealthcheckArgs, SigningKeyCommand, UserCommand,
-        UserCreateArgs, unknown_env_vars,
+        Cli, Command, DatabaseArgs, HealthcheckArgs, MasterKeyCommand, MasterKeyRewrapArgs,
+        SigningKeyCommand, UserCommand, UserCreateArgs, unknown_env_vars,
     },
     crypto::password::PasswordHasherPool,
-    crypto::sealing::Sealer,
+    domain::keyring::Keyring,
     domain::signing::SigningKeys,
     domain::token::SigningAlgorithm,
     domain::users::{NewUser, UserCreator},
@@ -59,6 +59,7 @@ async fn run(command: Command) -> Result<(), String> {
         Command::Healthcheck(args) => healthcheck(args).await,
         Command::SigningKey(SigningKeyCommand::Rotate(args)) => rotate_signing_key(*args).await,
         Command::User(UserCommand::Create(args)) => create_user(args).await,
+        Command::MasterKey(MasterKeyCommand::Rewrap(args)) => rewrap_master_key(*args).await,
     }
 }
 
@@ -146,13 +147,10 @@ async fn rotate_signing_key(args: kms::config::ServeArgs) -> Result<(), String> 
         .await
         .map_err(|e| e.to_string())?;
     store.migrate().await.map_err(|e| e.to_string())?;
-    let sealer = Sealer::new(&config.master_key);
-    kms::domain::master_key::check(&store, &sealer)
-        .await
-        .map_err(|e| e.to_string())?;
+    let keyring = open_keyring(&config, &store).await?;
     let signing = SigningKeys::new(
         store,
-        sealer,
+        keyring,
         config.jwt_algorithm,
         config.access_token_ttl_seconds,
     );
@@ -163,6 +161,49 @@ async fn rotate_signing_key(args: kms::config::ServeArgs) -> Result<(), String> 
         .map_err(|e| e.to_string())?;
     println!("new signing key {kid}; running servers switch to it within 5 s");
     Ok(())
+}
+
+async fn rewrap_master_key(args: MasterKeyRewrapArgs) -> Result<(), String> {
+    if args.serve.dev {
+        return Err("master-key rewrap does not take --dev: give the current master key with KMS_MASTER_KEY_FILE (under --dev it is kms-data/master.key)".into());
+    }
+    let config = args.serve.resolve().map_err(|e| e.to_string())?;
+    let new = match (&args.new_master_key_file, &args.new_pkcs11_key_label) {
+        (Some(path), None) => kms::config::new_master_key_from_file(path),
+        (None, Some(label)) => config.open_new_pkcs11_master_key(label),
+        _ => Err(kms::config::ConfigError(
+            "give one of --new-master-key-file and --new-pkcs11-key-label".into(),
+        )),
+    }
+    .map_err(|e| e.to_string())?;
+    let store = Store::connect(&config.database)
+        .await
+        .map_err(|e| e.to_string())?;
+    store.migrate().await.map_err(|e| e.to_string())?;
+    let keyring = open_keyring(&config, &store).await?;
+    let old = keyring.master_key_id().to_owned();
+    let (keys, moved) = keyring
+        .rewrap_master(&new, "operator")
+        .await
+        .map_err(|e| e.to_string())?;
+    let moved = if moved > 0 {
+        format!("; {moved} secrets of the previous release moved under the keyring")
+    } else {
+        String::new()
+    };
+    println!(
+        "keyring re-wrapped: {keys} data keys, master key {old} -> {}{moved}. Running servers keep serving; start them with the new master key from now on: the old one opens nothing in this database.",
+        new.id()
+    );
+    Ok(())
+}
+
+/// The keyring of an offline command, opened with the configured master key.
+async fn open_keyring(config: &kms::config::Config, store: &Store) -> Result<Keyring, String> {
+    let master = config.open_master_key().map_err(|e| e.to_string())?;
+    Keyring::unlock(store.clone(), master, Duration::from_secs(60))
+        .await
+        .map_err(|e| e.to_string())
 }
 
 async fn migrate(args: DatabaseArgs) -> Result<(), String> {

@@ -8,12 +8,13 @@ use zeroize::Zeroizing;
 
 use crate::{
     config::{Config, Limits, TlsFiles},
-    crypto::{password::PasswordHasherPool, random, sealing::Sealer},
+    crypto::{password::PasswordHasherPool, random},
     domain::{
         self,
         audit::AuditLog,
         auth::{AuthService, AuthSettings},
         cluster::Caches,
+        keyring::Keyring,
         keys::KeyService,
         sessions::Authenticator,
         signing::SigningKeys,
@@ -21,15 +22,18 @@ use crate::{
         token::{SigningAlgorithm, TokenAuthority},
         users::{UserAdmin, UserCreator},
     },
-    grpc::{AuditApi, AuthApi, AuthLayer, Budgets, ExtAuthz, KeysApi, ObserveLayer, UsersApi},
+    grpc::{
+        AuditApi, AuthApi, AuthLayer, Budgets, ExtAuthz, KeyringApi, KeysApi, ObserveLayer,
+        UsersApi,
+    },
     health::DbHealth,
     http::HttpState,
     net::{self, ConnSettings, ConnectionLimiter, Protocols, Timeouts},
     proto::{
         FILE_DESCRIPTOR_SET,
         kms::v1::{
-            audit_server::AuditServer, auth_server::AuthServer, keys_server::KeysServer,
-            users_server::UsersServer,
+            audit_server::AuditServer, auth_server::AuthServer, keyring_server::KeyringServer,
+            keys_server::KeysServer, users_server::UsersServer,
         },
     },
     store::{ServerLock, Store, redact_url},
@@ -66,6 +70,7 @@ pub struct App {
     _single_server: Option<ServerLock>,
     auth: AuthService,
     keys: KeyService,
+    keyring: Keyring,
     users: UserAdmin,
     tokens: Arc<TokenAuthority>,
     metrics: Metrics,
@@ -90,11 +95,14 @@ impl App {
             .map_err(|e| StartError::Database(format!("migration failed: {e}")))?;
         tracing::info!(database = %redact_url(&config.database.url), "database ready");
 
-        let sealer = Sealer::new(&config.master_key);
-        domain::master_key::check(&store, &sealer)
+        let master = config
+            .open_master_key()
+            .map_err(|e| StartError::Setup(e.to_string()))?;
+        // One RewrapSecrets call works for at most half the call deadline.
+        let keyring = Keyring::unlock(store.clone(), master, config.limits.request_timeout / 2)
             .await
-            .map_err(|e| StartError::Database(e.to_string()))?;
-        let (tokens, signing) = token_authority(config, &store, &sealer).await?;
+            .map_err(|e| StartError::Setup(e.to_string()))?;
+        let (tokens, signing) = token_authority(config, &store, &keyring).await?;
         let hasher = PasswordHasherPool::new(config.password_hash_concurrency)
             .await
             .map_err(|e| StartError::Setup(format!("password hashing: {e}")))?;
@@ -120,7 +128,7 @@ impl App {
         );
         let keys = KeyService::new(
             store.clone(),
-            sealer,
+            keyring.clone(),
             caches.clone(),
             config.limits.last_used_resolution,
         );
@@ -146,6 +154,7 @@ impl App {
             _single_server: single_server,
             auth,
             keys,
+            keyring,
             users,
             tokens,
             metrics,
@@ -190,6 +199,7 @@ impl App {
             self.auth
                 .signing_keys()
                 .map(|signing| (signing.clone(), self.tokens.clone())),
+            self.keyring.clone(),
             stop_rx.clone(),
         ));
         let reflection_v1 = tonic_reflection::server::Builder::configure()
@@ -210,6 +220,8 @@ impl App {
             .max_decoding_message_size(max);
         let users = UsersServer::new(UsersApi::new(self.users)).max_decoding_message_size(max);
         let audit = AuditServer::new(AuditApi::new(AuditLog::new(self.store.clone())))
+            .max_decoding_message_size(max);
+        let keyring = KeyringServer::new(KeyringApi::new(self.keyring.clone()))
             .max_decoding_message_size(max);
         let ext_authz = self.ext_authz.then(|| {
             crate::grpc::ExtAuthzServer::new(ExtAuthz::new(
@@ -235,7 +247,8 @@ impl App {
             .add_service(auth)
             .add_service(keys)
             .add_service(users)
-            .add_service(audit);
+            .add_service(audit)
+            .add_service(keyring);
         if let Some(ext_authz) = ext_authz {
             routes = routes.add_service(ext_authz);
         }
@@ -385,7 +398,7 @@ const SIGNING_KEY_REFRESH: std::time::Duration = crate::domain::signing::REFRESH
 async fn token_authority(
     config: &Config,
     store: &Store,
-    sealer: &Sealer,
+    keyring: &Keyring,
 ) -> Result<(Arc<TokenAuthority>, Option<SigningKeys>), StartError> {
     let (issuer, audience, ttl) = (
         config.jwt_issuer.as_str(),
@@ -402,7 +415,7 @@ async fn token_authority(
         }
         SigningAlgorithm::EdDsa | SigningAlgorithm::Rs256 => {
             let signing =
-                SigningKeys::new(store.clone(), sealer.clone(), config.jwt_algorithm, ttl);
+                SigningKeys::new(store.clone(), keyring.clone(), config.jwt_algorithm, ttl);
             let keys = signing
                 .load_or_create()
                 .await

@@ -62,6 +62,9 @@ pub fn new_secret(sealer: &Sealer, service_name: &str, secret: &str) -> Result<N
         sealed: sealer
             .seal(secret.as_bytes(), service_name.as_bytes())
             .map_err(|e| e.to_string())?,
+        // Sealed directly under the master key, as the first release stored secrets:
+        // the server opens these as it opens an upgraded database's.
+        data_key_id: None,
         key_prefix: api_key::display_prefix(secret),
     })
 }

@@ -9,7 +9,10 @@ use base64::{Engine, engine::general_purpose::STANDARD};
 use zeroize::Zeroizing;
 
 use super::{ConfigError, LegacyEnv, ServeArgs};
-use crate::{crypto::sealing::MasterKey, domain::token::MIN_HS256_SECRET_BYTES};
+use crate::{
+    crypto::{master::Master, sealing::MasterKey},
+    domain::token::MIN_HS256_SECRET_BYTES,
+};
 
 const DEV_ADMIN_USERNAME: &str = "admin";
 
@@ -175,4 +178,24 @@ pub(super) fn read_jwt_secret_file(path: &Path) -> Result<JwtSecret, ConfigError
         ))
     })?);
     JwtSecret::new(text.trim().as_bytes().to_vec())
+}
+
+/// The new master key of `kms master-key rewrap`, from a file.
+pub fn new_master_key_from_file(path: &Path) -> Result<Master, ConfigError> {
+    let key = read_master_key_file(path)?;
+    Master::software(&key).map_err(|e| ConfigError(format!("new master key: {e}")))
+}
+
+impl super::Config {
+    /// The new master key of `kms master-key rewrap`, in the configured PKCS#11 token.
+    pub fn open_new_pkcs11_master_key(&self, _label: &str) -> Result<Master, ConfigError> {
+        Err(ConfigError(
+            "PKCS#11 master keys are not wired in yet".into(),
+        ))
+    }
+
+    /// The master key, ready to use.
+    pub fn open_master_key(&self) -> Result<Master, ConfigError> {
+        Master::software(&self.master_key).map_err(|e| ConfigError(format!("master key: {e}")))
+    }
 }

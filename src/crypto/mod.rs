@@ -3,6 +3,7 @@
 
 pub mod digest;
 pub mod kdf;
+pub mod master;
 pub mod password;
 pub mod random;
 pub mod sealing;

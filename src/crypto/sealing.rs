@@ -1,20 +1,28 @@
-//! AES-256-GCM sealing of secrets under the master key.
+//! AES-256-GCM sealing: of data keys under the master key, and of secrets under a data
+//! key (or, as the previous release did, directly under the master key).
 //!
-//! Layout of a sealed blob: `[version: 1][nonce: 12][ciphertext + tag]`. The version
-//! byte leaves room for master-key rotation. Nonces are random: at 96 bits the collision
-//! bound stays negligible for far more secrets than a KMS holds (NIST SP 800-38D, 2^32
-//! messages per key).
+//! Layouts of a sealed blob:
+//! - `[1][nonce: 12][ciphertext + tag]`: sealed by the key that opens it, known from
+//!   context (a data key wrapped by the master key; a secret of the previous release);
+//! - `[2][data key id: 4, big-endian][nonce: 12][ciphertext + tag]`: a secret sealed
+//!   under that data key of the keyring.
+//!
+//! Nonces are random: at 96 bits the collision bound stays negligible for far more
+//! values than one data key seals (NIST SP 800-38D, 2^32 messages per key), and
+//! rotating the data key starts the count again.
 
 use std::sync::Arc;
 
-use aws_lc_rs::aead::{
-    AES_256_GCM, Aad, LessSafeKey, NONCE_LEN as AEAD_NONCE_LEN, Nonce, UnboundKey,
+use aws_lc_rs::{
+    aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN as AEAD_NONCE_LEN, Nonce, UnboundKey},
+    cipher::{AES_256, EncryptingKey, UnboundCipherKey},
 };
 use zeroize::Zeroizing;
 
 use super::{CryptoError, random};
 
 const VERSION: u8 = 1;
+const DATA_KEY_VERSION: u8 = 2;
 const NONCE_LEN: usize = AEAD_NONCE_LEN;
 
 /// The 32-byte master key. Its `Debug` prints nothing of the key.
@@ -32,6 +40,17 @@ impl MasterKey {
 
     pub fn expose(&self) -> &[u8; 32] {
         &self.0
+    }
+
+    /// AES-256 of one block (ECB), for the master key's fingerprint
+    /// (`crypto::master`): what a PKCS#11 token computes with CKM_AES_ECB.
+    pub fn encrypt_block(&self, block: &[u8; 16]) -> Result<[u8; 16], CryptoError> {
+        let key = UnboundCipherKey::new(&AES_256, self.expose())
+            .and_then(EncryptingKey::ecb)
+            .map_err(|_| CryptoError::Seal)?;
+        let mut out = *block;
+        key.encrypt(&mut out).map_err(|_| CryptoError::Seal)?;
+        Ok(out)
     }
 }
 
@@ -62,9 +81,20 @@ impl Sealer {
     }
 
     pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        self.seal_framed(&[VERSION], plaintext, aad)
+    }
+
+    /// `header`, then the nonce and the ciphertext with its tag.
+    fn seal_framed(
+        &self,
+        header: &[u8],
+        plaintext: &[u8],
+        aad: &[u8],
+    ) -> Result<Vec<u8>, CryptoError> {
         let nonce_bytes: [u8; NONCE_LEN] = random::bytes()?;
-        let mut out = Vec::with_capacity(1 + NONCE_LEN + plaintext.len() + AES_256_GCM.tag_len());
-        out.push(VERSION);
+        let mut out =
+            Vec::with_capacity(header.len() + NONCE_LEN + plaintext.len() + AES_256_GCM.tag_len());
+        out.extend_from_slice(header);
         out.extend_from_slice(&nonce_bytes);
         let mut in_out = plaintext.to_vec();
         self.cipher
@@ -79,11 +109,18 @@ impl Sealer {
     }
 
     pub fn open(&self, sealed: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
-        let (&version, rest) = sealed.split_first().ok_or(CryptoError::Open)?;
-        if version != VERSION || rest.len() < NONCE_LEN {
+        match sealed.split_first() {
+            Some((&VERSION, rest)) => self.open_body(rest, aad),
+            _ => Err(CryptoError::Open),
+        }
+    }
+
+    /// Opens `[nonce][ciphertext + tag]`.
+    fn open_body(&self, body: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        if body.len() < NONCE_LEN {
             return Err(CryptoError::Open);
         }
-        let (nonce_bytes, ciphertext) = rest.split_at(NONCE_LEN);
+        let (nonce_bytes, ciphertext) = body.split_at(NONCE_LEN);
         let nonce_bytes: [u8; NONCE_LEN] = nonce_bytes.try_into().map_err(|_| CryptoError::Open)?;
         let mut in_out = Zeroizing::new(ciphertext.to_vec());
         let len = self
@@ -97,6 +134,74 @@ impl Sealer {
             .len();
         in_out.truncate(len);
         Ok(in_out)
+    }
+}
+
+/// Which key opens a sealed value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SealedUnder {
+    /// Sealed directly under the master key (the previous release's secrets).
+    MasterKey,
+    DataKey(u32),
+}
+
+/// Reads the header of a sealed value; `Err` when it has none this version knows.
+pub fn sealed_under(sealed: &[u8]) -> Result<SealedUnder, CryptoError> {
+    match sealed {
+        [VERSION, ..] => Ok(SealedUnder::MasterKey),
+        [DATA_KEY_VERSION, a, b, c, d, ..] => {
+            Ok(SealedUnder::DataKey(u32::from_be_bytes([*a, *b, *c, *d])))
+        }
+        _ => Err(CryptoError::Open),
+    }
+}
+
+/// A data key of the keyring: AES-256-GCM, its id written into every value it seals.
+#[derive(Clone)]
+pub struct DataKey {
+    id: u32,
+    sealer: Sealer,
+}
+
+impl DataKey {
+    /// `bytes` must be 32 bytes long (an unwrapped data key).
+    pub fn new(id: u32, bytes: &[u8]) -> Result<Self, CryptoError> {
+        let key: [u8; 32] = bytes.try_into().map_err(|_| CryptoError::Open)?;
+        Ok(Self {
+            id,
+            sealer: Sealer::new(&MasterKey::from_bytes(key)),
+        })
+    }
+
+    /// 32 fresh random bytes for a new data key.
+    pub fn generate_bytes() -> Result<Zeroizing<[u8; 32]>, CryptoError> {
+        Ok(Zeroizing::new(random::bytes()?))
+    }
+
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        let mut header = [DATA_KEY_VERSION; 5];
+        header[1..].copy_from_slice(&self.id.to_be_bytes());
+        self.sealer.seal_framed(&header, plaintext, aad)
+    }
+
+    /// Opens a value this key sealed; anything else is `Err`.
+    pub fn open(&self, sealed: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+        match sealed_under(sealed)? {
+            SealedUnder::DataKey(id) if id == self.id => self.sealer.open_body(&sealed[5..], aad),
+            _ => Err(CryptoError::Open),
+        }
+    }
+}
+
+impl std::fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataKey")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -163,6 +268,46 @@ mod tests {
             .step_by(2)
             .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
             .collect()
+    }
+
+    #[test]
+    fn data_keys_name_themselves_in_what_they_seal() {
+        let key = DataKey::new(7, &[3; 32]).unwrap();
+        let sealed = key.seal(b"kms_secret", b"billing").unwrap();
+        assert_eq!(sealed_under(&sealed).unwrap(), SealedUnder::DataKey(7));
+        assert_eq!(&*key.open(&sealed, b"billing").unwrap(), b"kms_secret");
+        assert!(key.open(&sealed, b"payments").is_err());
+        // Another id, or the same bytes under another id, does not open it.
+        assert!(
+            DataKey::new(8, &[3; 32])
+                .unwrap()
+                .open(&sealed, b"billing")
+                .is_err()
+        );
+        assert!(
+            DataKey::new(7, &[4; 32])
+                .unwrap()
+                .open(&sealed, b"billing")
+                .is_err()
+        );
+        assert!(DataKey::new(7, &[3; 31]).is_err());
+        let legacy = Sealer::new(&MasterKey::from_bytes([3; 32]))
+            .seal(b"x", b"a")
+            .unwrap();
+        assert_eq!(sealed_under(&legacy).unwrap(), SealedUnder::MasterKey);
+        assert!(key.open(&legacy, b"a").is_err());
+        assert!(sealed_under(&[2, 0, 0]).is_err());
+        assert!(sealed_under(&[]).is_err());
+        assert!(format!("{key:?}").contains("id: 7"));
+    }
+
+    /// FIPS-197 appendix C.3: AES-256 of 00112233..ff under the key 000102..1f.
+    #[test]
+    fn encrypt_block_is_aes() {
+        let key: [u8; 32] = std::array::from_fn(|i| i as u8);
+        let block: [u8; 16] = std::array::from_fn(|i| (i as u8) * 0x11);
+        let out = MasterKey::from_bytes(key).encrypt_block(&block).unwrap();
+        assert_eq!(out.to_vec(), hex("8ea2b7ca516745bfeafc49904b496089"));
     }
 
     #[test]

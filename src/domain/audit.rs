@@ -77,6 +77,9 @@ pub mod action {
     pub const USER_DELETE: &str = "user_delete";
     pub const PASSWORD_CHANGE: &str = "password_change";
     pub const SIGNING_KEY_ROTATE: &str = "signing_key_rotate";
+    pub const DATA_KEY_ROTATE: &str = "data_key_rotate";
+    pub const SECRETS_REWRAP: &str = "secrets_rewrap";
+    pub const MASTER_KEY_REWRAP: &str = "master_key_rewrap";
 }
 
 pub mod outcome {

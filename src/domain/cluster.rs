@@ -28,7 +28,9 @@ use std::{
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 
-use super::{cache::TtlCache, policy::Policy, signing::SigningKeys, token::TokenAuthority};
+use super::{
+    cache::TtlCache, keyring::Keyring, policy::Policy, signing::SigningKeys, token::TokenAuthority,
+};
 use crate::store::{Change, ChangeFeed, Heard, KeyWithSecret, SessionState, Store};
 
 /// How often a replica sends itself a heartbeat over the channel.
@@ -222,7 +224,7 @@ impl Caches {
             Change::User(name) => self
                 .sessions
                 .retain(|_, s| s.as_ref().is_none_or(|s| s.username != *name)),
-            Change::SigningKeys | Change::Beat { .. } => {}
+            Change::SigningKeys | Change::Keyring | Change::Beat { .. } => {}
         }
     }
 
@@ -231,6 +233,16 @@ impl Caches {
         self.current.clear();
         self.sessions.clear();
     }
+}
+
+/// Loads data keys another replica added, off the listening task.
+fn reload_keyring(keyring: &Keyring) {
+    let keyring = keyring.clone();
+    tokio::spawn(async move {
+        if let Err(e) = keyring.load().await {
+            tracing::warn!(error = %e, "the keyring could not be reloaded");
+        }
+    });
 }
 
 fn millis(d: Duration) -> u64 {
@@ -244,6 +256,7 @@ pub async fn follow(
     store: Store,
     caches: Arc<Caches>,
     signing: Option<(SigningKeys, Arc<TokenAuthority>)>,
+    keyring: Keyring,
     mut stop: watch::Receiver<bool>,
 ) {
     if !store.is_shared() {
@@ -259,7 +272,7 @@ pub async fn follow(
             Ok(Some(feed)) => {
                 quiet_errors = false;
                 tracing::debug!("listening for changes from other replicas");
-                listen(feed, &caches, signing.as_ref(), &mut stop).await;
+                listen(feed, &caches, signing.as_ref(), &keyring, &mut stop).await;
                 if *stop.borrow() {
                     return;
                 }
@@ -284,6 +297,7 @@ async fn listen(
     mut feed: ChangeFeed,
     caches: &Arc<Caches>,
     signing: Option<&(SigningKeys, Arc<TokenAuthority>)>,
+    keyring: &Keyring,
     stop: &mut watch::Receiver<bool>,
 ) {
     let beats = tokio::spawn(send_beats(feed.sender(), caches.clone(), stop.clone()));
@@ -304,6 +318,7 @@ async fn listen(
                     Change::Beat { replica, sent_ms } if *replica == caches.replica => {
                         caches.heard_beat(*sent_ms);
                     }
+                    Change::Keyring => reload_keyring(keyring),
                     Change::SigningKeys => {
                         if let Some((keys, tokens)) = signing {
                             let (keys, tokens) = (keys.clone(), tokens.clone());
@@ -321,6 +336,8 @@ async fn listen(
             Ok(Ok(Heard::Reconnected)) => {
                 tracing::info!("change feed reconnected; caches start over");
                 fresh = true;
+                // A rotation may have gone unheard.
+                reload_keyring(keyring);
             }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "change feed lost");

@@ -8,6 +8,7 @@ use super::{
     Caller, Error, Result, api_key,
     audit::{self, action, outcome},
     cluster::Caches,
+    keyring::Keyring,
     paging,
     policy::{
         RateLimit, fields, fields::MaskPath, lease::Leases, rate::Limiter, scopes, usage::LastUsed,
@@ -15,7 +16,7 @@ use super::{
     require_admin, seconds, validate,
 };
 use crate::{
-    crypto::{digest, sealing::Sealer},
+    crypto::digest,
     store::{
         Change, CreateConflict, KeyUpdate, KeyWithSecret, NewKey, NewSecret, Rotation, Store,
         StoredPolicy,
@@ -81,7 +82,7 @@ pub struct KeyPage {
 #[derive(Debug, Clone)]
 pub struct KeyService {
     store: Store,
-    sealer: Sealer,
+    keyring: Keyring,
     caches: Arc<Caches>,
     /// Secret reads, committed before the secret is handed out, written in batches.
     audit: audit::AuditQueue,
@@ -98,7 +99,7 @@ impl KeyService {
     /// `last_used_resolution`): call inside the runtime.
     pub fn new(
         store: Store,
-        sealer: Sealer,
+        keyring: Keyring,
         caches: Arc<Caches>,
         last_used_resolution: StdDuration,
     ) -> Self {
@@ -110,34 +111,38 @@ impl KeyService {
                 .is_shared()
                 .then(|| Arc::new(Leases::new(store.clone()))),
             store,
-            sealer,
+            keyring,
             caches,
         }
     }
 
     fn new_secret(&self, service_name: &str, secret: &str) -> Result<NewSecret> {
+        let sealed = self
+            .keyring
+            .seal(secret.as_bytes(), service_name.as_bytes())?;
         Ok(NewSecret {
             digest: digest::sha256(secret.as_bytes()).to_vec(),
-            sealed: self
-                .sealer
-                .seal(secret.as_bytes(), service_name.as_bytes())?,
+            sealed: sealed.bytes,
+            data_key_id: Some(sealed.data_key_id),
             key_prefix: api_key::display_prefix(secret),
         })
     }
 
-    fn view(&self, found: &KeyWithSecret, with_secret: bool) -> Result<ApiKeyView> {
-        let api_key = if with_secret {
-            let plain = self
-                .sealer
-                .open(&found.secret.sealed, found.key.service_name.as_bytes())?;
-            String::from_utf8(plain.to_vec())
-                .map_err(|_| Error::Internal("a sealed secret is not UTF-8".into()))?
-        } else {
-            String::new()
-        };
+    /// The secret of `found`, opened.
+    async fn reveal(&self, found: &KeyWithSecret) -> Result<String> {
+        let plain = self
+            .keyring
+            .open(&found.secret.sealed, found.key.service_name.as_bytes())
+            .await?;
+        String::from_utf8(plain.to_vec())
+            .map_err(|_| Error::Internal("a sealed secret is not UTF-8".into()))
+    }
+
+    /// The key without its secret.
+    fn view(&self, found: &KeyWithSecret) -> Result<ApiKeyView> {
         Ok(ApiKeyView {
             service_name: found.key.service_name.clone(),
-            api_key,
+            api_key: String::new(),
             key_prefix: found.secret.key_prefix.clone(),
             description: found.key.description.clone(),
             created_at: found.key.created_at,
@@ -197,7 +202,7 @@ impl KeyService {
         match self.store.create_key(new, now, record).await? {
             Ok(created) => {
                 tracing::info!(service_name = %req.service_name, key_prefix = %created.secret.key_prefix, "key created");
-                let mut view = self.view(&created, false)?;
+                let mut view = self.view(&created)?;
                 view.api_key = secret;
                 Ok(view)
             }
@@ -225,7 +230,8 @@ impl KeyService {
             })
             .await?
             .ok_or_else(|| not_found(service_name))?;
-        let view = self.view(&found, true)?;
+        let mut view = self.view(&found)?;
+        view.api_key = self.reveal(&found).await?;
         // Reading a secret is a security event: committed before it is handed out
         // (in one transaction with other reads happening at the same time).
         self.audit
@@ -247,7 +253,7 @@ impl KeyService {
         let (rows, next_page_token) = paging::page(rows, size, |r| &r.key.service_name);
         let keys = rows
             .iter()
-            .map(|row| self.view(row, false))
+            .map(|row| self.view(row))
             .collect::<Result<Vec<_>>>()?;
         Ok(KeyPage {
             keys,
@@ -308,7 +314,7 @@ impl KeyService {
             .ok_or_else(|| not_found(&req.service_name))?;
         self.caches.apply(&Change::Key(req.service_name.clone()));
         tracing::info!(service_name = %req.service_name, paths = ?req.paths, "key updated");
-        self.view(&updated, false)
+        self.view(&updated)
     }
 
     pub async fn rotate(
@@ -355,7 +361,7 @@ impl KeyService {
             .ok_or_else(|| not_found(service_name))?;
         self.caches.apply(&Change::Key(service_name.to_owned()));
         tracing::info!(%service_name, key_prefix = %rotated.secret.key_prefix, grace_period_seconds, "key rotated");
-        let mut view = self.view(&rotated, false)?;
+        let mut view = self.view(&rotated)?;
         view.api_key = secret;
         Ok(view)
     }

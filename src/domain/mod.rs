@@ -8,6 +8,7 @@ pub mod cache;
 pub mod caller;
 pub mod cluster;
 pub mod error;
+pub mod keyring;
 pub mod keys;
 pub mod master_key;
 pub mod paging;

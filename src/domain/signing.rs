@@ -1,5 +1,5 @@
 //! Signing keys for access tokens, kept in the database so that every replica signs
-//! and verifies with the same set; private halves sealed under the master key.
+//! and verifies with the same set; private halves sealed under the keyring's data key.
 
 use chrono::{DateTime, Utc};
 use zeroize::Zeroizing;
@@ -7,13 +7,11 @@ use zeroize::Zeroizing;
 use super::{
     Error, Result,
     audit::{self, action, outcome},
+    keyring::Keyring,
     token::{SigningAlgorithm, SigningKeyMaterial, TokenAuthority, public_jwk},
 };
 use crate::{
-    crypto::{
-        sealing::Sealer,
-        signing::{generate_ed25519_pkcs8, generate_rsa_pkcs1},
-    },
+    crypto::signing::{generate_ed25519_pkcs8, generate_rsa_pkcs1},
     store::{NewSigningKey, Store, StoredSigningKey},
 };
 
@@ -32,7 +30,7 @@ pub(super) fn aad(kid: &str) -> Vec<u8> {
 #[derive(Debug, Clone)]
 pub struct SigningKeys {
     store: Store,
-    sealer: Sealer,
+    keyring: Keyring,
     algorithm: SigningAlgorithm,
     /// Access token lifetime: how long a retired key must keep verifying.
     token_ttl_seconds: i64,
@@ -41,13 +39,13 @@ pub struct SigningKeys {
 impl SigningKeys {
     pub fn new(
         store: Store,
-        sealer: Sealer,
+        keyring: Keyring,
         algorithm: SigningAlgorithm,
         token_ttl_seconds: i64,
     ) -> Self {
         Self {
             store,
-            sealer,
+            keyring,
             algorithm,
             token_ttl_seconds,
         }
@@ -66,21 +64,24 @@ impl SigningKeys {
             .ok_or_else(|| Error::Internal("a generated JWK has no kid".into()))?;
         let public_jwk = serde_json::to_string(&jwk)
             .map_err(|e| Error::Internal(format!("JWK encoding: {e}")))?;
+        let sealed = self.keyring.seal(&private, &aad(&kid))?;
         Ok(NewSigningKey {
-            private_sealed: self.sealer.seal(&private, &aad(&kid))?,
+            private_sealed: sealed.bytes,
+            data_key_id: Some(sealed.data_key_id),
             kid,
             algorithm: self.algorithm.name().to_owned(),
             public_jwk,
         })
     }
 
-    fn open(&self, stored: &StoredSigningKey) -> Result<SigningKeyMaterial> {
+    async fn open(&self, stored: &StoredSigningKey) -> Result<SigningKeyMaterial> {
         let private = self
-            .sealer
+            .keyring
             .open(&stored.private_sealed, &aad(&stored.kid))
+            .await
             .map_err(|_| {
                 Error::Internal(format!(
-                    "signing key {} does not open with this master key",
+                    "signing key {} does not open with this server's keyring",
                     stored.kid
                 ))
             })?;
@@ -96,13 +97,13 @@ impl SigningKeys {
     /// Every key of this algorithm that signs or may still verify a token.
     pub async fn load(&self) -> Result<Vec<SigningKeyMaterial>> {
         let name = self.algorithm.name();
-        self.store
-            .signing_keys_in_use(Utc::now())
-            .await?
-            .iter()
-            .filter(|k| k.algorithm == name)
-            .map(|k| self.open(k))
-            .collect()
+        let mut keys = Vec::new();
+        for stored in self.store.signing_keys_in_use(Utc::now()).await? {
+            if stored.algorithm == name {
+                keys.push(self.open(&stored).await?);
+            }
+        }
+        Ok(keys)
     }
 
     /// The keys, creating the first one when there is none.

@@ -26,6 +26,8 @@ pub enum Change {
     User(String),
     /// The token signing keys changed.
     SigningKeys,
+    /// A data key was added to the keyring, or the keyring re-wrapped.
+    Keyring,
     /// A replica's heartbeat: proves the channel delivers (see `domain::cluster`).
     Beat { replica: String, sent_ms: u64 },
 }
@@ -37,6 +39,7 @@ impl Change {
             Self::Session(sid) => format!("s:{sid}"),
             Self::User(name) => format!("u:{name}"),
             Self::SigningKeys => "j:".to_owned(),
+            Self::Keyring => "d:".to_owned(),
             Self::Beat { replica, sent_ms } => format!("b:{replica}:{sent_ms}"),
         }
     }
@@ -49,6 +52,7 @@ impl Change {
             "s" => Self::Session(rest.to_owned()),
             "u" => Self::User(rest.to_owned()),
             "j" => Self::SigningKeys,
+            "d" => Self::Keyring,
             "b" => {
                 let (replica, sent) = rest.rsplit_once(':')?;
                 Self::Beat {

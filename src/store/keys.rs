@@ -22,6 +22,8 @@ use super::{
 pub struct NewSecret {
     pub digest: Vec<u8>,
     pub sealed: Vec<u8>,
+    /// The data key that sealed it.
+    pub data_key_id: Option<i64>,
     pub key_prefix: String,
 }
 
@@ -305,6 +307,7 @@ async fn insert_secret(
         api_key_id: Set(api_key_id),
         digest: Set(secret.digest),
         sealed: Set(secret.sealed),
+        data_key_id: Set(secret.data_key_id),
         key_prefix: Set(secret.key_prefix),
         created_at: Set(now),
         retires_at: Set(None),

@@ -7,6 +7,7 @@ mod changes;
 pub mod entities;
 mod error;
 mod key_policy;
+mod keyring;
 mod keys;
 mod sealed;
 mod seed;
@@ -26,6 +27,10 @@ pub use audit::{AuditFilter, AuditRecord, StoredAuditEvent, audit_batch_len};
 pub use changes::{Change, ChangeFeed, ChangeSender, Heard};
 pub use error::StoreError;
 pub use key_policy::{KeyUpdate, LeaseAsk, Spend, StoredPolicy};
+pub use keyring::{
+    DataKeyInsert, MasterRewrap, NewDataKey, Resealed, SealedBy, SealedKind, SealedValue,
+    StoredDataKey,
+};
 pub use keys::{CreateConflict, KeyWithSecret, NewKey, NewSecret, Rotation};
 pub use sealed::{SealedSample, SealedSamples};
 pub use sessions::{NewRefreshToken, RefreshAudit, RefreshOutcome, SessionState};

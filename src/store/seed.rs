@@ -76,6 +76,7 @@ impl Store {
                     api_key_id: Set(id),
                     digest: Set(k.secret.digest),
                     sealed: Set(k.secret.sealed),
+                    data_key_id: Set(k.secret.data_key_id),
                     key_prefix: Set(k.secret.key_prefix),
                     created_at: Set(now),
                     retires_at: Set(None),

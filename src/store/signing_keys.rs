@@ -22,6 +22,8 @@ pub struct NewSigningKey {
     pub kid: String,
     pub algorithm: String,
     pub private_sealed: Vec<u8>,
+    /// The data key that sealed it.
+    pub data_key_id: Option<i64>,
     pub public_jwk: String,
 }
 
@@ -35,6 +37,7 @@ fn active(new: NewSigningKey, now: DateTime<Utc>) -> signing_key::ActiveModel {
         created_at: Set(now),
         retired_at: Set(None),
         verify_until: Set(None),
+        data_key_id: Set(new.data_key_id),
     }
 }
 

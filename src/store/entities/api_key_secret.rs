@@ -15,6 +15,8 @@ pub struct Model {
     pub created_at: DateTimeUtc,
     /// NULL for the current secret; for a rotated-out one, the end of its grace period.
     pub retires_at: Option<DateTimeUtc>,
+    /// The data key that sealed `sealed`; NULL: the master key (the first release).
+    pub data_key_id: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -3,6 +3,7 @@
 pub mod api_key;
 pub mod api_key_secret;
 pub mod audit_event;
+pub mod data_key;
 pub mod issued_secret_digest;
 pub mod refresh_token;
 pub mod session;

@@ -18,6 +18,9 @@ pub struct Model {
     pub retired_at: Option<DateTimeUtc>,
     /// For a retired key: the end of the lifetime of the last token it signed.
     pub verify_until: Option<DateTimeUtc>,
+    /// The data key that sealed `private_sealed`; NULL: the master key (the first
+    /// release).
+    pub data_key_id: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -565,6 +565,8 @@ async fn the_secret_ledger_starts_with_the_secrets_stored_before(backend: Backen
         key_prefix: Set("a-first".into()),
         created_at: Set(now),
         retires_at: Set(None),
+        // A later column.
+        data_key_id: NotSet,
     })
     .exec(&db)
     .await

@@ -12,8 +12,8 @@ use base64::{
 };
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use kms::{
-    crypto::sealing::Sealer,
     domain::{
+        keyring::Keyring,
         signing::SigningKeys,
         token::{SigningAlgorithm, SigningKeyMaterial},
     },
@@ -176,15 +176,14 @@ async fn server_key(
     })
     .await
     .unwrap();
-    let keys: Vec<SigningKeyMaterial> = SigningKeys::new(
-        store,
-        Sealer::new(&server.config().master_key),
-        algorithm,
-        3600,
-    )
-    .load()
-    .await
-    .unwrap();
+    let master = server.config().open_master_key().unwrap();
+    let keyring = Keyring::unlock(store.clone(), master, std::time::Duration::from_secs(5))
+        .await
+        .unwrap();
+    let keys: Vec<SigningKeyMaterial> = SigningKeys::new(store, keyring, algorithm, 3600)
+        .load()
+        .await
+        .unwrap();
     let current = keys.iter().find(|k| k.current).unwrap();
     let key = match algorithm {
         SigningAlgorithm::Rs256 => EncodingKey::from_rsa_der(&current.private_pkcs8),
