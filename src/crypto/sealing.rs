@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use aws_lc_rs::cipher::{AES_256, EncryptingKey, UnboundCipherKey};
 use aws_lc_rs::aead::{
     AES_256_GCM, Aad, LessSafeKey, NONCE_LEN as AEAD_NONCE_LEN, Nonce, UnboundKey,
 };
@@ -32,6 +33,17 @@ impl MasterKey {
 
     pub fn expose(&self) -> &[u8; 32] {
         &self.0
+    }
+
+    /// `E_K(block)`: one AES-256 block (ECB), for a fingerprint of the key that reveals
+    /// nothing of it; a PKCS#11 master key computes the same inside its token
+    /// (`Pkcs11Key::encrypt_block`).
+    pub fn encrypt_block(&self, block: &[u8; 16]) -> Result<[u8; 16], CryptoError> {
+        let key = UnboundCipherKey::new(&AES_256, self.expose()).map_err(|_| CryptoError::Seal)?;
+        let key = EncryptingKey::ecb(key).map_err(|_| CryptoError::Seal)?;
+        let mut out = *block;
+        key.encrypt(&mut out).map_err(|_| CryptoError::Seal)?;
+        Ok(out)
     }
 }
 
@@ -163,6 +175,15 @@ mod tests {
             .step_by(2)
             .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
             .collect()
+    }
+
+    /// FIPS-197 appendix C.3, AES-256.
+    #[test]
+    fn encrypt_block_is_aes_256() {
+        let key = MasterKey::from_bytes(std::array::from_fn(|i| i as u8));
+        let block: [u8; 16] = hex("00112233445566778899aabbccddeeff").try_into().unwrap();
+        let expected = hex("8ea2b7ca516745bfeafc49904b496089");
+        assert_eq!(key.encrypt_block(&block).unwrap().to_vec(), expected);
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! The test harness: a server per test, on SQLite or PostgreSQL.
 
+pub mod softhsm;
+
 use std::time::Duration;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
