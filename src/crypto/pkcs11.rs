@@ -169,14 +169,24 @@ impl Pkcs11Key {
         })
         .map_err(|err| match err {
             // The spec's answers to a tag that does not verify (wrong key or AAD,
-            // tampered data). SoftHSM 2.6 answers CKR_GENERAL_ERROR instead, which
-            // cannot be told apart from a failing token, so that stays a token error.
+            // tampered data).
             CallError::Token(CkError::Pkcs11(
                 RvError::EncryptedDataInvalid | RvError::EncryptedDataLenRange,
                 _,
             )) => CryptoError::Open,
+            // SoftHSM 2.6 answers a bad tag with CKR_GENERAL_ERROR, as a failing token
+            // would: a token that still encrypts refused the data, not the call.
+            CallError::Token(CkError::Pkcs11(
+                RvError::GeneralError | RvError::FunctionFailed,
+                _,
+            )) if self.answers() => CryptoError::Open,
             other => other.into_crypto("open"),
         })
+    }
+
+    /// Whether the token still computes with the key (one block).
+    fn answers(&self) -> bool {
+        self.encrypt_block(&[0; 16]).is_ok()
     }
 
     /// `E_K(block)`: one AES block encrypted by the token (ECB), for a fingerprint of
@@ -335,6 +345,7 @@ impl Pkcs11Key {
                     AttributeType::Decrypt,
                     AttributeType::Extractable,
                     AttributeType::Sensitive,
+                    AttributeType::Private,
                 ],
             )
             .map_err(ck_err("reading the key's attributes"))?;
@@ -357,13 +368,17 @@ impl Pkcs11Key {
                  encrypt and decrypt (CKA_ENCRYPT and CKA_DECRYPT)"
             )));
         }
-        if first && (props.extractable || !props.sensitive) {
+        // pkcs11-tool's defaults make a key neither sensitive nor private: usable by
+        // anyone who can open a session, without the PIN.
+        if first && (props.extractable || !props.sensitive || !props.private) {
             tracing::warn!(
                 key_label = %label,
                 extractable = props.extractable,
                 sensitive = props.sensitive,
-                "the PKCS#11 master key can leave the token; make it with CKA_SENSITIVE \
-                 true and CKA_EXTRACTABLE false (pkcs11-tool --keygen --sensitive)"
+                private = props.private,
+                "the PKCS#11 master key is not locked in the token; make it with \
+                 CKA_SENSITIVE and CKA_PRIVATE true and CKA_EXTRACTABLE false \
+                 (pkcs11-tool --keygen --key-type AES:32 --sensitive --private)"
             );
         }
         Ok(handle)
@@ -379,6 +394,7 @@ struct KeyProps {
     decrypt: bool,
     extractable: bool,
     sensitive: bool,
+    private: bool,
 }
 
 impl KeyProps {
@@ -390,6 +406,7 @@ impl KeyProps {
             decrypt: false,
             extractable: true,
             sensitive: false,
+            private: false,
         };
         for attr in attrs {
             match attr {
@@ -399,6 +416,7 @@ impl KeyProps {
                 Attribute::Decrypt(b) => props.decrypt = *b,
                 Attribute::Extractable(b) => props.extractable = *b,
                 Attribute::Sensitive(b) => props.sensitive = *b,
+                Attribute::Private(b) => props.private = *b,
                 _ => {}
             }
         }
@@ -555,28 +573,50 @@ mod tests {
     fn opens_seals_and_opens_inside_the_token() {
         with_softhsm!(opens_seals_and_opens_inside_the_token, standard, || {
             let (key, logs) = logs_of(|| Pkcs11Key::open(&settings()).unwrap());
-            assert!(!logs.contains("WARN"), "a sensitive key earns no warning: {logs}");
+            assert!(
+                !logs.contains("WARN"),
+                "a sensitive key earns no warning: {logs}"
+            );
             let sealed = key.seal(b"data key bytes", b"keyring").unwrap();
             assert_eq!(sealed[0], VERSION);
             assert_eq!(sealed.len(), 1 + NONCE_LEN + 14 + TAG_LEN);
             assert!(!sealed.windows(8).any(|w| w == b"data key"));
-            assert_eq!(&*key.open_sealed(&sealed, b"keyring").unwrap(), b"data key bytes");
+            assert_eq!(
+                &*key.open_sealed(&sealed, b"keyring").unwrap(),
+                b"data key bytes"
+            );
             assert_ne!(sealed, key.seal(b"data key bytes", b"keyring").unwrap());
-            assert_eq!(&*key.open_sealed(&key.seal(b"", b"").unwrap(), b"").unwrap(), b"");
+            assert_eq!(
+                &*key.open_sealed(&key.seal(b"", b"").unwrap(), b"").unwrap(),
+                b""
+            );
 
-            assert!(key.open_sealed(&sealed, b"other").is_err(), "wrong AAD");
+            assert!(matches!(
+                key.open_sealed(&sealed, b"other"),
+                Err(CryptoError::Open)
+            ));
             for i in [0, 1, NONCE_LEN + 1, sealed.len() - 1] {
                 let mut tampered = sealed.clone();
                 tampered[i] ^= 1;
-                assert!(key.open_sealed(&tampered, b"keyring").is_err(), "byte {i}");
+                let opened = key.open_sealed(&tampered, b"keyring");
+                assert!(
+                    matches!(opened, Err(CryptoError::Open)),
+                    "byte {i}: {opened:?}"
+                );
             }
-            assert!(matches!(key.open_sealed(&[], b"keyring"), Err(CryptoError::Open)));
+            assert!(matches!(
+                key.open_sealed(&[], b"keyring"),
+                Err(CryptoError::Open)
+            ));
             assert!(matches!(
                 key.open_sealed(&sealed[..NONCE_LEN + TAG_LEN], b"keyring"),
                 Err(CryptoError::Open)
             ));
             // A failed decryption leaves the session usable.
-            assert_eq!(&*key.open_sealed(&sealed, b"keyring").unwrap(), b"data key bytes");
+            assert_eq!(
+                &*key.open_sealed(&sealed, b"keyring").unwrap(),
+                b"data key bytes"
+            );
 
             let block = key.encrypt_block(&[0x42; 16]).unwrap();
             assert_eq!(block, key.encrypt_block(&[0x42; 16]).unwrap());
@@ -608,7 +648,19 @@ mod tests {
                 let by_token = key.seal(b"secret", b"aad").unwrap();
                 assert_eq!(&*sealer.open(&by_token, b"aad").unwrap(), b"secret");
                 let by_software = sealer.seal(b"secret 2", b"aad").unwrap();
-                assert_eq!(&*key.open_sealed(&by_software, b"aad").unwrap(), b"secret 2");
+                assert_eq!(
+                    &*key.open_sealed(&by_software, b"aad").unwrap(),
+                    b"secret 2"
+                );
+                let other = Sealer::new(&MasterKey::generate().unwrap());
+                let by_other = other.seal(b"secret", b"aad").unwrap();
+                assert!(matches!(
+                    key.open_sealed(&by_other, b"aad"),
+                    Err(CryptoError::Open)
+                ));
+                assert!(other.open(&by_token, b"aad").is_err());
+                let shown = format!("{key:?}");
+                assert!(shown.contains("known") && !shown.contains(PIN), "{shown}");
 
                 for block in [[0u8; 16], [0xa5; 16]] {
                     assert_eq!(
@@ -649,6 +701,39 @@ mod tests {
             .unwrap();
     }
 
+    /// `pkcs11-tool --keygen` without `--sensitive --private` makes a key anyone with a
+    /// session can use: it opens, with a warning naming the label only.
+    #[test]
+    fn warns_about_a_key_made_with_pkcs11_tool_defaults() {
+        with_softhsm!(
+            warns_about_a_key_made_with_pkcs11_tool_defaults,
+            |hsm| {
+                hsm.init_token(TOKEN, PIN);
+                hsm.run(hsm.pkcs11_tool(TOKEN, PIN).args([
+                    "--keygen",
+                    "--key-type",
+                    "AES:32",
+                    "--label",
+                    "plain",
+                ]));
+            },
+            || {
+                let settings = Pkcs11Settings {
+                    key_label: "plain".into(),
+                    ..settings()
+                };
+                let (key, logs) = logs_of(|| Pkcs11Key::open(&settings).unwrap());
+                assert!(logs.contains("WARN") && logs.contains("plain"), "{logs}");
+                assert!(
+                    logs.contains("private=false") && !logs.contains(PIN),
+                    "{logs}"
+                );
+                let sealed = key.seal(b"x", b"a").unwrap();
+                assert_eq!(&*key.open_sealed(&sealed, b"a").unwrap(), b"x");
+            }
+        );
+    }
+
     #[test]
     fn recovers_a_lost_login_once() {
         with_softhsm!(recovers_a_lost_login_once, standard, || {
@@ -665,16 +750,20 @@ mod tests {
 
     #[test]
     fn wrong_pin_names_the_pin_setting_not_the_pin() {
-        with_softhsm!(wrong_pin_names_the_pin_setting_not_the_pin, standard, || {
-            let err = open_err(&Pkcs11Settings {
-                pin: Zeroizing::new("9999-wrong-pin".into()),
-                ..settings()
-            });
-            assert!(err.starts_with("KMS_MASTER_KEY_PKCS11_PIN:"), "{err}");
-            assert!(err.contains("wrong PIN") && !err.contains("9999"), "{err}");
-            // The right PIN still opens (SoftHSM locks only after many failures).
-            Pkcs11Key::open(&settings()).unwrap();
-        });
+        with_softhsm!(
+            wrong_pin_names_the_pin_setting_not_the_pin,
+            standard,
+            || {
+                let err = open_err(&Pkcs11Settings {
+                    pin: Zeroizing::new("9999-wrong-pin".into()),
+                    ..settings()
+                });
+                assert!(err.starts_with("KMS_MASTER_KEY_PKCS11_PIN:"), "{err}");
+                assert!(err.contains("wrong PIN") && !err.contains("9999"), "{err}");
+                // The right PIN still opens (SoftHSM locks only after many failures).
+                Pkcs11Key::open(&settings()).unwrap();
+            }
+        );
     }
 
     #[test]
@@ -687,8 +776,14 @@ mod tests {
                     token_label: "nope".into(),
                     ..settings()
                 });
-                assert!(err.starts_with("KMS_MASTER_KEY_PKCS11_TOKEN_LABEL:"), "{err}");
-                assert!(err.contains("\"nope\"") && err.contains("\"kms-test\""), "{err}");
+                assert!(
+                    err.starts_with("KMS_MASTER_KEY_PKCS11_TOKEN_LABEL:"),
+                    "{err}"
+                );
+                assert!(
+                    err.contains("\"nope\"") && err.contains("\"kms-test\""),
+                    "{err}"
+                );
                 // Labels are compared without PKCS#11's space padding.
                 Pkcs11Key::open(&Pkcs11Settings {
                     token_label: format!("{TOKEN}   "),
@@ -751,7 +846,10 @@ mod tests {
     #[test]
     fn debug_never_prints_the_pin() {
         let shown = format!("{:?}", settings());
-        assert!(shown.contains("<redacted>") && !shown.contains(PIN), "{shown}");
+        assert!(
+            shown.contains("<redacted>") && !shown.contains(PIN),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -7,10 +7,10 @@
 
 use std::sync::Arc;
 
-use aws_lc_rs::cipher::{AES_256, EncryptingKey, UnboundCipherKey};
 use aws_lc_rs::aead::{
     AES_256_GCM, Aad, LessSafeKey, NONCE_LEN as AEAD_NONCE_LEN, Nonce, UnboundKey,
 };
+use aws_lc_rs::cipher::{AES_256, EncryptingKey, UnboundCipherKey};
 use zeroize::Zeroizing;
 
 use super::{CryptoError, random};

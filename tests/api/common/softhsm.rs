@@ -55,7 +55,7 @@ impl SoftHsm {
         Self { dir, conf }
     }
 
-    /// A SoftHSM with token [`TOKEN`] (PIN [`PIN`]) holding the sensitive,
+    /// A SoftHSM with token [`TOKEN`] (PIN [`PIN`]) holding the sensitive, private,
     /// non-extractable AES-256 key [`KEY`].
     pub fn standard() -> Self {
         let hsm = Self::new();
@@ -92,12 +92,19 @@ impl SoftHsm {
         );
     }
 
-    /// An AES-256 key made by the token, as an operator would (`--sensitive`: its value
-    /// can never be read).
+    /// An AES-256 key made by the token, as an operator should: `--sensitive` (its value
+    /// can never be read) and `--private` (usable only after login); pkcs11-tool's
+    /// defaults give neither.
     pub fn keygen_aes256(&self, token: &str, pin: &str, label: &str) {
         self.run(
             self.pkcs11_tool(token, pin)
-                .args(["--keygen", "--key-type", "AES:32", "--sensitive"])
+                .args([
+                    "--keygen",
+                    "--key-type",
+                    "AES:32",
+                    "--sensitive",
+                    "--private",
+                ])
                 .args(["--label", label]),
         );
     }
@@ -175,10 +182,7 @@ pub fn test_path(module_path: &str, name: &str) -> String {
 fn require_tools() {
     assert!(Path::new(MODULE).exists(), "{MODULE} is missing; {INSTALL}");
     for tool in ["softhsm2-util", "pkcs11-tool"] {
-        let found = Command::new(tool)
-            .arg("--help")
-            .output()
-            .is_ok();
+        let found = Command::new(tool).arg("--help").output().is_ok();
         assert!(found, "{tool} is missing; {INSTALL}");
     }
 }
