@@ -21,7 +21,7 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
-use cryptoki::types::AuthPin;
+use cryptoki::types::{AuthPin, Ulong};
 use zeroize::Zeroizing;
 
 use super::{CryptoError, random};
@@ -30,7 +30,7 @@ const VERSION: u8 = 1;
 const NONCE_LEN: usize = 12;
 const TAG_BITS: u64 = 128;
 const TAG_LEN: usize = 16;
-const KEY_LEN: u64 = 32;
+const KEY_LEN: Ulong = Ulong::new(32);
 
 const MODULE_SETTING: &str = "KMS_MASTER_KEY_PKCS11_MODULE";
 const TOKEN_SETTING: &str = "KMS_MASTER_KEY_PKCS11_TOKEN_LABEL";
@@ -359,7 +359,7 @@ impl Pkcs11Key {
                     .map_or_else(|| "unknown".to_owned(), |t| t.to_string()),
                 props
                     .value_len
-                    .map_or_else(|| "unknown".to_owned(), |n| n.to_string()),
+                    .map_or_else(|| "unknown".to_owned(), |n| (*n).to_string()),
             )));
         }
         if !(props.encrypt && props.decrypt) {
@@ -389,7 +389,7 @@ impl Pkcs11Key {
 /// the unsafe or unusable answer.
 struct KeyProps {
     key_type: Option<KeyType>,
-    value_len: Option<u64>,
+    value_len: Option<Ulong>,
     encrypt: bool,
     decrypt: bool,
     extractable: bool,
@@ -411,7 +411,7 @@ impl KeyProps {
         for attr in attrs {
             match attr {
                 Attribute::KeyType(t) => props.key_type = Some(*t),
-                Attribute::ValueLen(n) => props.value_len = Some(u64::from(**n)),
+                Attribute::ValueLen(n) => props.value_len = Some(*n),
                 Attribute::Encrypt(b) => props.encrypt = *b,
                 Attribute::Decrypt(b) => props.decrypt = *b,
                 Attribute::Extractable(b) => props.extractable = *b,
