@@ -22,7 +22,6 @@ use std::{net::SocketAddr, path::PathBuf};
 use clap::{Args, Parser, Subcommand, builder::BoolishValueParser};
 
 use crate::{
-    crypto::sealing::MasterKey,
     domain::{throttle::ThrottleSettings, token::SigningAlgorithm},
     store::StoreOptions,
 };
@@ -31,7 +30,7 @@ pub use connections::{ConnectionArgs, ConnectionLimits};
 pub use known_env::{known_env_vars, unknown_env_vars};
 pub use legacy::{LegacyEnv, translate_database_url};
 pub use limits::Limits;
-pub use secrets::{BootstrapAdmin, JwtSecret, new_master_key_from_file};
+pub use secrets::{BootstrapAdmin, JwtSecret, MasterKeySource, Pin};
 pub use tls::TlsFiles;
 
 pub const DEFAULT_DATABASE_URL: &str = "sqlite://kms-data/kms.db?mode=rwc";
@@ -180,6 +179,24 @@ pub struct ServeArgs {
     /// A file holding the base64 master key (instead of KMS_MASTER_KEY).
     #[arg(long, env = "KMS_MASTER_KEY_FILE")]
     pub master_key_file: Option<PathBuf>,
+    /// The PKCS#11 module (a .so) of the token that holds the master key, instead of
+    /// KMS_MASTER_KEY. The token's user PIN comes from KMS_MASTER_KEY_PKCS11_PIN_FILE
+    /// or the variable KMS_MASTER_KEY_PKCS11_PIN (never from the command line).
+    #[arg(long, env = "KMS_MASTER_KEY_PKCS11_MODULE")]
+    pub master_key_pkcs11_module: Option<PathBuf>,
+    /// The label of the token that holds the master key.
+    #[arg(long, env = "KMS_MASTER_KEY_PKCS11_TOKEN_LABEL")]
+    pub master_key_pkcs11_token_label: Option<String>,
+    /// A file holding the token's user PIN.
+    #[arg(long, env = "KMS_MASTER_KEY_PKCS11_PIN_FILE")]
+    pub master_key_pkcs11_pin_file: Option<PathBuf>,
+    /// The label of the AES-256 secret key object that is the master key (made with
+    /// e.g. `pkcs11-tool --keygen --key-type AES:32 --sensitive --private --label ...`).
+    #[arg(long, env = "KMS_MASTER_KEY_PKCS11_KEY_LABEL")]
+    pub master_key_pkcs11_key_label: Option<String>,
+    /// KMS_MASTER_KEY_PKCS11_PIN, read from the environment only.
+    #[arg(skip = secrets::Pin::from_env())]
+    pub master_key_pkcs11_pin: Option<secrets::Pin>,
     /// The HS256 secret that signs access tokens (at least 32 bytes).
     #[arg(long, env = "KMS_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
@@ -282,7 +299,7 @@ pub struct ServeArgs {
 pub struct Config {
     pub database: StoreOptions,
     pub grpc_addr: SocketAddr,
-    pub master_key: MasterKey,
+    pub master_key: MasterKeySource,
     /// How access tokens are signed.
     pub jwt_algorithm: SigningAlgorithm,
     /// The HS256 secret; required when `jwt_algorithm` is HS256, unused otherwise.
@@ -320,7 +337,11 @@ impl ServeArgs {
     /// `resolve` with the original service's variables given, for tests. Reads files
     /// but writes none, except under `--dev` (`dev.rs`).
     pub fn resolve_with(self, legacy: &LegacyEnv) -> Result<Config, ConfigError> {
-        let mut master_key = self.given_master_key(legacy)?;
+        let pkcs11 = self.pkcs11_settings()?;
+        let mut master_key = match pkcs11 {
+            Some(_) => None,
+            None => self.given_master_key(legacy)?,
+        };
         let mut jwt_secret = self.given_jwt_secret(legacy)?;
         let bootstrap_admin = self.bootstrap_admin()?;
         let jwt_algorithm = match self.jwt_algorithm {
@@ -335,9 +356,17 @@ impl ServeArgs {
         };
         let hs256 = jwt_algorithm == SigningAlgorithm::Hs256;
         if self.dev {
-            dev::fill_in_secrets(&self.data_dir, &mut master_key, &mut jwt_secret, hs256)?;
+            // A master key in a token needs nothing generated for it.
+            let slot = pkcs11.is_none().then_some(&mut master_key);
+            dev::fill_in_secrets(&self.data_dir, slot, &mut jwt_secret, hs256)?;
         }
-        let master_key = secrets::require(master_key, jwt_secret.as_ref(), hs256)?;
+        let master_key = match pkcs11 {
+            Some(settings) => {
+                secrets::require_jwt_secret(jwt_secret.as_ref(), hs256)?;
+                MasterKeySource::Pkcs11(settings)
+            }
+            None => MasterKeySource::Key(secrets::require(master_key, jwt_secret.as_ref(), hs256)?),
+        };
         let tls = self.tls_files()?;
         let limits = self.limits()?;
         let password_min_length = usize::try_from(self.password_min_length)
@@ -459,7 +488,10 @@ mod tests {
         b.jwt_secret = None;
         b.jwt_secret_file = None;
         let second = b.resolve().unwrap();
-        assert_eq!(first.master_key.expose(), second.master_key.expose());
+        assert_eq!(
+            first.master_key.key().unwrap().expose(),
+            second.master_key.key().unwrap().expose()
+        );
         // EdDSA by default: no JWT secret file is made or needed.
         assert!(first.jwt_secret.is_none() && !data.join(JWT_SECRET_FILE).exists());
 

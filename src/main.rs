@@ -167,15 +167,8 @@ async fn rewrap_master_key(args: MasterKeyRewrapArgs) -> Result<(), String> {
     if args.serve.dev {
         return Err("master-key rewrap does not take --dev: give the current master key with KMS_MASTER_KEY_FILE (under --dev it is kms-data/master.key)".into());
     }
-    let config = args.serve.resolve().map_err(|e| e.to_string())?;
-    let new = match (&args.new_master_key_file, &args.new_pkcs11_key_label) {
-        (Some(path), None) => kms::config::new_master_key_from_file(path),
-        (None, Some(label)) => config.open_new_pkcs11_master_key(label),
-        _ => Err(kms::config::ConfigError(
-            "give one of --new-master-key-file and --new-pkcs11-key-label".into(),
-        )),
-    }
-    .map_err(|e| e.to_string())?;
+    let (config, new) = args.resolve().map_err(|e| e.to_string())?;
+    let new = new.open().map_err(|e| format!("new master key: {e}"))?;
     let store = Store::connect(&config.database)
         .await
         .map_err(|e| e.to_string())?;

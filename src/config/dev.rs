@@ -16,19 +16,21 @@ pub(super) const MASTER_KEY_FILE: &str = "master.key";
 pub(super) const JWT_SECRET_FILE: &str = "jwt.secret";
 
 /// Fills in the master key and (with `hs256`) the JWT secret from files under
-/// `data_dir`, generating each file the first time. Secrets already given are kept.
+/// `data_dir`, generating each file the first time. Secrets already given are kept;
+/// `master_key` is `None` when the master key is in a PKCS#11 token.
 pub(super) fn fill_in_secrets(
     data_dir: &Path,
-    master_key: &mut Option<MasterKey>,
+    master_key: Option<&mut Option<MasterKey>>,
     jwt_secret: &mut Option<JwtSecret>,
     hs256: bool,
 ) -> Result<(), ConfigError> {
+    let master_key = master_key.filter(|key| key.is_none());
     // An existing folder is made private even when nothing is generated into it: it
     // holds the database by default, and secrets from earlier starts.
-    if master_key.is_none() || (hs256 && jwt_secret.is_none()) || data_dir.exists() {
+    if master_key.is_some() || (hs256 && jwt_secret.is_none()) || data_dir.exists() {
         ensure_private_dir(data_dir)?;
     }
-    if master_key.is_none() {
+    if let Some(master_key) = master_key {
         let path = data_dir.join(MASTER_KEY_FILE);
         if !path.exists() {
             let key = random::bytes::<32>().map_err(|e| ConfigError(e.to_string()))?;

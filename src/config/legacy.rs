@@ -367,7 +367,7 @@ mod precedence {
         assert_eq!(config.jwt_secret.unwrap().expose(), SECRET_KEY.as_bytes());
         assert_eq!(config.access_token_ttl_seconds, 1800);
         let derived = derive_master_key(SECRET_KEY.as_bytes()).unwrap();
-        assert_eq!(config.master_key.expose(), derived.expose());
+        assert_eq!(config.master_key.key().unwrap().expose(), derived.expose());
     }
 
     #[test]
@@ -393,7 +393,7 @@ mod precedence {
         })
         .unwrap();
         assert_eq!(config.database.url, "postgres://kms@db/kms");
-        assert_eq!(config.master_key.expose(), &[5u8; 32]);
+        assert_eq!(config.master_key.key().unwrap().expose(), &[5u8; 32]);
         assert_eq!(config.jwt_secret.unwrap().expose(), jwt.as_bytes());
         assert_eq!(config.access_token_ttl_seconds, 60);
     }

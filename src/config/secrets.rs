@@ -8,11 +8,79 @@ use std::{fs, path::Path};
 use base64::{Engine, engine::general_purpose::STANDARD};
 use zeroize::Zeroizing;
 
-use super::{ConfigError, LegacyEnv, ServeArgs};
+use super::{ConfigError, LegacyEnv, MasterKeyRewrapArgs, ServeArgs};
 use crate::{
-    crypto::{master::Master, sealing::MasterKey},
+    crypto::{
+        master::Master,
+        pkcs11::{Pkcs11Key, Pkcs11Settings},
+        sealing::MasterKey,
+    },
     domain::token::MIN_HS256_SECRET_BYTES,
 };
+
+const PIN_VAR: &str = "KMS_MASTER_KEY_PKCS11_PIN";
+
+/// Where the master key is.
+#[derive(Clone, Debug)]
+pub enum MasterKeySource {
+    /// In memory: KMS_MASTER_KEY, its file, the original service's SECRET_KEY, or
+    /// `--dev`'s generated file.
+    Key(MasterKey),
+    /// An AES-256 key inside a PKCS#11 token, used only through the token.
+    Pkcs11(Pkcs11Settings),
+}
+
+impl MasterKeySource {
+    /// The key's bytes, when they are in memory.
+    pub fn key(&self) -> Option<&MasterKey> {
+        match self {
+            Self::Key(key) => Some(key),
+            Self::Pkcs11(_) => None,
+        }
+    }
+
+    /// Ready to use: a token is loaded and logged in to here. Errors name the setting.
+    pub fn open(&self) -> Result<Master, ConfigError> {
+        match self {
+            Self::Key(key) => {
+                Master::software(key).map_err(|e| ConfigError(format!("master key: {e}")))
+            }
+            Self::Pkcs11(settings) => {
+                let key = Pkcs11Key::open(settings).map_err(|e| ConfigError(e.to_string()))?;
+                Master::pkcs11(key).map_err(|e| {
+                    ConfigError(format!(
+                        "{}: the key cannot be used: {e}",
+                        "KMS_MASTER_KEY_PKCS11_KEY_LABEL"
+                    ))
+                })
+            }
+        }
+    }
+}
+
+/// The token PIN from KMS_MASTER_KEY_PKCS11_PIN: never a command-line flag. `Debug`
+/// prints nothing of it.
+#[derive(Clone)]
+pub struct Pin(Zeroizing<String>);
+
+impl Pin {
+    pub fn from_env() -> Option<Self> {
+        std::env::var(PIN_VAR)
+            .ok()
+            .filter(|pin| !pin.is_empty())
+            .map(|pin| Self(Zeroizing::new(pin)))
+    }
+
+    pub fn new(pin: &str) -> Self {
+        Self(Zeroizing::new(pin.to_owned()))
+    }
+}
+
+impl std::fmt::Debug for Pin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Pin(<redacted>)")
+    }
+}
 
 const DEV_ADMIN_USERNAME: &str = "admin";
 
@@ -80,6 +148,70 @@ impl ServeArgs {
         }
     }
 
+    /// The PKCS#11 master key's settings, when any is given: all of them then, and no
+    /// other master key setting.
+    pub(super) fn pkcs11_settings(&self) -> Result<Option<Pkcs11Settings>, ConfigError> {
+        let any = self.master_key_pkcs11_module.is_some()
+            || self.master_key_pkcs11_token_label.is_some()
+            || self.master_key_pkcs11_key_label.is_some()
+            || self.master_key_pkcs11_pin_file.is_some()
+            || self.master_key_pkcs11_pin.is_some();
+        if !any {
+            return Ok(None);
+        }
+        if self.master_key.is_some() || self.master_key_file.is_some() {
+            return Err(ConfigError(
+                "the master key is given twice: set KMS_MASTER_KEY (or KMS_MASTER_KEY_FILE) or the KMS_MASTER_KEY_PKCS11_* settings, not both".into(),
+            ));
+        }
+        let key_label = self.master_key_pkcs11_key_label.clone().ok_or_else(|| {
+            ConfigError("KMS_MASTER_KEY_PKCS11_KEY_LABEL is not set: name the AES-256 key in the token that is the master key".into())
+        })?;
+        self.pkcs11_token(key_label).map(Some)
+    }
+
+    /// The token settings (module, token label, PIN) with the key `key_label`.
+    fn pkcs11_token(&self, key_label: String) -> Result<Pkcs11Settings, ConfigError> {
+        let module = self.master_key_pkcs11_module.clone().ok_or_else(|| {
+            ConfigError("KMS_MASTER_KEY_PKCS11_MODULE is not set: the path of the token's PKCS#11 module (e.g. /usr/lib/softhsm/libsofthsm2.so)".into())
+        })?;
+        let token_label = self.master_key_pkcs11_token_label.clone().ok_or_else(|| {
+            ConfigError("KMS_MASTER_KEY_PKCS11_TOKEN_LABEL is not set: the label of the token that holds the master key".into())
+        })?;
+        let pin = match (
+            &self.master_key_pkcs11_pin,
+            &self.master_key_pkcs11_pin_file,
+        ) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError(
+                    "set KMS_MASTER_KEY_PKCS11_PIN or KMS_MASTER_KEY_PKCS11_PIN_FILE, not both"
+                        .into(),
+                ));
+            }
+            (Some(pin), None) => pin.0.clone(),
+            (None, Some(path)) => {
+                let text = Zeroizing::new(fs::read_to_string(path).map_err(|e| {
+                    ConfigError(format!(
+                        "KMS_MASTER_KEY_PKCS11_PIN_FILE: cannot read {}: {e}",
+                        path.display()
+                    ))
+                })?);
+                Zeroizing::new(text.trim_end_matches(['\n', '\r']).to_owned())
+            }
+            (None, None) => {
+                return Err(ConfigError(
+                    "KMS_MASTER_KEY_PKCS11_PIN_FILE (or KMS_MASTER_KEY_PKCS11_PIN) is not set: the token's user PIN".into(),
+                ));
+            }
+        };
+        Ok(Pkcs11Settings {
+            module,
+            token_label,
+            pin,
+            key_label,
+        })
+    }
+
     /// The HS256 secret as given: KMS_JWT_SECRET, its file, or SECRET_KEY.
     pub(super) fn given_jwt_secret(
         &self,
@@ -118,6 +250,19 @@ impl ServeArgs {
             )),
         }
     }
+}
+
+/// With the master key in a token, only the HS256 secret can be missing.
+pub(super) fn require_jwt_secret(
+    jwt_secret: Option<&JwtSecret>,
+    hs256: bool,
+) -> Result<(), ConfigError> {
+    if hs256 && jwt_secret.is_none() {
+        return Err(ConfigError(
+            "refusing to start without a JWT signing secret for KMS_JWT_ALGORITHM=HS256 (KMS_JWT_SECRET: at least 32 bytes, or KMS_JWT_SECRET_FILE: a file holding it)".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// The master key, which is always needed; the JWT secret is needed only for HS256
@@ -180,22 +325,38 @@ pub(super) fn read_jwt_secret_file(path: &Path) -> Result<JwtSecret, ConfigError
     JwtSecret::new(text.trim().as_bytes().to_vec())
 }
 
-/// The new master key of `kms master-key rewrap`, from a file.
-pub fn new_master_key_from_file(path: &Path) -> Result<Master, ConfigError> {
-    let key = read_master_key_file(path)?;
-    Master::software(&key).map_err(|e| ConfigError(format!("new master key: {e}")))
+impl MasterKeyRewrapArgs {
+    /// The configuration with the current master key, and the new master key. A new
+    /// PKCS#11 key is in the token of the KMS_MASTER_KEY_PKCS11_* settings: those of
+    /// the current key when it is in a token too, otherwise given without
+    /// KMS_MASTER_KEY_PKCS11_KEY_LABEL beside the current KMS_MASTER_KEY(_FILE).
+    pub fn resolve(mut self) -> Result<(super::Config, MasterKeySource), ConfigError> {
+        let new = match (&self.new_master_key_file, self.new_pkcs11_key_label.take()) {
+            (Some(path), None) => MasterKeySource::Key(read_master_key_file(path)?),
+            (None, Some(label)) => {
+                let token = self.serve.pkcs11_token(label)?;
+                if self.serve.master_key_pkcs11_key_label.is_none() {
+                    // The token settings were for the new key only.
+                    self.serve.master_key_pkcs11_module = None;
+                    self.serve.master_key_pkcs11_token_label = None;
+                    self.serve.master_key_pkcs11_pin = None;
+                    self.serve.master_key_pkcs11_pin_file = None;
+                }
+                MasterKeySource::Pkcs11(token)
+            }
+            _ => {
+                return Err(ConfigError(
+                    "give one of --new-master-key-file and --new-pkcs11-key-label".into(),
+                ));
+            }
+        };
+        Ok((self.serve.resolve()?, new))
+    }
 }
 
 impl super::Config {
-    /// The new master key of `kms master-key rewrap`, in the configured PKCS#11 token.
-    pub fn open_new_pkcs11_master_key(&self, _label: &str) -> Result<Master, ConfigError> {
-        Err(ConfigError(
-            "PKCS#11 master keys are not wired in yet".into(),
-        ))
-    }
-
     /// The master key, ready to use.
     pub fn open_master_key(&self) -> Result<Master, ConfigError> {
-        Master::software(&self.master_key).map_err(|e| ConfigError(format!("master key: {e}")))
+        self.master_key.open()
     }
 }

@@ -8,10 +8,13 @@
 //! is not a GCM counter block of any seal (those start with a random 96-bit nonce), and
 //! the hash hides even the one block the key encrypted.
 
+use std::sync::Arc;
+
 use zeroize::Zeroizing;
 
 use super::{
     CryptoError, digest,
+    pkcs11::Pkcs11Key,
     sealing::{MasterKey, Sealer},
 };
 
@@ -21,6 +24,7 @@ const ID_BLOCK: [u8; 16] = *b"KMS master key 1";
 #[derive(Clone)]
 enum Backend {
     Software(Sealer),
+    Pkcs11(Arc<Pkcs11Key>),
 }
 
 #[derive(Clone)]
@@ -39,6 +43,15 @@ impl Master {
         })
     }
 
+    /// A key inside a PKCS#11 token: every operation on it runs in the token.
+    pub fn pkcs11(key: Pkcs11Key) -> Result<Self, CryptoError> {
+        let id = fingerprint(&key.encrypt_block(&ID_BLOCK)?);
+        Ok(Self {
+            backend: Backend::Pkcs11(Arc::new(key)),
+            id,
+        })
+    }
+
     /// The non-secret fingerprint, `mk-` and 16 hex digits.
     pub fn id(&self) -> &str {
         &self.id
@@ -48,12 +61,14 @@ impl Master {
     pub fn seal(&self, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, CryptoError> {
         match &self.backend {
             Backend::Software(sealer) => sealer.seal(plaintext, aad),
+            Backend::Pkcs11(key) => key.seal(plaintext, aad),
         }
     }
 
     pub fn open(&self, sealed: &[u8], aad: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
         match &self.backend {
             Backend::Software(sealer) => sealer.open(sealed, aad),
+            Backend::Pkcs11(key) => key.open_sealed(sealed, aad),
         }
     }
 }

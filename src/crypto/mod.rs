@@ -5,6 +5,7 @@ pub mod digest;
 pub mod kdf;
 pub mod master;
 pub mod password;
+pub mod pkcs11;
 pub mod random;
 pub mod sealing;
 pub mod signing;
@@ -26,4 +27,8 @@ pub enum CryptoError {
     PoolClosed,
     #[error("too many password hashes waiting")]
     Busy,
+    /// The PKCS#11 token holding the master key failed (not a wrong key or tampered
+    /// data: that is `Open`). The detail names the call and the token's return value.
+    #[error("the PKCS#11 token failed: {0}")]
+    Hsm(String),
 }

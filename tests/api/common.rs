@@ -1,11 +1,13 @@
 //! The test harness: a server per test, on SQLite or PostgreSQL.
 
+pub mod softhsm;
+
 use std::time::Duration;
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use kms::{
-    config::{BootstrapAdmin, Config, JwtSecret, Limits},
+    config::{BootstrapAdmin, Config, JwtSecret, Limits, MasterKeySource},
     crypto::sealing::MasterKey,
     domain::{
         throttle::ThrottleSettings,
@@ -144,7 +146,7 @@ pub fn test_config(db_url: &str) -> Config {
             max_connections: 8,
         },
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
-        master_key: MasterKey::generate().unwrap(),
+        master_key: MasterKeySource::Key(MasterKey::generate().unwrap()),
         // The suite forges tokens (expired, other secret, alg none) with the shared
         // secret; EdDSA, the default, has tests of its own (tests/api/signing.rs).
         jwt_algorithm: SigningAlgorithm::Hs256,
