@@ -111,6 +111,45 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// The SQLite file, on SQLite.
+    pub fn sqlite_path(&self) -> Option<std::path::PathBuf> {
+        self.url
+            .strip_prefix("sqlite://")
+            .map(|rest| rest.split('?').next().unwrap_or(rest).into())
+    }
+
+    /// The base URL and the schema, on PostgreSQL.
+    pub fn pg_schema(&self) -> Option<(&str, &str)> {
+        self.pg_schema
+            .as_ref()
+            .map(|(base, schema)| (base.as_str(), schema.as_str()))
+    }
+
+    /// Fills this (empty) database with the first release's fixture
+    /// (`tests/fixtures/README.md`): a copy of the SQLite file, or the PostgreSQL dump
+    /// loaded into this test's schema.
+    pub async fn load_release1_fixture(&self) {
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+        if let Some(path) = self.sqlite_path() {
+            std::fs::copy(fixtures.join("release1.sqlite"), &path).unwrap();
+            return;
+        }
+        let (base, schema) = self.pg_schema().unwrap();
+        let dump = std::fs::read_to_string(fixtures.join("release1-postgres.sql")).unwrap();
+        let sql = dump
+            .lines()
+            // The schema exists already: this test's own.
+            .filter(|l| !l.starts_with("CREATE SCHEMA"))
+            .collect::<Vec<_>>()
+            .join("\n")
+            .replace("fixture_release1", schema);
+        let db = Database::connect(base).await.unwrap();
+        db.execute_unprepared(&sql).await.unwrap();
+        db.close().await.unwrap();
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         if let Some((base, schema)) = self.pg_schema.take() {
@@ -214,6 +253,12 @@ impl TestServer {
         server
     }
 
+    /// A server on a database made beforehand (a fixture), with `config`.
+    pub async fn start_on(db: TestDb, mut config: Config) -> Self {
+        config.database.url = db.url.clone();
+        Self::launch(config, Some(db), false).await
+    }
+
     async fn launch(config: Config, db: Option<TestDb>, tls: bool) -> Self {
         let app = App::build(&config).await.expect("server builds");
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -306,6 +351,15 @@ impl TestServer {
             .await
             .unwrap();
         self.login(username, &password).await
+    }
+
+    /// Stops this server and starts a new one on the same database and configuration
+    /// (on SQLite, where no second server may share the file).
+    pub async fn restart(mut self) -> Self {
+        let db = self._db.take();
+        let config = self.config.clone();
+        self.stop().await;
+        Self::launch(config, db, false).await
     }
 
     pub async fn stop(mut self) {

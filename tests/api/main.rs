@@ -19,6 +19,7 @@ mod hardening;
 mod hostile;
 mod http_client;
 mod image;
+mod keyring;
 mod keys;
 mod ops;
 mod policy;

@@ -73,6 +73,48 @@ impl Cluster {
         &self.db.url
     }
 
+    /// The cluster's database, to fill before the first start (a fixture).
+    pub fn db(&self) -> &TestDb {
+        &self.db
+    }
+
+    /// The cluster's own folder (working directory of its processes).
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// A variable of the processes' environment.
+    pub fn env_var(&self, name: &str) -> Option<String> {
+        self.env
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    }
+
+    /// Sets (or, with `None`, removes) a variable for the processes started from now.
+    pub fn set_env(&mut self, name: &str, value: Option<&str>) {
+        self.env.retain(|(k, _)| k != name);
+        if let Some(value) = value {
+            self.env.push((name.to_owned(), value.to_owned()));
+        }
+    }
+
+    /// Runs `kms ARGS...` to the end with the cluster's environment (an offline command,
+    /// or a `serve` expected to refuse to start), within 60 s.
+    pub async fn run(&self, args: &[&str]) -> std::process::Output {
+        let mut cmd = Command::new(KMS);
+        cmd.env_clear()
+            .current_dir(self.dir.path())
+            .args(args)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        tokio::time::timeout(START_DEADLINE, cmd.output())
+            .await
+            .unwrap_or_else(|_| panic!("kms {args:?} did not end within {START_DEADLINE:?}"))
+            .unwrap()
+    }
+
     /// Starts `kms serve` named `name` and waits until its health is SERVING.
     pub async fn start(&self, name: &str) -> KmsProcess {
         self.launch(name, &[], None).await
