@@ -5,6 +5,7 @@
 # virtualenv, starts `kms serve --dev` on free ports in a temporary directory, and walks
 # the admin flow with `grpcurl -plaintext` and server reflection only (no .proto files):
 # list, describe, Login, CreateKey, GetKey, ListKeys, RotateKey, VerifyKey, RevokeKey,
+# GetKeyring, RotateDataKey, RewrapSecrets,
 # the error codes an admin meets, and grpc.health.v1.Health/Check. Every answer is
 # checked; the first mismatch prints what was expected and what came back, and exits 1.
 #
@@ -378,6 +379,19 @@ ok "Keys/VerifyKey after revoke: neither secret valid"
 call kms.v1.Keys/GetKey '{"service_name": "smoke-svc"}'
 expect_code "Keys/GetKey (after revoke)" NotFound
 ok "Keys/GetKey after revoke: NotFound"
+
+# 14b. The keyring: its master key id and data key; a rotation; a rewrap to the end.
+call kms.v1.Keyring/GetKeyring '{}'
+expect_ok "Keyring/GetKeyring"
+check "Keyring/GetKeyring" "master_key_id mk-..." "$(jget 'f(d, "master_key_id", "").startswith("mk-")' <<<"$res")" true
+check "Keyring/GetKeyring" "one data key, current" "$(jget '[[f(k, "id"), f(k, "current", False)] for k in f(d, "data_keys", [])]' <<<"$res")" '[["dk-1", true]]'
+call kms.v1.Keyring/RotateDataKey '{}'
+expect_ok "Keyring/RotateDataKey"
+check "Keyring/RotateDataKey" "dk-2 current" "$(jget '[f(k, "id") for k in f(d, "data_keys", []) if f(k, "current", False)]' <<<"$res")" '["dk-2"]'
+call kms.v1.Keyring/RewrapSecrets '{}'
+expect_ok "Keyring/RewrapSecrets"
+check "Keyring/RewrapSecrets" "remaining (0: left out)" "$(jget 'f(d, "remaining", "0")' <<<"$res")" 0
+ok "Keyring: GetKeyring, RotateDataKey, RewrapSecrets"
 
 # 15. No token: Unauthenticated.
 call_anon kms.v1.Keys/ListKeys '{}'
