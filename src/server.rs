@@ -114,7 +114,7 @@ impl App {
         );
         // One set of counters: a password guessed through ChangePassword and through
         // Login is the same guessing.
-        let throttle = LoginThrottle::new(config.login_throttle.clone());
+        let throttle = LoginThrottle::for_store(config.login_throttle.clone(), &store);
         let auth = AuthService::new(
             store.clone(),
             hasher.clone(),
