@@ -102,11 +102,13 @@ impl Sweeper {
 
     /// One pass at `now`: each deletion of the plan, batch after batch, until a batch
     /// finds fewer rows than it may take, another replica is found sweeping, or
-    /// `stop` turns true.
+    /// `stop` turns true. Each committed batch's deletions go to `record` at once, so
+    /// that a long pass (a backlog after an upgrade) shows its progress.
     pub async fn pass(
         &self,
         now: DateTime<Utc>,
         stop: &mut watch::Receiver<bool>,
+        record: &impl Fn(&SweptRows),
     ) -> Result<PassReport, StoreError> {
         let mut report = PassReport {
             deleted: SweptRows::default(),
@@ -125,6 +127,7 @@ impl Sweeper {
                         return Ok(report);
                     }
                     Batch::Done { picked, rows } => {
+                        record(&rows);
                         report.deleted = report.deleted + rows;
                         if picked < BATCH_ROWS {
                             break;
@@ -140,7 +143,7 @@ impl Sweeper {
         Ok(report)
     }
 
-    /// Sweeps every interval until `stop` turns true, handing each pass's deletions
+    /// Sweeps every interval until `stop` turns true, handing each batch's deletions
     /// to `record` (the metrics). A failed pass is logged and tried again at the next
     /// interval.
     pub async fn run(self, mut stop: watch::Receiver<bool>, record: impl Fn(&SweptRows)) {
@@ -153,9 +156,8 @@ impl Sweeper {
                 return;
             }
             let started = std::time::Instant::now();
-            match self.pass(Utc::now(), &mut stop).await {
+            match self.pass(Utc::now(), &mut stop, &record).await {
                 Ok(report) => {
-                    record(&report.deleted);
                     log_pass(&report, started.elapsed());
                     if report.stopped {
                         return;

@@ -9,12 +9,13 @@
 //! picked with `FOR UPDATE SKIP LOCKED`: a batch never waits for a call's transaction
 //! to release a row it is about to delete, and a call waits at most one batch.
 //! SQLite serves one server: no lock, and its single writer takes batches in turn with
-//! calls.
+//! calls (each batch begins IMMEDIATE, see `sweep_batch`).
 
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ColumnTrait, Condition, ConnectionTrait, DatabaseTransaction, DbBackend, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
+    QueryFilter, QueryOrder, QuerySelect, SqliteTransactionMode, Statement, TransactionOptions,
+    TransactionTrait,
     sea_query::{Expr, ExprTrait, LockBehavior, LockType, Query},
 };
 
@@ -100,7 +101,17 @@ impl Store {
     /// Deletes at most `limit` rows of one kind (sessions: with their refresh tokens)
     /// in one short transaction.
     pub async fn sweep_batch(&self, sweep: Sweep, limit: u64) -> Result<Batch, StoreError> {
-        let txn = self.db.begin().await?;
+        // SQLite: the write lock from the start (waiting for it like any writer). A
+        // deferred transaction that reads first cannot wait for it later: SQLite
+        // refuses the upgrade at once (SQLITE_BUSY) when another connection wrote
+        // meanwhile.
+        let txn = self
+            .db
+            .begin_with_options(TransactionOptions {
+                sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+                ..TransactionOptions::default()
+            })
+            .await?;
         if !try_lock(&txn).await? {
             txn.rollback().await?;
             return Ok(Batch::Busy);

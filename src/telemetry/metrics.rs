@@ -141,7 +141,7 @@ impl Metrics {
         self.tokens_issued.with_label_values(&[kind]).inc();
     }
 
-    /// Adds one sweep pass's deletions (every table, zeros included, so that each
+    /// Adds one sweep batch's deletions (every table, zeros included, so that each
     /// series exists from the first pass).
     pub fn swept(&self, deleted: &crate::store::SweptRows) {
         for (table, rows) in deleted.by_table() {
