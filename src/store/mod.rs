@@ -36,7 +36,7 @@ pub use keys::{CreateConflict, KeyWithSecret, NewKey, NewSecret, Rotation};
 pub use sealed::{SealedSample, SealedSamples};
 pub use sessions::{NewRefreshToken, RefreshAudit, RefreshOutcome, SessionState};
 pub use signing_keys::{NewSigningKey, StoredSigningKey};
-pub use sweep::{Batch, Sweep, SweptRows};
+pub use sweep::{Batch, SWEEP_LOCK, Sweep, SweptRows};
 pub use users::{AdminGuarded, StoredUser, UserRecord};
 
 use crate::migrations::Migrator;

@@ -271,3 +271,39 @@ impl Store {
         Ok(revoked)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Duration, Utc};
+
+    use super::{NewRefreshToken, chain_end, session};
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(secs, 0).unwrap()
+    }
+
+    #[test]
+    fn a_refresh_token_never_outlives_its_chain() {
+        let token = |expires_at| NewRefreshToken {
+            digest: vec![1; 32],
+            expires_at,
+        };
+        assert_eq!(token(at(500)).within(at(100)).expires_at, at(100));
+        assert_eq!(token(at(50)).within(at(100)).expires_at, at(50));
+        assert_eq!(token(at(100)).within(at(100)).digest, vec![1; 32]);
+    }
+
+    #[test]
+    fn a_session_without_an_end_ends_its_lifetime_after_login() {
+        let mut s = session::Model {
+            id: "sid".into(),
+            user_id: 1,
+            created_at: at(1_000),
+            max_expires_at: Some(at(3_000)),
+            revoked_at: None,
+        };
+        assert_eq!(chain_end(&s, Duration::seconds(60)), at(3_000));
+        s.max_expires_at = None;
+        assert_eq!(chain_end(&s, Duration::seconds(60)), at(1_060));
+    }
+}

@@ -24,8 +24,10 @@ use super::{
     entities::{api_key, api_key_secret, audit_event, refresh_token, session},
 };
 
-/// Replicas take turns sweeping on this advisory lock ("kmsw" in ASCII).
-const SWEEP_LOCK: i64 = 0x6b6d_7377;
+/// Replicas take turns sweeping on this advisory lock ("kmsw" in ASCII). Advisory
+/// locks are per database: deployments in separate schemas of one database take turns
+/// too, which costs them only a pass now and then.
+pub const SWEEP_LOCK: i64 = 0x6b6d_7377;
 
 /// One kind of deletion, with the instants the domain computed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
