@@ -147,6 +147,11 @@ impl Sweeper {
     /// to `record` (the metrics). A failed pass is logged and tried again at the next
     /// interval.
     pub async fn run(self, mut stop: watch::Receiver<bool>, record: impl Fn(&SweptRows)) {
+        tracing::info!(
+            interval_s = self.settings.interval.as_secs(),
+            audit_retention_s = self.settings.audit_retention.map(|d| d.as_secs()),
+            "sweeper started"
+        );
         loop {
             tokio::select! {
                 _ = stop.changed() => {}
