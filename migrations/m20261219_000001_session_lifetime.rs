@@ -24,6 +24,7 @@ const FILL_LIFETIME_SECONDS: i64 = 2_592_000;
 enum Sessions {
     Table,
     MaxExpiresAt,
+    RevokedAt,
 }
 
 #[derive(DeriveIden)]
@@ -74,6 +75,13 @@ impl MigrationTrait for Migration {
                 Index::create()
                     .table(Sessions::Table)
                     .col(Sessions::MaxExpiresAt)
+                    .to_owned(),
+            ),
+            (
+                "idx_sessions_revoked_at",
+                Index::create()
+                    .table(Sessions::Table)
+                    .col(Sessions::RevokedAt)
                     .to_owned(),
             ),
             (

@@ -6,11 +6,12 @@
 //! - refresh tokens that expired one access-token lifetime ago, spent or not: Refresh
 //!   refuses an expired token whether or not its row exists, and a spent token kept
 //!   for reuse detection is kept until it expires;
-//! - sessions whose refresh chain ended (logged out, revoked for reuse, past
-//!   `KMS_SESSION_MAX_LIFETIME_SECONDS`, or every refresh token expired) at least one
-//!   access-token lifetime ago. Every call's token check looks its session up, so a
-//!   session stays as long as any access token it issued may still be presented: each
-//!   was issued while the chain was live, and lives one access-token lifetime;
+//! - sessions whose refresh chain ended (logged out, revoked for reuse, or past
+//!   `KMS_SESSION_MAX_LIFETIME_SECONDS`) at least one access-token lifetime ago. Every
+//!   call's token check looks its session up, so a session stays as long as any access
+//!   token it issued may still be presented: each was issued while the chain was live,
+//!   and lives one access-token lifetime. A login abandoned before its maximum
+//!   lifetime waits for it (see `store::Sweep::Sessions`);
 //! - rotated-out API key secrets past their grace, and any secret of a revoked key:
 //!   VerifyKey answers NOT_FOUND for both already. The ledger of issued digests
 //!   (`issued_secret_digests`) is never swept: it keeps a burned secret refused
