@@ -14,6 +14,7 @@ mod m20261216_000001_audit_event_count;
 mod m20261217_000001_key_policy;
 mod m20261218_000001_keyring;
 mod m20261218_000002_login_guards;
+mod m20261219_000001_session_lifetime;
 
 pub struct Migrator;
 
@@ -32,6 +33,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261217_000001_key_policy::Migration),
             Box::new(m20261218_000001_keyring::Migration),
             Box::new(m20261218_000002_login_guards::Migration),
+            Box::new(m20261219_000001_session_lifetime::Migration),
         ]
     }
 }

@@ -14,6 +14,7 @@ mod dev;
 mod known_env;
 mod legacy;
 mod limits;
+mod retention;
 mod secrets;
 mod tls;
 
@@ -22,7 +23,7 @@ use std::{net::SocketAddr, path::PathBuf};
 use clap::{Args, Parser, Subcommand, builder::BoolishValueParser};
 
 use crate::{
-    domain::{throttle::ThrottleSettings, token::SigningAlgorithm},
+    domain::{sweeper::SweepSettings, throttle::ThrottleSettings, token::SigningAlgorithm},
     store::StoreOptions,
 };
 
@@ -30,6 +31,7 @@ pub use connections::{ConnectionArgs, ConnectionLimits};
 pub use known_env::{known_env_vars, unknown_env_vars};
 pub use legacy::{LegacyEnv, translate_database_url};
 pub use limits::Limits;
+pub use retention::Retention;
 pub use secrets::{BootstrapAdmin, JwtSecret, MasterKeySource, Pin};
 pub use tls::TlsFiles;
 
@@ -216,6 +218,17 @@ pub struct ServeArgs {
     /// Lifetime of a refresh token, in seconds (each refresh issues a new one).
     #[arg(long, env = "KMS_REFRESH_TOKEN_TTL_SECONDS", default_value_t = 1_209_600, value_parser = clap::value_parser!(i64).range(60..=31_536_000))]
     pub refresh_token_ttl_seconds: i64,
+    /// How long after Login its refresh chain ends: Refresh is refused after that, and
+    /// no refresh token outlives it (may be shorter than the refresh token lifetime).
+    #[arg(long, env = "KMS_SESSION_MAX_LIFETIME_SECONDS", default_value_t = retention::DEFAULT_SESSION_MAX_LIFETIME_SECONDS, value_parser = clap::value_parser!(i64).range(1..=315_360_000))]
+    pub session_max_lifetime_seconds: i64,
+    /// How long audit events are kept before the sweeper deletes them; 0 keeps them all.
+    #[arg(long, env = "KMS_AUDIT_RETENTION_SECONDS", default_value_t = SweepSettings::DEFAULT_AUDIT_RETENTION.as_secs(), value_parser = clap::value_parser!(u64).range(0..=3_153_600_000))]
+    pub audit_retention_seconds: u64,
+    /// The pause between two passes of the sweeper, which deletes expired audit
+    /// events, logins and secrets.
+    #[arg(long, env = "KMS_SWEEP_INTERVAL_SECONDS", default_value_t = SweepSettings::DEFAULT_INTERVAL.as_secs(), value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub sweep_interval_seconds: u64,
     #[arg(long, env = "KMS_JWT_ISSUER", default_value = "kms")]
     pub jwt_issuer: String,
     #[arg(long, env = "KMS_JWT_AUDIENCE", default_value = "kms")]
@@ -306,6 +319,8 @@ pub struct Config {
     pub jwt_secret: Option<JwtSecret>,
     pub access_token_ttl_seconds: i64,
     pub refresh_token_ttl_seconds: i64,
+    /// Audit retention, session lifetime and the sweeper's interval.
+    pub retention: Retention,
     pub jwt_issuer: String,
     pub jwt_audience: String,
     pub allow_registration: bool,
@@ -380,6 +395,7 @@ impl ServeArgs {
             jwt_secret,
             access_token_ttl_seconds,
             refresh_token_ttl_seconds: self.refresh_token_ttl_seconds,
+            retention: self.retention(),
             jwt_issuer: self.jwt_issuer,
             jwt_audience: self.jwt_audience,
             // Closed unless asked for; `--dev` opens it for the quick tour.

@@ -19,6 +19,7 @@ use crate::{
         keys::KeyService,
         sessions::Authenticator,
         signing::SigningKeys,
+        sweeper::Sweeper,
         throttle::LoginThrottle,
         token::{SigningAlgorithm, TokenAuthority},
         users::{UserAdmin, UserCreator},
@@ -78,6 +79,7 @@ pub struct App {
     tls: Option<TlsFiles>,
     limits: Limits,
     ext_authz: bool,
+    sweeper: Sweeper,
     pub created_admin: Option<CreatedAdmin>,
 }
 
@@ -125,6 +127,7 @@ impl App {
                 allow_registration: config.allow_registration,
                 password_min_bytes: config.password_min_length,
                 refresh_token_ttl_seconds: config.refresh_token_ttl_seconds,
+                session_max_lifetime_seconds: config.retention.session_max_lifetime_seconds,
             },
         );
         let keys = KeyService::new(
@@ -149,6 +152,13 @@ impl App {
             None => None,
         };
         let metrics = Metrics::new().map_err(|e| StartError::Serve(format!("metrics: {e}")))?;
+        let sweeper = Sweeper::new(
+            store.clone(),
+            config.retention.sweep_settings(
+                config.access_token_ttl_seconds,
+                config.login_throttle.failure_window,
+            ),
+        );
         Ok(Self {
             store,
             caches,
@@ -162,6 +172,7 @@ impl App {
             tls: config.tls.clone(),
             limits: config.limits.clone(),
             ext_authz: config.ext_authz,
+            sweeper,
             created_admin,
         })
     }
@@ -193,6 +204,14 @@ impl App {
                 stop_rx.clone(),
             ));
         }
+        // Deleting what has expired; stops with the listeners.
+        let sweeper = {
+            let metrics = self.metrics.clone();
+            tokio::spawn(
+                self.sweeper
+                    .run(stop_rx.clone(), move |deleted| metrics.swept(deleted)),
+            )
+        };
         // Other replicas' changes: cache invalidation and signing key rotations.
         tokio::spawn(domain::cluster::follow(
             self.store.clone(),
@@ -372,6 +391,8 @@ impl App {
             }
         }
         let _ = monitor.await;
+        // A batch in flight finishes (it is short); no new one starts.
+        let _ = sweeper.await;
         if let Err(e) = self.store.close().await {
             tracing::warn!(error = %e, "closing the database pool failed");
         }

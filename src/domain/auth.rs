@@ -33,7 +33,12 @@ pub struct AuthSettings {
     pub allow_registration: bool,
     pub password_min_bytes: usize,
     pub refresh_token_ttl_seconds: i64,
+    /// How long after Login its refresh chain ends (`KMS_SESSION_MAX_LIFETIME_SECONDS`).
+    pub session_max_lifetime_seconds: i64,
 }
+
+const LIFETIME_ENDED: &str = "this login reached its maximum lifetime \
+     (KMS_SESSION_MAX_LIFETIME_SECONDS) and can no longer be refreshed: log in again";
 
 /// Recognisable by secret scanners, like API keys' `kms_`.
 const REFRESH_PREFIX: &str = "kmsr_";
@@ -191,16 +196,20 @@ impl AuthService {
         let now = Utc::now();
         let session_id = URL_SAFE_NO_PAD.encode(random::bytes::<16>()?);
         let (refresh_token, refresh) = self.new_refresh_token(now)?;
+        let chain_end = now + super::seconds(self.settings.session_max_lifetime_seconds)?;
+        let refresh = refresh.within(chain_end);
+        let refresh_expires_at = refresh.expires_at;
         self.store
             .create_session(
                 &session_id,
                 user.id,
                 refresh,
                 now,
+                chain_end,
                 audit::event(username, action::LOGIN, username, outcome::SUCCESS),
             )
             .await?;
-        let tokens = self.issue(&user, &session_id, refresh_token, now)?;
+        let tokens = self.issue(&user, &session_id, (refresh_token, refresh_expires_at), now)?;
         tracing::info!(%username, "login succeeded");
         Ok(tokens)
     }
@@ -218,11 +227,12 @@ impl AuthService {
         Ok((token, stored))
     }
 
+    /// The access token, with the refresh token stored for it and its expiry.
     fn issue(
         &self,
         user: &StoredUser,
         session_id: &str,
-        refresh_token: Zeroizing<String>,
+        (refresh_token, refresh_expires_at): (Zeroizing<String>, DateTime<Utc>),
         now: DateTime<Utc>,
     ) -> Result<LoginTokens> {
         let roles: Roles = user.roles.iter().cloned().collect();
@@ -236,7 +246,9 @@ impl AuthService {
         Ok(LoginTokens {
             access,
             refresh_token: refresh_token.to_string(),
-            refresh_expires_in: self.settings.refresh_token_ttl_seconds,
+            // Whole seconds left, rounded down: a client never believes a token
+            // lives longer than it does.
+            refresh_expires_in: (refresh_expires_at - now).num_seconds().max(0),
         })
     }
 
@@ -259,6 +271,7 @@ impl AuthService {
                 &digest,
                 successor,
                 now,
+                super::seconds(self.settings.session_max_lifetime_seconds)?,
                 RefreshAudit {
                     exchanged: audit::event("", action::TOKEN_REFRESH, "", outcome::SUCCESS),
                     reused: audit::event("", action::TOKEN_REUSE, "", outcome::DENIED),
@@ -266,9 +279,12 @@ impl AuthService {
             )
             .await?
         {
-            RefreshOutcome::Exchanged { session_id, user } => {
-                self.issue(&user, &session_id, refresh_token, now)
-            }
+            RefreshOutcome::Exchanged {
+                session_id,
+                user,
+                refresh_expires_at,
+            } => self.issue(&user, &session_id, (refresh_token, refresh_expires_at), now),
+            RefreshOutcome::LifetimeEnded => Err(Error::Unauthenticated(LIFETIME_ENDED)),
             RefreshOutcome::Reused {
                 session_id,
                 username,

@@ -16,6 +16,7 @@ pub mod paging;
 pub mod policy;
 pub mod sessions;
 pub mod signing;
+pub mod sweeper;
 pub mod throttle;
 pub mod token;
 pub mod users;

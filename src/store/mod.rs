@@ -14,6 +14,7 @@ mod sealed;
 mod seed;
 mod sessions;
 mod signing_keys;
+mod sweep;
 mod users;
 
 use std::time::Duration;
@@ -32,11 +33,12 @@ pub use keyring::{
     DataKeyInsert, MasterRewrap, NewDataKey, Resealed, SealedBy, SealedKind, SealedValue,
     StoredDataKey,
 };
-pub use login_guards::GuardRow;
 pub use keys::{CreateConflict, KeyWithSecret, NewKey, NewSecret, Rotation};
+pub use login_guards::GuardRow;
 pub use sealed::{SealedSample, SealedSamples};
 pub use sessions::{NewRefreshToken, RefreshAudit, RefreshOutcome, SessionState};
 pub use signing_keys::{NewSigningKey, StoredSigningKey};
+pub use sweep::{Batch, SWEEP_LOCK, Sweep, SweptRows};
 pub use users::{AdminGuarded, StoredUser, UserRecord};
 
 use crate::migrations::Migrator;

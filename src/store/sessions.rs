@@ -29,6 +29,29 @@ pub struct NewRefreshToken {
     pub expires_at: DateTime<Utc>,
 }
 
+impl NewRefreshToken {
+    /// No refresh token outlives the end of its login's chain.
+    pub fn within(self, chain_end: DateTime<Utc>) -> Self {
+        Self {
+            expires_at: self.expires_at.min(chain_end),
+            ..self
+        }
+    }
+}
+
+/// When a login's refresh chain ends: its `max_expires_at`, or, for a session that a
+/// previous release inserted during a rolling upgrade (NULL), its login time plus
+/// `unset_lifetime` (the configured maximum lifetime). The sweeper's SQL says the same
+/// (`store::sweep`).
+pub(super) fn chain_end(
+    session: &session::Model,
+    unset_lifetime: chrono::Duration,
+) -> DateTime<Utc> {
+    session
+        .max_expires_at
+        .unwrap_or_else(|| session.created_at + unset_lifetime)
+}
+
 /// The rows a refresh writes: one for an exchange, one for detected reuse. The store
 /// names the user in whichever it writes.
 #[derive(Debug, Clone)]
@@ -51,7 +74,11 @@ pub enum RefreshOutcome {
     Exchanged {
         session_id: String,
         user: StoredUser,
+        /// The successor's expiry, capped at the end of the chain.
+        refresh_expires_at: DateTime<Utc>,
     },
+    /// The login is older than its maximum lifetime: its chain has ended.
+    LifetimeEnded,
     /// The token had been spent before: the whole session is now revoked.
     Reused {
         session_id: String,
@@ -95,13 +122,15 @@ async fn revoke(
 }
 
 impl Store {
-    /// A new login with its first refresh token.
+    /// A new login with its first refresh token (capped at `max_expires_at`, the end
+    /// of the login's refresh chain).
     pub async fn create_session(
         &self,
         session_id: &str,
         user_id: i64,
         refresh: NewRefreshToken,
         now: DateTime<Utc>,
+        max_expires_at: DateTime<Utc>,
         audit: AuditRecord,
     ) -> Result<(), StoreError> {
         let txn = self.db.begin().await?;
@@ -109,11 +138,12 @@ impl Store {
             id: Set(session_id.to_owned()),
             user_id: Set(user_id),
             created_at: Set(now),
+            max_expires_at: Set(Some(max_expires_at)),
             revoked_at: Set(None),
         })
         .exec(&txn)
         .await?;
-        insert_refresh(&txn, session_id, refresh, now).await?;
+        insert_refresh(&txn, session_id, refresh.within(max_expires_at), now).await?;
         insert_audit(&txn, audit).await?;
         txn.commit().await?;
         Ok(())
@@ -141,13 +171,17 @@ impl Store {
         }))
     }
 
-    /// Exchanges a refresh token for its successor, once. Presenting a spent token
-    /// revokes its session (RFC 9700 section 4.14: refresh token reuse detection).
+    /// Exchanges a refresh token for its successor, once; the successor expires no
+    /// later than the chain's end. Presenting a spent token revokes its session (RFC
+    /// 9700 section 4.14: refresh token reuse detection). After the chain's end every
+    /// token of it is refused (`LifetimeEnded`), spent or not. `unset_lifetime`: see
+    /// `chain_end`.
     pub async fn exchange_refresh_token(
         &self,
         digest: &[u8],
         successor: NewRefreshToken,
         now: DateTime<Utc>,
+        unset_lifetime: chrono::Duration,
         audit: RefreshAudit,
     ) -> Result<RefreshOutcome, StoreError> {
         let txn = self.db.begin().await?;
@@ -168,6 +202,9 @@ impl Store {
             let Some((token, Some(session))) = earlier else {
                 return Ok(RefreshOutcome::Invalid);
             };
+            if chain_end(&session, unset_lifetime) <= now {
+                return Ok(RefreshOutcome::LifetimeEnded);
+            }
             // An expired token presented again is just expired, not a sign of theft.
             if token.expires_at <= now {
                 return Ok(RefreshOutcome::Invalid);
@@ -189,23 +226,33 @@ impl Store {
         let session = session::Entity::find_by_id(token.session_id.clone())
             .one(&txn)
             .await?;
-        let live =
-            token.expires_at > now && session.as_ref().is_some_and(|s| s.revoked_at.is_none());
-        let (Some(session), true) = (session, live) else {
+        let Some(session) = session.filter(|s| s.revoked_at.is_none()) else {
             txn.commit().await?;
             return Ok(RefreshOutcome::Invalid);
         };
+        let chain_end = chain_end(&session, unset_lifetime);
+        if chain_end <= now {
+            txn.commit().await?;
+            return Ok(RefreshOutcome::LifetimeEnded);
+        }
+        if token.expires_at <= now {
+            txn.commit().await?;
+            return Ok(RefreshOutcome::Invalid);
+        }
         let Some(found) = user::Entity::find_by_id(session.user_id).one(&txn).await? else {
             txn.commit().await?;
             return Ok(RefreshOutcome::Invalid);
         };
         let user = self.with_roles(found, &txn).await?;
+        let successor = successor.within(chain_end);
+        let refresh_expires_at = successor.expires_at;
         insert_refresh(&txn, &session.id, successor, now).await?;
         insert_audit(&txn, audit.exchanged.about(&user.username)).await?;
         txn.commit().await?;
         Ok(RefreshOutcome::Exchanged {
             session_id: session.id,
             user,
+            refresh_expires_at,
         })
     }
 
@@ -222,5 +269,41 @@ impl Store {
         announce(&txn, Change::Session(session_id.to_owned())).await?;
         txn.commit().await?;
         Ok(revoked)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Duration, Utc};
+
+    use super::{NewRefreshToken, chain_end, session};
+
+    fn at(secs: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(secs, 0).unwrap()
+    }
+
+    #[test]
+    fn a_refresh_token_never_outlives_its_chain() {
+        let token = |expires_at| NewRefreshToken {
+            digest: vec![1; 32],
+            expires_at,
+        };
+        assert_eq!(token(at(500)).within(at(100)).expires_at, at(100));
+        assert_eq!(token(at(50)).within(at(100)).expires_at, at(50));
+        assert_eq!(token(at(100)).within(at(100)).digest, vec![1; 32]);
+    }
+
+    #[test]
+    fn a_session_without_an_end_ends_its_lifetime_after_login() {
+        let mut s = session::Model {
+            id: "sid".into(),
+            user_id: 1,
+            created_at: at(1_000),
+            max_expires_at: Some(at(3_000)),
+            revoked_at: None,
+        };
+        assert_eq!(chain_end(&s, Duration::seconds(60)), at(3_000));
+        s.max_expires_at = None;
+        assert_eq!(chain_end(&s, Duration::seconds(60)), at(1_060));
     }
 }

@@ -23,6 +23,7 @@ pub struct Inner {
     pub key_verifications: IntCounterVec,
     pub tokens_issued: IntCounterVec,
     pub keys_active: IntGauge,
+    pub sweeper_deleted_rows: IntCounterVec,
 }
 
 /// Cheap to clone; every clone records into the same registry.
@@ -94,7 +95,15 @@ impl Metrics {
         registry.register(Box::new(login_attempts.clone()))?;
         registry.register(Box::new(key_verifications.clone()))?;
         registry.register(Box::new(tokens_issued.clone()))?;
+        let sweeper_deleted_rows = IntCounterVec::new(
+            Opts::new(
+                "kms_sweeper_deleted_rows_total",
+                "Rows the sweeper deleted (expired audit events, logins and secrets), by table.",
+            ),
+            &["table"],
+        )?;
         registry.register(Box::new(keys_active.clone()))?;
+        registry.register(Box::new(sweeper_deleted_rows.clone()))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
@@ -108,6 +117,7 @@ impl Metrics {
             key_verifications,
             tokens_issued,
             keys_active,
+            sweeper_deleted_rows,
         })))
     }
 
@@ -129,6 +139,16 @@ impl Metrics {
 
     pub fn token_issued(&self, kind: &str) {
         self.tokens_issued.with_label_values(&[kind]).inc();
+    }
+
+    /// Adds one sweep batch's deletions (every table, zeros included, so that each
+    /// series exists from the first pass).
+    pub fn swept(&self, deleted: &crate::store::SweptRows) {
+        for (table, rows) in deleted.by_table() {
+            self.sweeper_deleted_rows
+                .with_label_values(&[table])
+                .inc_by(rows);
+        }
     }
 }
 
@@ -158,7 +178,13 @@ mod tests {
             .with_label_values(&["unary", "kms.v1.Keys", "GetKey"])
             .inc();
         m.login("success");
+        m.swept(&crate::store::SweptRows {
+            audit_events: 7,
+            ..Default::default()
+        });
         let text = m.render().unwrap();
+        assert!(text.contains(r#"kms_sweeper_deleted_rows_total{table="audit_events"} 7"#));
+        assert!(text.contains(r#"kms_sweeper_deleted_rows_total{table="sessions"} 0"#));
         assert!(text.contains(
             r#"grpc_server_started_total{grpc_method="GetKey",grpc_service="kms.v1.Keys",grpc_type="unary"} 1"#
         ));

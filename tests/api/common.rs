@@ -7,7 +7,7 @@ use std::time::Duration;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use kms::{
-    config::{BootstrapAdmin, Config, JwtSecret, Limits, MasterKeySource},
+    config::{BootstrapAdmin, Config, JwtSecret, Limits, MasterKeySource, Retention},
     crypto::sealing::MasterKey,
     domain::{
         throttle::ThrottleSettings,
@@ -192,6 +192,7 @@ pub fn test_config(db_url: &str) -> Config {
         jwt_secret: Some(JwtSecret::new(JWT_SECRET.to_vec()).unwrap()),
         access_token_ttl_seconds: 3600,
         refresh_token_ttl_seconds: 1_209_600,
+        retention: Retention::default(),
         jwt_issuer: "kms".into(),
         jwt_audience: "kms".into(),
         allow_registration: true,

@@ -27,6 +27,7 @@ mod policy;
 mod process;
 mod replicas;
 mod rest;
+mod retention;
 mod sessions;
 mod signing;
 mod throttle;

@@ -9,6 +9,10 @@ pub struct Model {
     pub id: String,
     pub user_id: i64,
     pub created_at: DateTimeUtc,
+    /// When the login's refresh chain ends (`KMS_SESSION_MAX_LIFETIME_SECONDS` after
+    /// Login). NULL only for a session a previous release inserted during a rolling
+    /// upgrade: see `store::sessions::chain_end`.
+    pub max_expires_at: Option<DateTimeUtc>,
     /// Set by logout or refresh-token reuse: every token of the login is refused.
     pub revoked_at: Option<DateTimeUtc>,
 }
