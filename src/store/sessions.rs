@@ -95,12 +95,12 @@ async fn revoke(
 }
 
 impl Store {
-    /// A new login with its first refresh token.
+    /// A new login, with its first refresh token when it has one.
     pub async fn create_session(
         &self,
         session_id: &str,
         user_id: i64,
-        refresh: NewRefreshToken,
+        refresh: Option<NewRefreshToken>,
         now: DateTime<Utc>,
         audit: AuditRecord,
     ) -> Result<(), StoreError> {
@@ -113,7 +113,9 @@ impl Store {
         })
         .exec(&txn)
         .await?;
-        insert_refresh(&txn, session_id, refresh, now).await?;
+        if let Some(refresh) = refresh {
+            insert_refresh(&txn, session_id, refresh, now).await?;
+        }
         insert_audit(&txn, audit).await?;
         txn.commit().await?;
         Ok(())
