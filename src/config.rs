@@ -50,6 +50,9 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Apply pending database migrations and exit.
     Migrate(DatabaseArgs),
+    /// Write a consistent copy of a SQLite database while servers run (PostgreSQL:
+    /// use pg_dump). The master key is not in it: back that up apart.
+    Backup(BackupArgs),
     /// Exit 0 when the server's HTTP `/health` answers 200 (for container HEALTHCHECKs).
     Healthcheck(HealthcheckArgs),
     /// Manage token signing keys (takes the same configuration as `serve`).
@@ -84,6 +87,15 @@ pub struct MasterKeyRewrapArgs {
     pub new_pkcs11_key_label: Option<String>,
     #[command(flatten)]
     pub serve: ServeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// The file to write (mode 0600); it must not exist.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -13,6 +13,7 @@ mod auth;
 mod cli;
 mod cluster;
 mod common;
+mod edge;
 mod ext_authz;
 mod faults;
 mod hardening;
