@@ -180,7 +180,7 @@ async fn rest_calls_past_the_deadline_are_answered_504(backend: Backend) {
         c.password_hash_concurrency = 1;
     })
     .await;
-    let calls: Vec<_> = (0..16)
+    let calls: Vec<_> = (0..24)
         .map(|_| {
             let http = Http::new(server.http_addr);
             tokio::spawn(async move {
