@@ -281,8 +281,8 @@ mod tests {
 
     fn any_ip() -> impl Strategy<Value = IpAddr> {
         prop_oneof![
-            any::<[u8; 4]>().prop_map(|b| IpAddr::from(b)),
-            any::<[u8; 16]>().prop_map(|b| IpAddr::from(b)),
+            any::<[u8; 4]>().prop_map(IpAddr::from),
+            any::<[u8; 16]>().prop_map(IpAddr::from),
             // Addresses inside the trusted networks, often.
             any::<[u8; 2]>().prop_map(|b| IpAddr::from([10, 0, b[0], b[1]])),
         ]
