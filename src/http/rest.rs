@@ -127,6 +127,9 @@ impl From<ApiKeyView> for KeyResponse {
         (status = 401, description = "A bearer token was sent and is invalid", body = ErrorBody),
         (status = 403, description = "Roles other than `user` asked for without an admin token, or registration is closed", body = ErrorBody),
         (status = 422, description = "Invalid body or field", body = ErrorBody),
+        (status = 503, description = "The server is at its capacity (retry after `Retry-After` seconds), or the database is unreachable", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait, when at capacity"))),
+        (status = 504, description = "Not answered within KMS_REQUEST_TIMEOUT_SECONDS", body = ErrorBody),
     )
 )]
 pub(super) async fn register(
@@ -174,6 +177,9 @@ fn split_roles(roles: Option<&str>) -> Vec<String> {
         (status = 429, description = "Too many failed logins for this username or address; the password was not checked",
             body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+        (status = 503, description = "The server is at its capacity (retry after `Retry-After` seconds), or the database is unreachable", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait, when at capacity"))),
+        (status = 504, description = "Not answered within KMS_REQUEST_TIMEOUT_SECONDS", body = ErrorBody),
     )
 )]
 pub(super) async fn login(
@@ -219,6 +225,9 @@ pub(super) async fn login(
         (status = 401, description = "Missing, malformed or invalid bearer token", body = ErrorBody),
         (status = 403, description = "The token lacks the admin role", body = ErrorBody),
         (status = 422, description = "Invalid body or field", body = ErrorBody),
+        (status = 503, description = "The server is at its capacity (retry after `Retry-After` seconds), or the database is unreachable", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait, when at capacity"))),
+        (status = 504, description = "Not answered within KMS_REQUEST_TIMEOUT_SECONDS", body = ErrorBody),
     )
 )]
 pub(super) async fn create_key(
@@ -248,6 +257,9 @@ pub(super) async fn create_key(
         (status = 403, description = "The token lacks the admin role", body = ErrorBody),
         (status = 404, description = "No key for this service", body = ErrorBody),
         (status = 422, description = "Invalid service name", body = ErrorBody),
+        (status = 503, description = "The server is at its capacity (retry after `Retry-After` seconds), or the database is unreachable", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait, when at capacity"))),
+        (status = 504, description = "Not answered within KMS_REQUEST_TIMEOUT_SECONDS", body = ErrorBody),
     )
 )]
 pub(super) async fn get_key(
@@ -270,6 +282,9 @@ pub(super) async fn get_key(
         (status = 403, description = "The token lacks the admin role", body = ErrorBody),
         (status = 404, description = "No key for this service", body = ErrorBody),
         (status = 422, description = "Invalid service name", body = ErrorBody),
+        (status = 503, description = "The server is at its capacity (retry after `Retry-After` seconds), or the database is unreachable", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait, when at capacity"))),
+        (status = 504, description = "Not answered within KMS_REQUEST_TIMEOUT_SECONDS", body = ErrorBody),
     )
 )]
 pub(super) async fn delete_key(
@@ -294,6 +309,9 @@ pub(super) async fn delete_key(
         (status = 403, description = "The token lacks the admin role", body = ErrorBody),
         (status = 404, description = "No key for this service", body = ErrorBody),
         (status = 422, description = "Invalid body or field", body = ErrorBody),
+        (status = 503, description = "The server is at its capacity (retry after `Retry-After` seconds), or the database is unreachable", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait, when at capacity"))),
+        (status = 504, description = "Not answered within KMS_REQUEST_TIMEOUT_SECONDS", body = ErrorBody),
     )
 )]
 pub(super) async fn rotate_key(
