@@ -13,6 +13,7 @@ mod m20261201_000007_issued_secret_digests;
 mod m20261216_000001_audit_event_count;
 mod m20261217_000001_key_policy;
 mod m20261218_000001_keyring;
+mod m20261218_000002_login_guards;
 
 pub struct Migrator;
 
@@ -30,6 +31,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261216_000001_audit_event_count::Migration),
             Box::new(m20261217_000001_key_policy::Migration),
             Box::new(m20261218_000001_keyring::Migration),
+            Box::new(m20261218_000002_login_guards::Migration),
         ]
     }
 }

@@ -48,7 +48,8 @@ pub async fn report(reporter: &HealthReporter, serving: bool) {
     }
 }
 
-/// Probes until `stop` changes, flipping both health views on every change. Recovery
+/// Probes until `stop` changes, flipping both health views on every change (and only
+/// then: a Watch stream hears of changes, nothing else). Recovery
 /// needs no restart: the pool reconnects on its own, the probe just notices. Health
 /// also says NOT_SERVING while `refusing_everything` does: a server whose API answers
 /// nothing but RESOURCE_EXHAUSTED must not tell its load balancer it is serving.
@@ -59,7 +60,8 @@ pub async fn monitor(
     refusing_everything: impl Fn() -> bool + Send,
     mut stop: watch::Receiver<bool>,
 ) {
-    report(&reporter, health.is_serving()).await;
+    // `serve` reported the starting status before accepting; reporting it again here
+    // would send every Watch stream a second, unchanged status.
     loop {
         tokio::select! {
             _ = stop.changed() => break,

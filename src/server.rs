@@ -12,6 +12,7 @@ use crate::{
     domain::{
         self,
         audit::AuditLog,
+        audit_watch::AuditTail,
         auth::{AuthService, AuthSettings},
         cluster::Caches,
         keyring::Keyring,
@@ -111,7 +112,7 @@ impl App {
         );
         // One set of counters: a password guessed through ChangePassword and through
         // Login is the same guessing.
-        let throttle = LoginThrottle::new(config.login_throttle.clone());
+        let throttle = LoginThrottle::for_store(config.login_throttle.clone(), &store);
         let auth = AuthService::new(
             store.clone(),
             hasher.clone(),
@@ -218,7 +219,10 @@ impl App {
         let keys = KeysServer::new(KeysApi::new(self.keys.clone(), self.metrics.clone()))
             .max_decoding_message_size(max);
         let users = UsersServer::new(UsersApi::new(self.users)).max_decoding_message_size(max);
-        let audit = AuditServer::new(AuditApi::new(AuditLog::new(self.store.clone())))
+        // The audit stream's follower of the table, for as long as the server runs.
+        let audit_tail = AuditTail::new(self.store.clone());
+        tokio::spawn(audit_tail.clone().run(stop_rx.clone()));
+        let audit = AuditServer::new(AuditApi::new(AuditLog::new(self.store.clone(), audit_tail)))
             .max_decoding_message_size(max);
         let keyring = KeyringServer::new(KeyringApi::new(self.keyring.clone()))
             .max_decoding_message_size(max);

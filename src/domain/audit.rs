@@ -270,11 +270,21 @@ impl From<StoredAuditEvent> for AuditEvent {
 #[derive(Debug, Clone)]
 pub struct AuditLog {
     store: Store,
+    tail: super::audit_watch::AuditTail,
 }
 
 impl AuditLog {
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    pub fn new(store: Store, tail: super::audit_watch::AuditTail) -> Self {
+        Self { store, tail }
+    }
+
+    /// Admin: stored events after `after_id`, then live ones (`audit_watch`).
+    pub fn watch(
+        &self,
+        caller: &Caller,
+        after_id: i64,
+    ) -> Result<tokio::sync::mpsc::Receiver<Result<AuditEvent>>> {
+        super::audit_watch::watch(&self.tail, caller, after_id)
     }
 
     /// Admin: events newest first, filtered, paginated.

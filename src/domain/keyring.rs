@@ -71,7 +71,7 @@ pub struct RewrapOutcome {
 #[derive(Debug, thiserror::Error)]
 pub enum KeyringError {
     #[error(
-        "the configured master key ({got}) does not open this database's keyring, which needs master key {needs}. Start with the master key the keyring was last wrapped with (see `kms master-key rewrap`)"
+        "the configured master key ({got}, from KMS_MASTER_KEY, KMS_MASTER_KEY_FILE or the KMS_MASTER_KEY_PKCS11_* settings) does not open this database's keyring, which needs master key {needs}. Start with the master key the keyring was last wrapped with (see `kms master-key rewrap`)"
     )]
     WrongMaster { needs: String, got: String },
     #[error(

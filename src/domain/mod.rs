@@ -3,6 +3,7 @@
 
 pub mod api_key;
 pub mod audit;
+pub mod audit_watch;
 pub mod auth;
 pub mod cache;
 pub mod caller;

@@ -2,11 +2,12 @@
 //! and a key that fails too often is locked out for a time that doubles with every
 //! further failure, so guessing a password gets slower the longer it goes on.
 //!
-//! The counters live in this process's memory: each replica throttles on its own, so
-//! behind a load balancer over N replicas a guesser gets up to N times the allowance,
-//! and a restart forgets every lockout. Counting in the database instead would share
-//! one allowance between the replicas, at the price of a database write per failed
-//! login, which a flood of guesses would turn into load on the database.
+//! The counters live in this process's memory, and, for usernames, also in the
+//! database when replicas share a PostgreSQL database (`shared`): an attempt is
+//! admitted by this replica's counters first (a flood of refusals costs no database
+//! work), then by the shared row of its username, so that N replicas give a guesser
+//! one allowance, not N. Each admitted attempt costs two short writes there (admit,
+//! settle); logins are paced by argon2 anyway. Addresses are counted per replica.
 //!
 //! Attempts still running are not failures. While the failures counted plus the
 //! attempts running reach a key's allowance, a new attempt waits (asynchronously,
@@ -18,6 +19,7 @@
 //! tests drive the clock instead of sleeping); this module shares that state between
 //! the logins of the process, and only `LoginThrottle::admit` waits.
 
+mod shared;
 mod state;
 
 use std::{
@@ -26,9 +28,17 @@ use std::{
     time::{Duration, Instant},
 };
 
+use chrono::Utc;
 use tokio::sync::Notify;
 
+use shared::Settled;
 use state::State;
+
+use crate::store::Store;
+
+/// How soon an attempt asks again when another replica's attempts hold the places
+/// its username has left.
+const SHARED_RETRY: Duration = Duration::from_millis(50);
 
 /// A client address may fail this many times more than one username before it is
 /// locked: people behind one NAT or proxy share an address and mistype passwords
@@ -97,15 +107,84 @@ pub struct LoginThrottle {
     /// Woken whenever an attempt settles or is dropped: waiters ask again.
     settled: Arc<Notify>,
     max_wait: Duration,
+    /// The usernames' counters all replicas share, on a shared database.
+    shared: Option<Shared>,
+}
+
+/// The database side of the throttle (`shared`).
+#[derive(Clone)]
+struct Shared {
+    store: Store,
+    settings: ThrottleSettings,
+}
+
+impl Shared {
+    async fn admit(&self, username: &str) -> Result<(), Refusal> {
+        let key = shared::key(username);
+        let now = Utc::now();
+        let settings = &self.settings;
+        match self
+            .store
+            .update_login_guard(&key, |row| shared::admit(row, &key, now, settings))
+            .await
+        {
+            Ok(answer) => answer,
+            Err(e) => {
+                // The login cannot go on anyway (it reads the user next), and the
+                // replica's own counters still hold.
+                tracing::warn!(error = %e, "the shared login throttle is unavailable");
+                Ok(())
+            }
+        }
+    }
+
+    /// Settles in the background: `Attempt`'s methods are not async, and the place
+    /// stays reserved (other replicas wait) until the write lands.
+    fn settle(&self, username: &str, how: Settled) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let (store, settings, key) = (
+            self.store.clone(),
+            self.settings.clone(),
+            shared::key(username),
+        );
+        runtime.spawn(async move {
+            let now = Utc::now();
+            if let Err(e) = store
+                .update_login_guard(&key, |row| {
+                    (shared::settle(row, &key, now, &settings, how), ())
+                })
+                .await
+            {
+                tracing::warn!(error = %e, "a login could not be counted by the shared throttle");
+            }
+        });
+    }
 }
 
 impl LoginThrottle {
+    /// Counters in this process only.
     pub fn new(settings: ThrottleSettings) -> Self {
         Self {
             max_wait: settings.max_wait,
             state: Arc::new(Mutex::new(State::new(settings))),
             settled: Arc::new(Notify::new()),
+            shared: None,
         }
+    }
+
+    /// As `new`, with the usernames' counters also shared through `store` when other
+    /// replicas share it (PostgreSQL); a SQLite database serves one server.
+    pub fn for_store(settings: ThrottleSettings, store: &Store) -> Self {
+        let mut throttle = Self::new(settings.clone());
+        if store.is_shared() {
+            throttle.shared = Some(Shared {
+                store: store.clone(),
+                settings,
+            });
+        }
+        throttle
     }
 
     /// Lets a login attempt go on to the password check, waiting while the attempts
@@ -125,7 +204,29 @@ impl LoginThrottle {
             settled.as_mut().enable();
             match self.try_admit(username, client, Instant::now()) {
                 Err(Refusal::Busy) => {}
-                decided => return decided,
+                Err(locked) => return Err(locked),
+                Ok(mut attempt) => {
+                    let Some(shared) = &self.shared else {
+                        return Ok(attempt);
+                    };
+                    match shared.admit(username).await {
+                        Ok(()) => {
+                            attempt.shared = Some(shared.clone());
+                            return Ok(attempt);
+                        }
+                        Err(Refusal::Locked(wait)) => return Err(Refusal::Locked(wait)),
+                        // Other replicas' attempts hold the places left: ask again.
+                        Err(Refusal::Busy) => {
+                            drop(attempt);
+                            let retry = tokio::time::Instant::now() + SHARED_RETRY;
+                            if retry >= deadline {
+                                return Err(Refusal::Busy);
+                            }
+                            tokio::time::sleep_until(retry).await;
+                            continue;
+                        }
+                    }
+                }
             }
             if tokio::time::timeout_at(deadline, settled).await.is_err() {
                 return Err(Refusal::Busy);
@@ -147,6 +248,7 @@ impl LoginThrottle {
             username: username.to_owned(),
             address,
             settled: false,
+            shared: None,
         })
     }
 
@@ -171,6 +273,8 @@ pub struct Attempt {
     username: String,
     address: Option<IpAddr>,
     settled: bool,
+    /// Holding a place in the shared counters too.
+    shared: Option<Shared>,
 }
 
 impl Attempt {
@@ -180,6 +284,9 @@ impl Attempt {
         let (username, address) = (&self.username, self.address);
         self.throttle
             .settle(|state| state.fail(username, address, now));
+        if let Some(shared) = &self.shared {
+            shared.settle(username, Settled::Failed);
+        }
     }
 
     /// The password was right: the username starts afresh. The address keeps its
@@ -189,6 +296,9 @@ impl Attempt {
         let (username, address) = (&self.username, self.address);
         self.throttle
             .settle(|state| state.succeed(username, address));
+        if let Some(shared) = &self.shared {
+            shared.settle(username, Settled::Succeeded);
+        }
     }
 }
 
@@ -198,6 +308,9 @@ impl Drop for Attempt {
             let (username, address) = (&self.username, self.address);
             self.throttle
                 .settle(|state| state.release(username, address));
+            if let Some(shared) = &self.shared {
+                shared.settle(username, Settled::Released);
+            }
         }
     }
 }

@@ -71,8 +71,26 @@ fn event(e: AuditEvent) -> pb::AuditEvent {
     }
 }
 
+/// The events of one WatchAuditEvents call.
+pub type AuditStream = std::pin::Pin<
+    Box<dyn tonic::codegen::tokio_stream::Stream<Item = Result<pb::AuditEvent, Status>> + Send>,
+>;
+
 #[tonic::async_trait]
 impl Audit for AuditApi {
+    type WatchAuditEventsStream = AuditStream;
+
+    async fn watch_audit_events(
+        &self,
+        request: Request<pb::WatchAuditEventsRequest>,
+    ) -> Result<Response<AuditStream>, Status> {
+        use tonic::codegen::tokio_stream::{StreamExt, wrappers::ReceiverStream};
+        let caller = caller(&request)?;
+        let events = self.service.watch(&caller, request.get_ref().after_id)?;
+        let stream = ReceiverStream::new(events).map(|item| item.map(event).map_err(Status::from));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     async fn list_audit_events(
         &self,
         request: Request<pb::ListAuditEventsRequest>,

@@ -49,6 +49,7 @@ const KNOWN_METHODS: &[&str] = &[
     "/kms.v1.Users/DeleteUser",
     "/kms.v1.Users/ChangePassword",
     "/kms.v1.Audit/ListAuditEvents",
+    "/kms.v1.Audit/WatchAuditEvents",
     "/grpc.health.v1.Health/Check",
     "/grpc.health.v1.Health/Watch",
     "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
@@ -109,7 +110,7 @@ fn labels(path: &str) -> (&'static str, &'static str, &'static str) {
         return ("unary", "unknown", "unknown");
     };
     let kind = match path {
-        "/grpc.health.v1.Health/Watch" => "server_stream",
+        "/grpc.health.v1.Health/Watch" | "/kms.v1.Audit/WatchAuditEvents" => "server_stream",
         p if p.contains("ServerReflection/") => "bidi_stream",
         _ => "unary",
     };

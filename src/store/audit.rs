@@ -109,6 +109,31 @@ impl Store {
         Ok(())
     }
 
+    /// Up to `limit` events with ids above `after`, oldest first (the audit stream).
+    pub async fn audit_after(
+        &self,
+        after: i64,
+        limit: u64,
+    ) -> Result<Vec<StoredAuditEvent>, StoreError> {
+        Ok(audit_event::Entity::find()
+            .filter(audit_event::Column::Id.gt(after))
+            .order_by_asc(audit_event::Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// The highest event id, 0 for none.
+    pub async fn max_audit_id(&self) -> Result<i64, StoreError> {
+        let max: Option<Option<i64>> = audit_event::Entity::find()
+            .select_only()
+            .column_as(audit_event::Column::Id.max(), "max")
+            .into_tuple()
+            .one(&self.db)
+            .await?;
+        Ok(max.flatten().unwrap_or(0))
+    }
+
     /// Newest first, strictly before the event `before_id` when paging.
     pub async fn list_audit(
         &self,

@@ -10,6 +10,7 @@ mod error;
 mod key_policy;
 mod keyring;
 mod keys;
+mod login_guards;
 mod sealed;
 mod seed;
 mod sessions;
@@ -33,6 +34,7 @@ pub use keyring::{
     DataKeyInsert, MasterRewrap, NewDataKey, Resealed, SealedBy, SealedKind, SealedValue,
     StoredDataKey,
 };
+pub use login_guards::GuardRow;
 pub use keys::{CreateConflict, KeyWithSecret, NewKey, NewSecret, Rotation};
 pub use sealed::{SealedSample, SealedSamples};
 pub use sessions::{NewRefreshToken, RefreshAudit, RefreshOutcome, SessionState};

@@ -9,6 +9,7 @@
 //! One test binary on purpose: each file in tests/ links the whole crate again.
 
 mod audit;
+mod audit_stream;
 mod auth;
 mod cli;
 mod cluster;

@@ -241,3 +241,85 @@ async fn wrong_old_passwords_count_as_failed_logins(backend: Backend) {
         .unwrap();
     server.stop().await;
 }
+
+/// Two replica processes on one PostgreSQL database share the usernames' counters:
+/// failures on either lock the name on both, within KMS_LOGIN_MAX_FAILURES + N - 1
+/// wrong passwords even when guesses arrive on both at once, and correct logins on
+/// both at once all pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs KMS_TEST_POSTGRES_URL"]
+async fn replicas_share_one_allowance_per_username() {
+    use crate::process::Cluster;
+    use kms::proto::kms::v1::auth_client::AuthClient;
+
+    let cluster = Cluster::new(&Backend::postgres(), &[("KMS_LOGIN_MAX_FAILURES", "3")]).await;
+    let (a, b) = (cluster.start("a").await, cluster.start("b").await);
+    let admin = a.admin_token().await;
+    for name in ["seq-victim", "par-victim"] {
+        a.auth()
+            .register(authed(
+                pb::RegisterRequest {
+                    username: name.into(),
+                    password: PASSWORD.into(),
+                    roles: vec![],
+                },
+                &admin,
+            ))
+            .await
+            .unwrap();
+    }
+    let attempt = |channel: tonic::transport::Channel, username: &str, password: &str| {
+        let (username, password) = (username.to_owned(), password.to_owned());
+        async move {
+            AuthClient::new(channel)
+                .login(pb::LoginRequest { username, password })
+                .await
+                .map(|_| ())
+        }
+    };
+
+    // Correct logins on both replicas at once: every one passes.
+    let correct: Vec<_> = (0..10)
+        .map(|i| {
+            let channel = if i % 2 == 0 { a.channel() } else { b.channel() };
+            tokio::spawn(attempt(channel, ADMIN, ADMIN_PASSWORD))
+        })
+        .collect();
+    for call in correct {
+        call.await.unwrap().unwrap();
+    }
+
+    // One guess after another, alternating replicas: the fourth is refused on either.
+    for i in 0..3 {
+        let channel = if i % 2 == 0 { a.channel() } else { b.channel() };
+        let refused = attempt(channel, "seq-victim", "wrong-password-1").await.unwrap_err();
+        assert_eq!(refused.code(), Code::Unauthenticated, "guess {i}: {refused:?}");
+    }
+    for channel in [a.channel(), b.channel()] {
+        let refused = attempt(channel.clone(), "seq-victim", "wrong-password-1")
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+        // Even the right password: the name is locked on every replica.
+        let refused = attempt(channel, "seq-victim", PASSWORD).await.unwrap_err();
+        assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
+    }
+
+    // Guesses on both replicas at once: at most 3 + 2 - 1 reach a password check.
+    let guesses: Vec<_> = (0..16)
+        .map(|i| {
+            let channel = if i % 2 == 0 { a.channel() } else { b.channel() };
+            tokio::spawn(attempt(channel, "par-victim", "wrong-password-2"))
+        })
+        .collect();
+    let mut checked = 0;
+    for guess in guesses {
+        match guess.await.unwrap() {
+            Err(s) if s.code() == Code::Unauthenticated => checked += 1,
+            Err(s) if s.code() == Code::ResourceExhausted => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    eprintln!("throttle: 16 parallel guesses over 2 replicas, {checked} reached a password check (bound 4)");
+    assert!((1..=4).contains(&checked), "{checked} wrong passwords checked");
+}

@@ -260,7 +260,7 @@ impl<K: TableKey> Table<K> {
 }
 
 /// base * 2^excess, capped at the maximum.
-fn lockout(excess: u32, settings: &ThrottleSettings) -> Duration {
+pub(super) fn lockout(excess: u32, settings: &ThrottleSettings) -> Duration {
     let factor = 1u32.checked_shl(excess).unwrap_or(u32::MAX);
     settings
         .lockout_base

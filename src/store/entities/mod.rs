@@ -5,6 +5,7 @@ pub mod api_key_secret;
 pub mod audit_event;
 pub mod data_key;
 pub mod issued_secret_digest;
+pub mod login_guard;
 pub mod refresh_token;
 pub mod session;
 pub mod signing_key;

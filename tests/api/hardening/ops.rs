@@ -292,6 +292,16 @@ fn grpc_addr(log: &std::path::Path) -> std::net::SocketAddr {
 /// open them, with HS256 (an API key secret) and with EdDSA (a signing key). The right
 /// key still starts; `kms signing-key rotate` with the wrong one gives the same
 /// message, not "internal error".
+/// The public id (`mk-...`) of a base64 master key.
+fn master_id(b64: &str) -> String {
+    use base64::{Engine, engine::general_purpose::STANDARD};
+    let bytes: [u8; 32] = STANDARD.decode(b64).unwrap().try_into().unwrap();
+    kms::crypto::master::Master::software(&kms::crypto::sealing::MasterKey::from_bytes(bytes))
+        .unwrap()
+        .id()
+        .to_owned()
+}
+
 async fn a_wrong_master_key_is_refused_at_start_and_by_the_cli(backend: Backend) {
     use crate::common::{ADMIN, ADMIN_PASSWORD, JWT_SECRET, TestDb, authed};
     use kms::proto::kms::v1::{self as pb, auth_client::AuthClient, keys_client::KeysClient};
@@ -352,17 +362,15 @@ async fn a_wrong_master_key_is_refused_at_start_and_by_the_cli(backend: Backend)
         server.kill().await.unwrap();
 
         // Key B: refused, with the reason and the settings' names, and no key material.
+        // Both master keys named by their public ids: the keyring's and the one given.
         let text = refused(kms(dir.path(), &["serve"], &refs(&with_b)), algorithm).await;
-        let what = if algorithm == "HS256" {
-            "the API key secret of service 'sealed-with-a'"
-        } else {
-            "the token signing key"
-        };
+        let (id_a, id_b) = (master_id(&key_a), master_id(&key_b));
         for needle in [
             "the configured master key",
-            "KMS_MASTER_KEY / KMS_MASTER_KEY_FILE",
-            "does not open the secrets stored in this database",
-            what,
+            "KMS_MASTER_KEY, KMS_MASTER_KEY_FILE",
+            "does not open this database's keyring",
+            &id_a,
+            &id_b,
         ] {
             assert!(
                 text.contains(needle),
@@ -388,7 +396,7 @@ async fn a_wrong_master_key_is_refused_at_start_and_by_the_cli(backend: Backend)
             let rotate = ["signing-key", "rotate"];
             let text = refused(kms(dir.path(), &rotate, &refs(&with_b)), "rotate").await;
             assert!(
-                text.contains("does not open the secrets stored in this database")
+                text.contains("does not open this database's keyring")
                     && !text.contains("internal error"),
                 "signing-key rotate: {text}"
             );

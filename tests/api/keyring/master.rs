@@ -10,7 +10,8 @@ use tonic::Code;
 
 use super::{
     FIXTURE_ADMIN, FIXTURE_ADMIN_PASSWORD, FIXTURE_BILLING, FIXTURE_MASTER_KEY, FIXTURE_SEALED,
-    all_open, create, current, fixture_master_key, keyring, master_key_id, sealed_under, status,
+    all_open, audit_events, create, current, fixture_master_key, keyring, master_key_id,
+    sealed_under, status,
 };
 use crate::{
     both_backends,
@@ -42,14 +43,13 @@ async fn master_key_rewrap_moves_the_keyring_to_the_new_key(backend: Backend) {
         .into_inner();
     secrets.insert("fresh".to_owned(), fresh.api_key);
 
-    let out = cluster
-        .run(&[
-            "master-key",
-            "rewrap",
-            "--new-master-key-file",
-            new_file.to_str().unwrap(),
-        ])
-        .await;
+    let rewrap = [
+        "master-key",
+        "rewrap",
+        "--new-master-key-file",
+        new_file.to_str().unwrap(),
+    ];
+    let out = cluster.run(&rewrap).await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -97,14 +97,7 @@ async fn master_key_rewrap_moves_the_keyring_to_the_new_key(backend: Backend) {
         "{stderr}"
     );
     // So does a second rewrap with it.
-    let again = cluster
-        .run(&[
-            "master-key",
-            "rewrap",
-            "--new-master-key-file",
-            new_file.to_str().unwrap(),
-        ])
-        .await;
+    let again = cluster.run(&rewrap).await;
     assert!(!again.status.success());
 
     cluster.set_env("KMS_MASTER_KEY", Some(&STANDARD.encode(new_key.expose())));
@@ -123,18 +116,7 @@ async fn master_key_rewrap_moves_the_keyring_to_the_new_key(backend: Backend) {
         .into_inner();
     assert_eq!(rotated.data_keys.len(), 2);
     // Audited, by the operator.
-    let events = kms::proto::kms::v1::audit_client::AuditClient::new(b.channel())
-        .list_audit_events(authed(
-            pb::ListAuditEventsRequest {
-                action: "master_key_rewrap".into(),
-                ..Default::default()
-            },
-            &admin,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .events;
+    let events = audit_events(&b.channel(), &admin, "master_key_rewrap").await;
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].actor, "operator");
     assert!(events[0].target.contains(&new_id));

@@ -74,6 +74,22 @@ pub async fn rewrap_all(channel: &Channel, token: &str) -> (i64, usize) {
     }
 }
 
+/// The audit events of one action, newest first.
+pub async fn audit_events(channel: &Channel, token: &str, action: &str) -> Vec<pb::AuditEvent> {
+    kms::proto::kms::v1::audit_client::AuditClient::new(channel.clone())
+        .list_audit_events(authed(
+            pb::ListAuditEventsRequest {
+                action: action.into(),
+                ..Default::default()
+            },
+            token,
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .events
+}
+
 /// The current data key.
 pub fn current(status: &pb::KeyringStatus) -> &pb::DataKey {
     let current: Vec<_> = status.data_keys.iter().filter(|k| k.current).collect();

@@ -2,13 +2,12 @@
 
 use std::collections::BTreeMap;
 
-use kms::{
-    domain::token::SigningAlgorithm,
-    proto::kms::v1::{self as pb, audit_client::AuditClient},
-};
+use kms::{domain::token::SigningAlgorithm, proto::kms::v1 as pb};
 use tonic::Code;
 
-use super::{all_open, create, current, keyring, rewrap_all, rotate, sealed_under, status};
+use super::{
+    all_open, audit_events, create, current, keyring, rewrap_all, rotate, sealed_under, status,
+};
 use crate::{
     both_backends,
     common::{Backend, TestServer, authed},
@@ -113,20 +112,8 @@ async fn rotate_then_rewrap_moves_every_value(backend: Backend) {
         "the rotated-out secret, in its grace period: {old:?}"
     );
 
-    let mut audit = AuditClient::new(ch.clone());
     for action in ["data_key_rotate", "secrets_rewrap"] {
-        let events = audit
-            .list_audit_events(authed(
-                pb::ListAuditEventsRequest {
-                    action: action.into(),
-                    ..Default::default()
-                },
-                &admin,
-            ))
-            .await
-            .unwrap()
-            .into_inner()
-            .events;
+        let events = audit_events(ch, &admin, action).await;
         assert!(!events.is_empty(), "{action} is audited");
         assert!(events.iter().all(|e| e.actor == crate::common::ADMIN));
     }
