@@ -18,7 +18,8 @@ use super::{Store, StoreError};
 
 /// The database file of a SQLite URL (`None` for PostgreSQL, or a URL without a file).
 pub fn sqlite_file(url: &str) -> Option<PathBuf> {
-    if !url.starts_with("sqlite:") {
+    // An in-memory database has no file to copy (sqlx names it `file:sqlx-in-memory-N`).
+    if !url.starts_with("sqlite:") || url.contains(":memory:") || url.contains("mode=memory") {
         return None;
     }
     url.parse::<SqliteConnectOptions>()

@@ -34,8 +34,8 @@ pub use keyring::{
     DataKeyInsert, MasterRewrap, NewDataKey, Resealed, SealedBy, SealedKind, SealedValue,
     StoredDataKey,
 };
-pub use login_guards::GuardRow;
 pub use keys::{CreateConflict, KeyWithSecret, NewKey, NewSecret, Rotation};
+pub use login_guards::GuardRow;
 pub use sealed::{SealedSample, SealedSamples};
 pub use sessions::{NewRefreshToken, RefreshAudit, RefreshOutcome, SessionState};
 pub use signing_keys::{NewSigningKey, StoredSigningKey};

@@ -292,8 +292,14 @@ async fn replicas_share_one_allowance_per_username() {
     // One guess after another, alternating replicas: the fourth is refused on either.
     for i in 0..3 {
         let channel = if i % 2 == 0 { a.channel() } else { b.channel() };
-        let refused = attempt(channel, "seq-victim", "wrong-password-1").await.unwrap_err();
-        assert_eq!(refused.code(), Code::Unauthenticated, "guess {i}: {refused:?}");
+        let refused = attempt(channel, "seq-victim", "wrong-password-1")
+            .await
+            .unwrap_err();
+        assert_eq!(
+            refused.code(),
+            Code::Unauthenticated,
+            "guess {i}: {refused:?}"
+        );
     }
     for channel in [a.channel(), b.channel()] {
         let refused = attempt(channel.clone(), "seq-victim", "wrong-password-1")
@@ -320,6 +326,11 @@ async fn replicas_share_one_allowance_per_username() {
             other => panic!("{other:?}"),
         }
     }
-    eprintln!("throttle: 16 parallel guesses over 2 replicas, {checked} reached a password check (bound 4)");
-    assert!((1..=4).contains(&checked), "{checked} wrong passwords checked");
+    eprintln!(
+        "throttle: 16 parallel guesses over 2 replicas, {checked} reached a password check (bound 4)"
+    );
+    assert!(
+        (1..=4).contains(&checked),
+        "{checked} wrong passwords checked"
+    );
 }
