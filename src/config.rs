@@ -24,6 +24,7 @@ use clap::{Args, Parser, Subcommand, builder::BoolishValueParser};
 
 use crate::{
     domain::{sweeper::SweepSettings, throttle::ThrottleSettings, token::SigningAlgorithm},
+    net::TrustedProxies,
     store::StoreOptions,
 };
 
@@ -51,6 +52,9 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Apply pending database migrations and exit.
     Migrate(DatabaseArgs),
+    /// Write a consistent copy of a SQLite database while servers run (PostgreSQL:
+    /// use pg_dump). The master key is not in it: back that up apart.
+    Backup(BackupArgs),
     /// Exit 0 when the server's HTTP `/health` answers 200 (for container HEALTHCHECKs).
     Healthcheck(HealthcheckArgs),
     /// Manage token signing keys (takes the same configuration as `serve`).
@@ -85,6 +89,15 @@ pub struct MasterKeyRewrapArgs {
     pub new_pkcs11_key_label: Option<String>,
     #[command(flatten)]
     pub serve: ServeArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    /// The file to write (mode 0600); it must not exist.
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -299,6 +312,11 @@ pub struct ServeArgs {
     /// Prometheus when TLS (and mutual TLS) guards the HTTP port. Unset: none.
     #[arg(long, env = "KMS_PROBE_ADDR")]
     pub probe_addr: Option<SocketAddr>,
+    /// Comma-separated CIDRs of proxies whose `x-forwarded-for` is believed (the
+    /// rightmost hop outside them is the client, for the login throttle and audit
+    /// rows). Empty: none; every client is its TCP peer.
+    #[arg(long, env = "KMS_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: String,
     #[command(flatten)]
     pub connections: ConnectionArgs,
     /// Longest a login waits while its username's or address's remaining attempts
@@ -333,6 +351,8 @@ pub struct Config {
     /// The plaintext `/health` + `/metrics` listener, if any.
     pub probe_addr: Option<SocketAddr>,
     pub tls: Option<TlsFiles>,
+    /// Proxies whose `x-forwarded-for` names the client (KMS_TRUSTED_PROXIES).
+    pub trusted_proxies: TrustedProxies,
     pub limits: Limits,
     /// Serve `envoy.service.auth.v3.Authorization/Check`.
     pub ext_authz: bool,
@@ -387,6 +407,8 @@ impl ServeArgs {
         let password_min_length = usize::try_from(self.password_min_length)
             .map_err(|_| ConfigError("KMS_PASSWORD_MIN_LENGTH is out of range".into()))?;
         let login_throttle = self.login_throttle()?;
+        let trusted_proxies = TrustedProxies::parse(&self.trusted_proxies)
+            .map_err(|e| ConfigError(format!("KMS_TRUSTED_PROXIES: {e}")))?;
         Ok(Config {
             database: self.database.store_options_with(legacy),
             grpc_addr: self.grpc_addr,
@@ -407,6 +429,7 @@ impl ServeArgs {
             http_addr: self.http_addr,
             probe_addr: self.probe_addr,
             tls,
+            trusted_proxies,
             limits,
             ext_authz: self.ext_authz,
             login_throttle,
@@ -582,6 +605,22 @@ mod tests {
         let err = b.resolve().unwrap_err().to_string();
         assert!(err.contains("KMS_LOGIN_LOCKOUT_MAX_SECONDS"), "{err}");
         assert!(Cli::try_parse_from(["kms", "serve", "--login-max-failures", "0"]).is_err());
+    }
+
+    #[test]
+    fn trusted_proxies_are_checked_at_start() {
+        let key = STANDARD.encode([6u8; 32]);
+        let resolved = |list: &str| {
+            let mut a = args(&["--master-key", &key, "--trusted-proxies", list]);
+            a.master_key_file = None;
+            a.resolve()
+        };
+        let config = resolved("10.0.0.0/8, fd00::/8").unwrap();
+        assert_eq!(config.trusted_proxies.to_string(), "10.0.0.0/8,fd00::/8");
+        assert!(resolved("").unwrap().trusted_proxies.is_empty());
+        let err = resolved("10.0.0.0/8,10.0.0.0/40").unwrap_err().to_string();
+        assert!(err.starts_with("KMS_TRUSTED_PROXIES: "), "{err}");
+        assert!(err.contains("10.0.0.0/40"), "{err}");
     }
 
     #[test]

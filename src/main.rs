@@ -1,13 +1,13 @@
-//! The `kms` command line: `serve`, `migrate`, `user create`, `signing-key rotate` and
-//! `healthcheck`.
+//! The `kms` command line: `serve`, `migrate`, `backup`, `user create`,
+//! `signing-key rotate`, `master-key rewrap` and `healthcheck`.
 
 use std::{io::Read, process::ExitCode, time::Duration};
 
 use clap::Parser;
 use kms::{
     config::{
-        Cli, Command, DatabaseArgs, HealthcheckArgs, MasterKeyCommand, MasterKeyRewrapArgs,
-        SigningKeyCommand, UserCommand, UserCreateArgs, unknown_env_vars,
+        BackupArgs, Cli, Command, DatabaseArgs, HealthcheckArgs, MasterKeyCommand,
+        MasterKeyRewrapArgs, SigningKeyCommand, UserCommand, UserCreateArgs, unknown_env_vars,
     },
     crypto::password::PasswordHasherPool,
     domain::keyring::Keyring,
@@ -15,7 +15,7 @@ use kms::{
     domain::token::SigningAlgorithm,
     domain::users::{NewUser, UserCreator},
     server::{App, Listeners, shutdown_signal},
-    store::Store,
+    store::{Store, redact_url},
     telemetry,
 };
 use zeroize::Zeroizing;
@@ -56,6 +56,7 @@ async fn run(command: Command) -> Result<(), String> {
     match command {
         Command::Serve(args) => serve(*args).await,
         Command::Migrate(args) => migrate(args).await,
+        Command::Backup(args) => backup(args).await,
         Command::Healthcheck(args) => healthcheck(args).await,
         Command::SigningKey(SigningKeyCommand::Rotate(args)) => rotate_signing_key(*args).await,
         Command::User(UserCommand::Create(args)) => create_user(args).await,
@@ -206,6 +207,57 @@ async fn migrate(args: DatabaseArgs) -> Result<(), String> {
     store.migrate().await.map_err(|e| e.to_string())?;
     println!("migrations applied");
     Ok(())
+}
+
+/// What every backup's operator must read: the copy is useless without the master key
+/// and the master key is not in it.
+const MASTER_KEY_NOTE: &str = "The master key is NOT in the backup: API key secrets and signing keys in it are sealed under the master key, so back the master key (KMS_MASTER_KEY / KMS_MASTER_KEY_FILE, or the PKCS#11 token) up apart, and keep the two in different places.";
+
+async fn backup(args: BackupArgs) -> Result<(), String> {
+    let options = args.database.store_options();
+    let Some(file) = kms::store::sqlite_file(&options.url) else {
+        let schema = search_path(&options.url)
+            .map(|s| format!(" --schema={s}"))
+            .unwrap_or_default();
+        eprintln!(
+            "kms backup copies SQLite databases only. For PostgreSQL use pg_dump, which takes a consistent snapshot while servers run (the password from ~/.pgpass or PGPASSWORD, not the command line):\n\n  pg_dump --format=custom{schema} --file=kms.dump '{url}'\n\nKMS_DATABASE_URL may select a schema (options=-c search_path=NAME): dump only that schema (--schema=NAME), and restore it into a database that the restored servers reach with the same search_path. Restore with the servers stopped: pg_restore --no-owner --dbname=URL kms.dump into an empty database.\n\n{MASTER_KEY_NOTE}",
+            url = redact_url(&options.url),
+        );
+        return Err("not a SQLite database: use pg_dump (see above)".into());
+    };
+    // Connecting would create a missing file (mode=rwc): an empty backup of nothing.
+    if !file.exists() {
+        return Err(format!("no database at {}", file.display()));
+    }
+    let store = Store::connect(&options).await.map_err(|e| e.to_string())?;
+    let written = store.backup_sqlite(&args.out).await;
+    if let Err(e) = store.close().await {
+        tracing::warn!(error = %e, "closing the database failed");
+    }
+    let bytes = written.map_err(|e| format!("backup failed: {e}"))?;
+    println!(
+        "backup of {} written to {} ({bytes} bytes, mode 0600)",
+        file.display(),
+        args.out.display()
+    );
+    eprintln!("{MASTER_KEY_NOTE}");
+    Ok(())
+}
+
+/// The schema a PostgreSQL URL selects with `options=-c search_path=NAME`, if any.
+fn search_path(url: &str) -> Option<String> {
+    let decoded = url
+        .replace("%20", " ")
+        .replace("%3D", "=")
+        .replace("%3d", "=")
+        .replace("%2C", ",")
+        .replace("%2c", ",");
+    let (_, rest) = decoded.split_once("search_path=")?;
+    let name: String = rest
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect();
+    (!name.is_empty()).then_some(name)
 }
 
 async fn create_user(args: UserCreateArgs) -> Result<(), String> {

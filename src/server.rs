@@ -24,13 +24,10 @@ use crate::{
         token::{SigningAlgorithm, TokenAuthority},
         users::{UserAdmin, UserCreator},
     },
-    grpc::{
-        AuditApi, AuthApi, AuthLayer, Budgets, ExtAuthz, KeyringApi, KeysApi, ObserveLayer,
-        UsersApi,
-    },
+    grpc::{AuditApi, AuthApi, AuthLayer, ExtAuthz, KeyringApi, KeysApi, ObserveLayer, UsersApi},
     health::DbHealth,
     http::HttpState,
-    net::{self, ConnSettings, ConnectionLimiter, Protocols, Timeouts},
+    net::{self, ConnSettings, ConnectionLimiter, Protocols, Timeouts, TrustedProxies},
     proto::{
         FILE_DESCRIPTOR_SET,
         kms::v1::{
@@ -77,6 +74,7 @@ pub struct App {
     tokens: Arc<TokenAuthority>,
     metrics: Metrics,
     tls: Option<TlsFiles>,
+    trusted_proxies: TrustedProxies,
     limits: Limits,
     ext_authz: bool,
     sweeper: Sweeper,
@@ -170,6 +168,7 @@ impl App {
             tokens,
             metrics,
             tls: config.tls.clone(),
+            trusted_proxies: config.trusted_proxies.clone(),
             limits: config.limits.clone(),
             ext_authz: config.ext_authz,
             sweeper,
@@ -255,7 +254,9 @@ impl App {
             .max_decoding_message_size(max)
         });
 
-        let budgets = Budgets::new(&limits);
+        // One set of budgets for both listeners: a REST call and a gRPC call take
+        // their slots from the same pools.
+        let budgets = net::Budgets::new(&limits);
         let layers = tower::ServiceBuilder::new()
             .layer(ObserveLayer::new(
                 self.metrics.clone(),
@@ -308,14 +309,18 @@ impl App {
                 idle: connections.idle_timeout,
             },
             http2_max_streams: connections.http2_max_streams,
+            trusted_proxies: self.trusted_proxies.clone(),
         };
+        if !settings.trusted_proxies.is_empty() {
+            tracing::info!(trusted_proxies = %settings.trusted_proxies, "x-forwarded-for is believed from these peers");
+        }
         let grpc = net::serve(
             listeners.grpc,
             Protocols::Http2,
             grpc_tls,
             grpc_service,
             limiter.clone(),
-            settings,
+            settings.clone(),
             stop_rx.clone(),
         );
 
@@ -329,6 +334,7 @@ impl App {
             authenticator: authenticator.clone(),
             max_request_bytes: max,
             request_timeout: limits.request_timeout,
+            budgets: budgets.clone(),
         };
         let probe = listeners.probe.map(|listener| {
             net::serve(
@@ -337,7 +343,7 @@ impl App {
                 None,
                 crate::http::probe_router(http_state.clone()),
                 limiter.clone(),
-                settings,
+                settings.clone(),
                 stop_rx.clone(),
             )
         });

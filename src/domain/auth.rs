@@ -148,6 +148,48 @@ impl AuthService {
         password: Zeroizing<String>,
         client: Option<IpAddr>,
     ) -> Result<LoginTokens> {
+        let user = self.check_login(username, password, client).await?;
+        let now = Utc::now();
+        let chain_end = self.chain_end(now)?;
+        let (refresh_token, refresh) = self.new_refresh_token(now)?;
+        let refresh = refresh.within(chain_end);
+        let refresh_expires_at = refresh.expires_at;
+        let session_id = self
+            .open_session(username, &user, Some(refresh), now, chain_end)
+            .await?;
+        let tokens = self.issue(&user, &session_id, (refresh_token, refresh_expires_at), now)?;
+        tracing::info!(%username, "login succeeded");
+        Ok(tokens)
+    }
+
+    /// `login` for a client that cannot refresh (the REST API has no refresh
+    /// endpoint): the same checks, throttle and audit rows, and a session its access
+    /// token names (so Logout and role changes end it), but no refresh token: one
+    /// that is never handed out would only sit in the database.
+    pub async fn login_access_only(
+        &self,
+        username: &str,
+        password: Zeroizing<String>,
+        client: Option<IpAddr>,
+    ) -> Result<IssuedToken> {
+        let user = self.check_login(username, password, client).await?;
+        let now = Utc::now();
+        let session_id = self
+            .open_session(username, &user, None, now, self.chain_end(now)?)
+            .await?;
+        let access = self.access_token(&user, &session_id, now)?;
+        tracing::info!(%username, "login succeeded (access token only)");
+        Ok(access)
+    }
+
+    /// The password check of a login, under the throttle: the user on success; each
+    /// refusal audited and counted as `login` documents.
+    async fn check_login(
+        &self,
+        username: &str,
+        password: Zeroizing<String>,
+        client: Option<IpAddr>,
+    ) -> Result<StoredUser> {
         validate::username(username)?;
         if password.is_empty() {
             return Err(Error::invalid("password", "must not be empty"));
@@ -193,12 +235,27 @@ impl AuthService {
         if needs_rehash {
             self.rehash(user.id, password).await;
         }
-        let now = Utc::now();
+        Ok(user)
+    }
+
+    /// When a login made at `now` ends, whatever its refreshes
+    /// (`KMS_SESSION_MAX_LIFETIME_SECONDS`).
+    fn chain_end(&self, now: DateTime<Utc>) -> Result<DateTime<Utc>> {
+        Ok(now + super::seconds(self.settings.session_max_lifetime_seconds)?)
+    }
+
+    /// A new session for `user` ending at `chain_end`, with its first refresh token
+    /// when there is one, and the login's audit row, in one transaction. Returns the
+    /// session id.
+    async fn open_session(
+        &self,
+        username: &str,
+        user: &StoredUser,
+        refresh: Option<NewRefreshToken>,
+        now: DateTime<Utc>,
+        chain_end: DateTime<Utc>,
+    ) -> Result<String> {
         let session_id = URL_SAFE_NO_PAD.encode(random::bytes::<16>()?);
-        let (refresh_token, refresh) = self.new_refresh_token(now)?;
-        let chain_end = now + super::seconds(self.settings.session_max_lifetime_seconds)?;
-        let refresh = refresh.within(chain_end);
-        let refresh_expires_at = refresh.expires_at;
         self.store
             .create_session(
                 &session_id,
@@ -209,9 +266,7 @@ impl AuthService {
                 audit::event(username, action::LOGIN, username, outcome::SUCCESS),
             )
             .await?;
-        let tokens = self.issue(&user, &session_id, (refresh_token, refresh_expires_at), now)?;
-        tracing::info!(%username, "login succeeded");
-        Ok(tokens)
+        Ok(session_id)
     }
 
     fn new_refresh_token(
@@ -235,6 +290,22 @@ impl AuthService {
         (refresh_token, refresh_expires_at): (Zeroizing<String>, DateTime<Utc>),
         now: DateTime<Utc>,
     ) -> Result<LoginTokens> {
+        let access = self.access_token(user, session_id, now)?;
+        Ok(LoginTokens {
+            access,
+            refresh_token: refresh_token.to_string(),
+            // Whole seconds left, rounded down: a client never believes a token
+            // lives longer than it does.
+            refresh_expires_in: (refresh_expires_at - now).num_seconds().max(0),
+        })
+    }
+
+    fn access_token(
+        &self,
+        user: &StoredUser,
+        session_id: &str,
+        now: DateTime<Utc>,
+    ) -> Result<IssuedToken> {
         let roles: Roles = user.roles.iter().cloned().collect();
         let access = self.authenticator.tokens().issue(
             &user.username,
@@ -243,13 +314,7 @@ impl AuthService {
             user.token_version,
             now.timestamp(),
         )?;
-        Ok(LoginTokens {
-            access,
-            refresh_token: refresh_token.to_string(),
-            // Whole seconds left, rounded down: a client never believes a token
-            // lives longer than it does.
-            refresh_expires_in: (refresh_expires_at - now).num_seconds().max(0),
-        })
+        Ok(access)
     }
 
     /// Exchanges a refresh token for new tokens; the presented one is spent. A spent

@@ -19,18 +19,17 @@ mod users_service;
 pub use audit_service::AuditApi;
 pub use auth_layer::AuthLayer;
 pub use auth_service::AuthApi;
-pub use budget::Budgets;
 pub use ext_authz::{ExtAuthz, ExtAuthzServer};
 pub use keyring_service::KeyringApi;
 pub use keys_service::KeysApi;
 pub use observe::ObserveLayer;
 pub use users_service::UsersApi;
 
-/// The client's address: the TCP peer of the connection the call came on (set by the
-/// listener, `crate::net`).
+/// The client's address, as the listener decided it (`crate::net::client_addr`): the
+/// TCP peer, or whom a trusted proxy forwarded the call for.
 fn client_ip<T>(request: &tonic::Request<T>) -> Option<std::net::IpAddr> {
     request
         .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|info| info.0.ip())
+        .get::<crate::net::ClientAddr>()
+        .map(|client| client.0)
 }

@@ -295,7 +295,7 @@ where
             streaming,
             req.headers().contains_key(http::header::AUTHORIZATION),
         );
-        let client = crate::net::peer_addr(&req).map(|addr| addr.ip());
+        let client = crate::net::client_addr(&req);
         let slot = match self.layer.budgets.acquire(class, client) {
             Ok(slot) => slot,
             Err(message) => {

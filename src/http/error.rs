@@ -19,9 +19,13 @@ use crate::domain::Error;
 pub struct ApiError {
     status: StatusCode,
     detail: Cow<'static, str>,
-    /// Sent as `Retry-After` (seconds) with a 429.
+    /// Sent as `Retry-After` (seconds) with a 429, or a 503 for a server at capacity.
     retry_after_secs: Option<u64>,
 }
+
+/// `Retry-After` of a 503 for a server at its capacity (gRPC's RESOURCE_EXHAUSTED):
+/// calls are short, so a slot is likely free by then.
+const OVERLOADED_RETRY_AFTER_SECS: u64 = 1;
 
 /// The JSON body of every error answer.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -34,6 +38,8 @@ impl From<Error> for ApiError {
     fn from(err: Error) -> Self {
         let retry_after_secs = match err {
             Error::Throttled { retry_after_secs } => Some(retry_after_secs),
+            // Full now, with room again as soon as a call finishes.
+            Error::Overloaded(_) => Some(OVERLOADED_RETRY_AFTER_SECS),
             _ => None,
         };
         let (status, detail): (_, Cow<'static, str>) = match err {
@@ -102,6 +108,16 @@ impl ApiError {
     pub fn timed_out() -> Self {
         Self {
             status: StatusCode::REQUEST_TIMEOUT,
+            detail: "the request took longer than the server allows".into(),
+            retry_after_secs: None,
+        }
+    }
+
+    /// The request had all arrived but was not answered by its deadline
+    /// (KMS_REQUEST_TIMEOUT_SECONDS): gRPC's DEADLINE_EXCEEDED, 504 in Google's table.
+    pub fn deadline_exceeded() -> Self {
+        Self {
+            status: StatusCode::GATEWAY_TIMEOUT,
             detail: "the request took longer than the server allows".into(),
             retry_after_secs: None,
         }
@@ -192,6 +208,9 @@ mod tests {
         assert_eq!(response.headers()[header::RETRY_AFTER], "8");
         let response = ApiError::from(Error::Unavailable).into_response();
         assert!(response.headers().get(header::RETRY_AFTER).is_none());
+        let response = ApiError::from(Error::Overloaded("full")).into_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
     }
 
     #[test]

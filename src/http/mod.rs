@@ -2,6 +2,7 @@
 //! for Prometheus, the original HTTP key service's REST API (`rest`) and its OpenAPI
 //! document (`GET /openapi.json`).
 
+mod budget;
 mod error;
 mod extract;
 mod openapi;
@@ -14,7 +15,7 @@ use axum::{
     extract::{Request, State},
     http::{StatusCode, header},
     middleware::{self, Next},
-    response::{IntoResponse, Response},
+    response::IntoResponse,
     routing::get,
 };
 use http_body_util::{BodyExt, Empty};
@@ -44,6 +45,8 @@ pub struct HttpState {
     pub max_request_bytes: usize,
     /// Longest a request may take, its body included (KMS_REQUEST_TIMEOUT_SECONDS).
     pub request_timeout: std::time::Duration,
+    /// The server's call budgets, shared with gRPC.
+    pub budgets: crate::net::Budgets,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -54,6 +57,7 @@ struct Health {
 
 pub fn router(state: HttpState) -> Router {
     let deadline = state.request_timeout;
+    let budgets = state.budgets.clone();
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -63,7 +67,11 @@ pub fn router(state: HttpState) -> Router {
         .fallback(|| async { ApiError::unknown_path() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(middleware::from_fn(move |req: Request, next: Next| {
-            within(deadline, req, next)
+            budget::within(deadline, req, next)
+        }))
+        // Outermost: a request over its budget is refused before anything else.
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
+            budget::admit(budgets.clone(), req, next)
         }))
         .with_state(state)
 }
@@ -76,23 +84,6 @@ pub fn probe_router(state: HttpState) -> Router {
         .route("/metrics", get(metrics))
         .fallback(|| async { ApiError::unknown_path() })
         .with_state(state)
-}
-
-/// A request, its body included, must be done by its deadline: a client that sends
-/// a body a byte a minute must not hold a connection and a handler for ever.
-async fn within(deadline: std::time::Duration, req: Request, next: Next) -> Response {
-    match tokio::time::timeout(deadline, next.run(req)).await {
-        Ok(response) => response,
-        Err(_) => {
-            let mut response = ApiError::timed_out().into_response();
-            // The unread rest of the body makes the connection unusable.
-            response.headers_mut().insert(
-                header::CONNECTION,
-                header::HeaderValue::from_static("close"),
-            );
-            response
-        }
-    }
 }
 
 /// The public keys that verify access tokens (RFC 7517): a gateway validates KMS

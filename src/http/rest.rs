@@ -2,11 +2,11 @@
 //! unchanged: the same paths, JSON fields and status codes. Thin handlers over the
 //! same domain services the gRPC API uses, so every rule applies alike to both.
 
-use std::{net::SocketAddr, time::Instant};
+use std::time::Instant;
 
 use axum::{
     Extension, Json, Router,
-    extract::{ConnectInfo, DefaultBodyLimit, MatchedPath, Request, State},
+    extract::{DefaultBodyLimit, MatchedPath, Request, State},
     http::StatusCode,
     middleware::{self, Next},
     response::Response,
@@ -28,6 +28,7 @@ use crate::{
         keys::{ApiKeyView, CreateKey},
         users::NewUser,
     },
+    net::ClientAddr,
     telemetry::metrics::login_outcome,
 };
 
@@ -126,6 +127,9 @@ impl From<ApiKeyView> for KeyResponse {
         (status = 401, description = "A bearer token was sent and is invalid", body = ErrorBody),
         (status = 403, description = "Roles other than `user` asked for without an admin token, or registration is closed", body = ErrorBody),
         (status = 422, description = "Invalid body or field", body = ErrorBody),
+        (status = 503, description = "The server is at its capacity (retry after `Retry-After` seconds), or the database is unreachable", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait, when at capacity"))),
+        (status = 504, description = "Not answered within KMS_REQUEST_TIMEOUT_SECONDS", body = ErrorBody),
     )
 )]
 pub(super) async fn register(
@@ -173,19 +177,27 @@ fn split_roles(roles: Option<&str>) -> Vec<String> {
         (status = 429, description = "Too many failed logins for this username or address; the password was not checked",
             body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
+        (status = 503, description = "The server is at its capacity (retry after `Retry-After` seconds), or the database is unreachable", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait, when at capacity"))),
+        (status = 504, description = "Not answered within KMS_REQUEST_TIMEOUT_SECONDS", body = ErrorBody),
     )
 )]
 pub(super) async fn login(
     State(state): State<HttpState>,
-    // The TCP peer (never X-Forwarded-For, which any client can forge). Optional: a
-    // router served without connect info (in tests) throttles by username only.
-    peer: Option<Extension<ConnectInfo<SocketAddr>>>,
+    // The client as the listener decided it: the TCP peer, or whom a trusted proxy
+    // forwarded for (`net::client_addr`). Optional: a router served without the
+    // listener (in tests) throttles by username only.
+    client: Option<Extension<ClientAddr>>,
     JsonBody(body): JsonBody<LoginRequest>,
 ) -> Result<Json<TokenResponse>, ApiError> {
     let username = required("username", body.username)?;
     let password = Zeroizing::new(required("password", body.password)?);
-    let client = peer.map(|Extension(ConnectInfo(addr))| addr.ip());
-    let result = state.auth.login(&username, password, client).await;
+    let client = client.map(|Extension(ClientAddr(ip))| ip);
+    // This API has no refresh endpoint: the login issues an access token only.
+    let result = state
+        .auth
+        .login_access_only(&username, password, client)
+        .await;
     state.metrics.login(login_outcome(&result));
     let issued = result.map_err(|e| match e {
         // The original service refused every bad login alike; a username or password
@@ -197,7 +209,7 @@ pub(super) async fn login(
     })?;
     state.metrics.token_issued("access");
     Ok(Json(TokenResponse {
-        access_token: issued.access.token,
+        access_token: issued.token,
         token_type: TOKEN_TYPE.to_owned(),
     }))
 }
@@ -213,6 +225,9 @@ pub(super) async fn login(
         (status = 401, description = "Missing, malformed or invalid bearer token", body = ErrorBody),
         (status = 403, description = "The token lacks the admin role", body = ErrorBody),
         (status = 422, description = "Invalid body or field", body = ErrorBody),
+        (status = 503, description = "The server is at its capacity (retry after `Retry-After` seconds), or the database is unreachable", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait, when at capacity"))),
+        (status = 504, description = "Not answered within KMS_REQUEST_TIMEOUT_SECONDS", body = ErrorBody),
     )
 )]
 pub(super) async fn create_key(
@@ -242,6 +257,9 @@ pub(super) async fn create_key(
         (status = 403, description = "The token lacks the admin role", body = ErrorBody),
         (status = 404, description = "No key for this service", body = ErrorBody),
         (status = 422, description = "Invalid service name", body = ErrorBody),
+        (status = 503, description = "The server is at its capacity (retry after `Retry-After` seconds), or the database is unreachable", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait, when at capacity"))),
+        (status = 504, description = "Not answered within KMS_REQUEST_TIMEOUT_SECONDS", body = ErrorBody),
     )
 )]
 pub(super) async fn get_key(
@@ -264,6 +282,9 @@ pub(super) async fn get_key(
         (status = 403, description = "The token lacks the admin role", body = ErrorBody),
         (status = 404, description = "No key for this service", body = ErrorBody),
         (status = 422, description = "Invalid service name", body = ErrorBody),
+        (status = 503, description = "The server is at its capacity (retry after `Retry-After` seconds), or the database is unreachable", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait, when at capacity"))),
+        (status = 504, description = "Not answered within KMS_REQUEST_TIMEOUT_SECONDS", body = ErrorBody),
     )
 )]
 pub(super) async fn delete_key(
@@ -288,6 +309,9 @@ pub(super) async fn delete_key(
         (status = 403, description = "The token lacks the admin role", body = ErrorBody),
         (status = 404, description = "No key for this service", body = ErrorBody),
         (status = 422, description = "Invalid body or field", body = ErrorBody),
+        (status = 503, description = "The server is at its capacity (retry after `Retry-After` seconds), or the database is unreachable", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait, when at capacity"))),
+        (status = 504, description = "Not answered within KMS_REQUEST_TIMEOUT_SECONDS", body = ErrorBody),
     )
 )]
 pub(super) async fn rotate_key(
@@ -315,10 +339,7 @@ async fn log_request(route: Option<MatchedPath>, request: Request, next: Next) -
                 .get("x-request-id")
                 .and_then(|v| v.to_str().ok()),
         ),
-        client_addr: request
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(addr)| addr.ip().to_string()),
+        client_addr: crate::net::client_addr(&request).map(|ip| ip.to_string()),
     };
     let request_id = axum::http::HeaderValue::from_str(&meta.request_id).ok();
     let mut response = audit::scope(meta, next.run(request)).await;

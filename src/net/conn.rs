@@ -29,7 +29,10 @@ use tokio::{net::TcpStream, sync::watch};
 use tokio_rustls::TlsAcceptor;
 use tower::Service;
 
-use super::limiter::{Admitted, ConnState};
+use super::{
+    client_addr::{ClientAddr, TrustedProxies},
+    limiter::{Admitted, ConnState},
+};
 
 /// Bounds on one connection's silence.
 #[derive(Debug, Clone, Copy)]
@@ -49,6 +52,7 @@ pub(super) struct Listener {
     pub tls: Option<TlsAcceptor>,
     pub builder: auto::Builder<TokioExecutor>,
     pub timeouts: Timeouts,
+    pub trusted_proxies: TrustedProxies,
 }
 
 /// Serves one accepted connection to the end. `stop` asks for a graceful close
@@ -74,6 +78,7 @@ pub(super) async fn serve<S, B>(
         inner: service,
         state: state.clone(),
         peer,
+        trusted_proxies: listener.trusted_proxies.clone(),
     });
     let (builder, timeouts) = (&listener.builder, listener.timeouts);
     match &listener.tls {
@@ -207,13 +212,15 @@ fn next_check(state: &ConnState, timeouts: Timeouts) -> Duration {
     }
 }
 
-/// Stamps each request with the peer address and counts it as in progress until its
-/// response body is finished or dropped.
+/// Stamps each request with the peer address and the client address (the one
+/// decision of `client_addr`, for both transports), and counts it as in progress until
+/// its response body is finished or dropped.
 #[derive(Clone)]
 struct Tracked<S> {
     inner: S,
     state: Arc<ConnState>,
     peer: SocketAddr,
+    trusted_proxies: TrustedProxies,
 }
 
 impl<S, B> Service<Request<Incoming>> for Tracked<S>
@@ -229,7 +236,9 @@ where
     }
 
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
+        let client = self.trusted_proxies.client(self.peer.ip(), req.headers());
         req.extensions_mut().insert(ConnectInfo(self.peer));
+        req.extensions_mut().insert(ClientAddr(client));
         self.state.request_started();
         TrackedFuture {
             inner: self.inner.call(req),

@@ -3,11 +3,13 @@
 //! `serve` have no bound on silent connections, slow request heads or the number of
 //! connections, so the server drives hyper itself here.
 
+pub mod budget;
+pub mod client_addr;
 mod conn;
 pub mod limiter;
 mod tls;
 
-use std::{convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+use std::{convert::Infallible, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -19,6 +21,8 @@ use hyper_util::{
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 use tower::Service;
 
+pub use budget::Budgets;
+pub use client_addr::{ClientAddr, TrustedProxies};
 pub use conn::Timeouts;
 pub use limiter::{ConnectionLimiter, PeerCounter, PeerSlot, RateLimitedLog};
 pub use tls::{TlsError, server_config};
@@ -37,14 +41,16 @@ pub enum Protocols {
 }
 
 /// The settings every connection of a listener gets.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnSettings {
     pub timeouts: Timeouts,
     /// Streams (calls) open at once on one HTTP/2 connection.
     pub http2_max_streams: u32,
+    /// Whose `x-forwarded-for` names the client (`client_addr`).
+    pub trusted_proxies: TrustedProxies,
 }
 
-fn builder(protocols: Protocols, settings: ConnSettings) -> auto::Builder<TokioExecutor> {
+fn builder(protocols: Protocols, settings: &ConnSettings) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     if protocols == Protocols::Http2 {
         builder = builder.http2_only();
@@ -86,8 +92,9 @@ pub async fn serve<S, B>(
 {
     let shared = Arc::new(conn::Listener {
         tls,
-        builder: builder(protocols, settings),
+        builder: builder(protocols, &settings),
         timeouts: settings.timeouts,
+        trusted_proxies: settings.trusted_proxies,
     });
     let accept_errors = RateLimitedLog::new(Duration::from_secs(10));
     let mut connections = JoinSet::new();
@@ -147,9 +154,10 @@ fn tune(stream: &tokio::net::TcpStream) {
     }
 }
 
-/// The peer address of a request served by `serve`.
-pub fn peer_addr<B>(req: &Request<B>) -> Option<SocketAddr> {
-    req.extensions()
-        .get::<axum::extract::ConnectInfo<SocketAddr>>()
-        .map(|info| info.0)
+/// The client address of a request served by `serve`: its TCP peer, or whom a
+/// trusted proxy forwarded it for (`client_addr`). For the login throttle, the
+/// per-address budgets and audit rows. `None` for a request that came another way
+/// (a router driven directly in a unit test).
+pub fn client_addr<B>(req: &Request<B>) -> Option<std::net::IpAddr> {
+    req.extensions().get::<ClientAddr>().map(|client| client.0)
 }

@@ -3,6 +3,7 @@
 
 mod audit;
 mod audit_coalesce;
+mod backup;
 mod changes;
 pub mod entities;
 mod error;
@@ -26,6 +27,7 @@ use sea_orm::{
 use sea_orm_migration::MigratorTrait;
 
 pub use audit::{AuditFilter, AuditRecord, StoredAuditEvent, audit_batch_len};
+pub use backup::sqlite_file;
 pub use changes::{Change, ChangeFeed, ChangeSender, Heard};
 pub use error::StoreError;
 pub use key_policy::{KeyUpdate, LeaseAsk, Spend, StoredPolicy};

@@ -122,13 +122,13 @@ async fn revoke(
 }
 
 impl Store {
-    /// A new login with its first refresh token (capped at `max_expires_at`, the end
-    /// of the login's refresh chain).
+    /// A new login, with its first refresh token when it has one (capped at
+    /// `max_expires_at`, the end of the login's refresh chain).
     pub async fn create_session(
         &self,
         session_id: &str,
         user_id: i64,
-        refresh: NewRefreshToken,
+        refresh: Option<NewRefreshToken>,
         now: DateTime<Utc>,
         max_expires_at: DateTime<Utc>,
         audit: AuditRecord,
@@ -143,7 +143,9 @@ impl Store {
         })
         .exec(&txn)
         .await?;
-        insert_refresh(&txn, session_id, refresh.within(max_expires_at), now).await?;
+        if let Some(refresh) = refresh {
+            insert_refresh(&txn, session_id, refresh.within(max_expires_at), now).await?;
+        }
         insert_audit(&txn, audit).await?;
         txn.commit().await?;
         Ok(())

@@ -206,6 +206,7 @@ pub fn test_config(db_url: &str) -> Config {
         http_addr: "127.0.0.1:0".parse().unwrap(),
         probe_addr: None,
         tls: None,
+        trusted_proxies: Default::default(),
         limits: Limits::default(),
         ext_authz: true,
         login_throttle: ThrottleSettings::default(),
