@@ -9,10 +9,11 @@
 //! after a higher one: the tail keeps looking below the highest id for up to
 //! `GAP_PATIENCE` (an id that never appears was rolled back).
 //!
-//! Memory is bounded whatever the readers do: rows wait in one broadcast buffer of
-//! `BUFFER` shared by all watchers, and each stream's own channel holds `STREAM_BUFFER`.
-//! A reader that falls more than `BUFFER` rows behind is ended with RESOURCE_EXHAUSTED;
-//! it resumes with `after_id` = the last id it received, losing nothing.
+//! Memory is bounded whatever the readers do: the replay reads a page at a time at
+//! the reader's pace; live rows wait in one broadcast buffer of `BUFFER` shared by all
+//! watchers, and each stream's own channel holds `STREAM_BUFFER`. A reader that falls
+//! more than `BUFFER` live rows behind is ended with RESOURCE_EXHAUSTED; it resumes
+//! with `after_id` = the last id it received, losing nothing.
 
 use std::{
     collections::BTreeSet,
@@ -41,6 +42,8 @@ const LOOKBACK: i64 = 100;
 const BUFFER: usize = 1024;
 /// Rows queued for one stream's client.
 const STREAM_BUFFER: usize = 64;
+/// How long a new watch waits for the tail to read the table (the database down).
+const TAIL_START: Duration = Duration::from_secs(5);
 
 pub const FELL_BEHIND: &str = "the reader fell too far behind the audit stream; watch again with after_id = the last id received";
 
@@ -86,7 +89,11 @@ impl AuditTail {
             let following = match &mut state {
                 Some(following) => following,
                 None => match self.store.max_audit_id().await {
-                    Ok(max) => state.insert(Following::new(max.saturating_sub(LOOKBACK))),
+                    Ok(max) => {
+                        let following = Following::new(max.saturating_sub(LOOKBACK));
+                        self.floor.store(following.floor, Ordering::Release);
+                        state.insert(following)
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "the audit stream cannot read the audit table");
                         if pause(&mut stop).await {
@@ -193,6 +200,20 @@ async fn produce(
     after_id: i64,
     tx: mpsc::Sender<Result<AuditEvent>>,
 ) {
+    // The replay starts once the tail knows where it stands: every row it will not
+    // hand out is then below what the replay reads (rows committing meanwhile come
+    // both ways, and are sent once).
+    let started = Instant::now();
+    while tail.floor.load(Ordering::Acquire) == i64::MAX {
+        if started.elapsed() > TAIL_START {
+            let _ = tx.send(Err(Error::Unavailable)).await;
+            return;
+        }
+        tokio::select! {
+            () = tx.closed() => return,
+            () = tokio::time::sleep(Duration::from_millis(10)) => {}
+        }
+    }
     // Ids sent above the tail's floor: the tail may still hand them out.
     let mut sent = BTreeSet::new();
     let mut cursor = after_id;
