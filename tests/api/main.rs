@@ -30,6 +30,7 @@ mod rest;
 mod sessions;
 mod signing;
 mod throttle;
+mod traces;
 mod transports_agree;
 mod user_creator;
 mod users;
