@@ -231,9 +231,9 @@ async fn spans_arrive(backend: Backend) {
             && spans
                 .iter()
                 .any(|s| string_attr(s, "rpc.method") == Some("VerifyKey"))
-            && spans.iter().any(|s| {
-                hex(&s.trace_id) == TRACE_ID && string_attr(s, "db.system").is_some()
-            })
+            && spans
+                .iter()
+                .any(|s| hex(&s.trace_id) == TRACE_ID && string_attr(s, "db.system").is_some())
     };
     while !wanted(&receiver.spans()) {
         assert!(
@@ -255,10 +255,7 @@ async fn spans_arrive(backend: Backend) {
     assert_eq!(rpc.kind, 2, "SPAN_KIND_SERVER");
     assert_eq!(string_attr(rpc, "rpc.system"), Some("grpc"));
     assert_eq!(string_attr(rpc, "rpc.service"), Some("kms.v1.Keys"));
-    assert_eq!(
-        attr(rpc, "rpc.grpc.status_code"),
-        Some(&Value::IntValue(0))
-    );
+    assert_eq!(attr(rpc, "rpc.grpc.status_code"), Some(&Value::IntValue(0)));
     assert_eq!(hex(&rpc.trace_id), TRACE_ID, "the caller's trace continues");
     assert_eq!(hex(&rpc.parent_span_id), PARENT_SPAN_ID);
 
