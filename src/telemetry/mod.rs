@@ -10,7 +10,12 @@ pub mod traces;
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::{EnvFilter, Layer, layer::SubscriberExt, util::SubscriberInitExt};
+use tracing_subscriber::{
+    EnvFilter, Layer,
+    filter::{FilterExt, dynamic_filter_fn},
+    layer::SubscriberExt,
+    util::SubscriberInitExt,
+};
 
 pub use metrics::Metrics;
 
@@ -47,11 +52,16 @@ pub fn init() -> Telemetry {
         Ok(traces) => (traces, None),
         Err(e) => (None, Some(e)),
     };
-    // SeaORM's statement spans are wanted in traces, not in the log.
+    // SeaORM's statement spans are wanted in traces, not in the log; and only inside
+    // a call's span: the background pollers' queries would otherwise each start a
+    // trace of their own, every few seconds.
+    let in_a_call = dynamic_filter_fn(|meta, cx| {
+        !meta.target().starts_with("sea_orm") || cx.lookup_current().is_some()
+    });
     let otel = traces.as_ref().map(|t| {
         tracing_opentelemetry::layer()
             .with_tracer(t.tracer())
-            .with_filter(filter(&user, QUIET.iter()))
+            .with_filter(filter(&user, QUIET.iter()).and(in_a_call))
     });
     // A second init (tests) is harmless: the first subscriber stays.
     let _ = tracing_subscriber::registry()

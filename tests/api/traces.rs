@@ -274,6 +274,17 @@ async fn spans_arrive(backend: Backend) {
         assert!(string_attr(span, "db.statement").is_none(), "no SQL text");
     }
 
+    // Statement spans belong to calls: a background query starts no trace.
+    for span in spans
+        .iter()
+        .filter(|s| string_attr(s, "db.system").is_some())
+    {
+        assert!(
+            !span.parent_span_id.is_empty(),
+            "a database span without a call"
+        );
+    }
+
     let rest = spans
         .iter()
         .find(|s| string_attr(s, "http.route") == Some("/keys/{service_name}"))
