@@ -24,15 +24,6 @@ fn main() -> ExitCode {
     // `.env` fills only variables the environment lacks; a missing file is fine.
     let dotenv = dotenvy::dotenv();
     let cli = Cli::parse();
-    telemetry::init();
-    if let Err(e) = dotenv
-        && !e.not_found()
-    {
-        tracing::warn!(error = %e, ".env could not be read");
-    }
-    for name in unknown_env_vars() {
-        tracing::warn!(variable = %name, "unknown KMS_* environment variable ignored");
-    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -43,7 +34,23 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli.command)) {
+    // Inside the runtime: the OTLP exporter's channel lives on it.
+    let telemetry = {
+        let _runtime = runtime.enter();
+        telemetry::init()
+    };
+    if let Err(e) = dotenv
+        && !e.not_found()
+    {
+        tracing::warn!(error = %e, ".env could not be read");
+    }
+    for name in unknown_env_vars() {
+        tracing::warn!(variable = %name, "unknown KMS_* environment variable ignored");
+    }
+    let result = runtime.block_on(run(cli.command));
+    // While the runtime still runs: the last spans go out on its channel.
+    telemetry.shutdown();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("kms: {message}");

@@ -20,7 +20,7 @@ use tracing::{Instrument, Span, field::Empty};
 use super::budget::{self, Budgets, Class, Slot};
 use crate::{
     domain::audit::{self, RequestMeta},
-    telemetry::Metrics,
+    telemetry::{Metrics, traces},
 };
 
 /// Methods whose names are used as metric labels as they are; any other path is
@@ -205,6 +205,7 @@ impl CallRecord {
             .grpc_handling_seconds
             .with_label_values(&[kind, service, method])
             .observe(elapsed.as_secs_f64());
+        traces::grpc_finished(&self.span, code);
         let _in_span = self.span.enter();
         let latency_ms = elapsed.as_secs_f64() * 1000.0;
         let code = code_label(code);
@@ -288,7 +289,15 @@ where
             .grpc_started
             .with_label_values(&[labels.0, labels.1, labels.2])
             .inc();
-        let span = tracing::info_span!("rpc", method = %path, subject = Empty);
+        let span = tracing::info_span!(
+            "rpc",
+            method = %path,
+            subject = Empty,
+            otel.name = Empty,
+            otel.kind = Empty,
+            trace_id = Empty
+        );
+        traces::grpc_call(&span, labels.1, labels.2, req.headers());
         let streaming = labels.0 != "unary";
         let class = budget::class(
             path,

@@ -13,6 +13,7 @@ use axum::{
     routing::{get, post},
 };
 use serde::{Deserialize, Serialize};
+use tracing::{Instrument, Span, field::Empty};
 use utoipa::ToSchema;
 use zeroize::Zeroizing;
 
@@ -29,7 +30,7 @@ use crate::{
         users::NewUser,
     },
     net::ClientAddr,
-    telemetry::metrics::login_outcome,
+    telemetry::{metrics::login_outcome, traces},
 };
 
 /// The original service's wording, which its clients compare.
@@ -342,13 +343,30 @@ async fn log_request(route: Option<MatchedPath>, request: Request, next: Next) -
         client_addr: crate::net::client_addr(&request).map(|ip| ip.to_string()),
     };
     let request_id = axum::http::HeaderValue::from_str(&meta.request_id).ok();
-    let mut response = audit::scope(meta, next.run(request)).await;
+    let route = route.as_ref().map_or("unknown", MatchedPath::as_str);
+    // A server span only when traces are exported: otherwise the log stays as it was.
+    let span = if traces::enabled() {
+        let span = tracing::info_span!(
+            "http",
+            otel.name = Empty,
+            otel.kind = Empty,
+            trace_id = Empty
+        );
+        traces::http_request(&span, &method, route, request.headers());
+        span
+    } else {
+        Span::none()
+    };
+    let mut response = audit::scope(meta, next.run(request))
+        .instrument(span.clone())
+        .await;
     if let Some(id) = request_id {
         response.headers_mut().insert("x-request-id", id);
     }
+    traces::http_finished(&span, response.status());
+    let _in_span = span.enter();
     let status = response.status().as_u16();
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
-    let route = route.as_ref().map_or("unknown", MatchedPath::as_str);
     if response.status().is_server_error() {
         tracing::warn!(%method, route, status, latency_ms, "HTTP request failed");
     } else {

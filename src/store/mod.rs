@@ -167,6 +167,8 @@ impl Store {
             // Statement logging would print digests, sealed secrets and password
             // hashes at debug level: off, always.
             .sqlx_logging(false)
+            // Statement spans (traces) carry the operation, never the SQL text.
+            .record_stmt_in_spans(false)
             .map_sqlx_sqlite_opts(move |o| {
                 o.journal_mode(SqliteJournalMode::Wal)
                     // FULL: an acknowledged key survives power loss, not just a crash.

@@ -1,4 +1,4 @@
-//! Logging and metrics.
+//! Logging, metrics and traces (`traces.rs`).
 //!
 //! Logs go to stderr (stdout carries only what the CLI prints for a person, such as the
 //! one-time bootstrap password). `RUST_LOG` filters (default `info`); `KMS_LOG_FORMAT=json`
@@ -6,10 +6,16 @@
 //! parameters at debug level are held at `warn` unless named explicitly.
 
 pub mod metrics;
+pub mod traces;
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{
+    EnvFilter, Layer,
+    filter::{FilterExt, dynamic_filter_fn},
+    layer::SubscriberExt,
+    util::SubscriberInitExt,
+};
 
 pub use metrics::Metrics;
 
@@ -21,15 +27,57 @@ const QUIET: &[&str] = &[
     "hyper=warn",
     "tower=warn",
     "sqlx=warn",
-    "sea_orm=warn",
     "rustls=warn",
     "axum=warn",
 ];
+/// Held down in the log only: SeaORM's statement spans (no parameters) go to traces.
+const LOG_QUIET: &str = "sea_orm=warn";
 
-pub fn init() {
+/// Installs the log subscriber, and the OpenTelemetry layer when
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set. Call inside the tokio runtime (the trace
+/// exporter's channel lives on it), and `shutdown` the result before the runtime ends
+/// so the last spans are sent.
+pub fn init() -> Telemetry {
     let user = std::env::var("RUST_LOG").unwrap_or_else(|_| DEFAULT_FILTER.to_owned());
-    let mut filter = EnvFilter::try_new(&user).unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
-    for directive in QUIET {
+    let json = std::env::var("KMS_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let logs = tracing_subscriber::fmt::layer()
+        .with_target(false)
+        .with_writer(std::io::stderr);
+    let logs = if json {
+        logs.json().with_current_span(true).boxed()
+    } else {
+        logs.with_ansi(std::io::stderr().is_terminal()).boxed()
+    };
+    let (traces, failed) = match traces::start() {
+        Ok(traces) => (traces, None),
+        Err(e) => (None, Some(e)),
+    };
+    // SeaORM's statement spans are wanted in traces, not in the log; and only inside
+    // a call's span: the background pollers' queries would otherwise each start a
+    // trace of their own, every few seconds.
+    let in_a_call = dynamic_filter_fn(|meta, cx| {
+        !meta.target().starts_with("sea_orm") || cx.lookup_current().is_some()
+    });
+    let otel = traces.as_ref().map(|t| {
+        tracing_opentelemetry::layer()
+            .with_tracer(t.tracer())
+            .with_filter(filter(&user, QUIET.iter()).and(in_a_call))
+    });
+    // A second init (tests) is harmless: the first subscriber stays.
+    let _ = tracing_subscriber::registry()
+        .with(logs.with_filter(filter(&user, QUIET.iter().chain([&LOG_QUIET]))))
+        .with(otel)
+        .try_init();
+    if let Some(e) = failed {
+        tracing::warn!(error = %e, "traces are not exported");
+    }
+    Telemetry { traces }
+}
+
+/// `RUST_LOG` (default `info`), with the `quiet` directives for crates it does not name.
+fn filter<'a>(user: &str, quiet: impl Iterator<Item = &'a &'a str>) -> EnvFilter {
+    let mut filter = EnvFilter::try_new(user).unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    for directive in quiet {
         let target = directive.split('=').next().unwrap_or_default();
         if !user.contains(target)
             && let Ok(d) = directive.parse()
@@ -37,17 +85,20 @@ pub fn init() {
             filter = filter.add_directive(d);
         }
     }
-    let json = std::env::var("KMS_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_writer(std::io::stderr);
-    // A second init (tests) is harmless: the first subscriber stays.
-    let _ = if json {
-        builder.json().with_current_span(true).try_init()
-    } else {
-        builder
-            .with_ansi(std::io::stderr().is_terminal())
-            .try_init()
-    };
+    filter
+}
+
+/// What `init` started that must be stopped at exit.
+#[must_use = "call shutdown before the runtime ends, or the last spans are lost"]
+pub struct Telemetry {
+    traces: Option<traces::Traces>,
+}
+
+impl Telemetry {
+    /// Flushes the spans still queued. Blocks: call it outside async code.
+    pub fn shutdown(self) {
+        if let Some(traces) = self.traces {
+            traces.shutdown();
+        }
+    }
 }

@@ -32,6 +32,7 @@ mod retention;
 mod sessions;
 mod signing;
 mod throttle;
+mod traces;
 mod transports_agree;
 mod user_creator;
 mod users;
