@@ -75,9 +75,9 @@ fn event(e: AuditEvent) -> pb::AuditEvent {
 impl Audit for AuditApi {
     async fn list_audit_events(
         &self,
-        request: Request<pb::ListAuditEventsRequest>,
+        mut request: Request<pb::ListAuditEventsRequest>,
     ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
-        let caller = caller(&request)?;
+        let caller = caller(&mut request)?;
         let req = request.into_inner();
         let filter = AuditFilter {
             actor: filter("actor", &req.actor)?,
