@@ -9,12 +9,15 @@ use plotters::prelude::*;
 pub const DEFAULT_FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 const FAMILY: &str = "sans-serif";
 
-/// One scenario's sweep: (calls in flight, calls/s, p99 ms, calls/s as a share of
-/// its bare baseline at the same level) per level.
+/// One level of a sweep: (calls in flight, calls/s, p99 ms, calls/s as a share of the
+/// bare baseline at the same level).
+pub type Point = (usize, f64, f64, Option<f64>);
+
+/// One scenario's sweep, a point per level.
 #[derive(Debug, Clone)]
 pub struct Series {
     pub name: String,
-    pub points: Vec<(usize, f64, f64, Option<f64>)>,
+    pub points: Vec<Point>,
 }
 
 /// Registers the font once per process. `Err` says why text cannot be drawn.

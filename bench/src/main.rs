@@ -463,7 +463,7 @@ async fn chart_cmd(args: ChartArgs) -> Result<bool, String> {
     let (duration, warmup) = (args.duration, args.warmup);
     let (rows, series) = with_session(session, async move |s| {
         let mut rows = Vec::new();
-        let mut by_scenario: Vec<(Scenario, Vec<(usize, f64, f64, Option<f64>)>)> =
+        let mut by_scenario: Vec<(Scenario, Vec<chart::Point>)> =
             wanted.iter().map(|sc| (*sc, Vec::new())).collect();
         for &level in &levels {
             let (level_rows, _) = measure_rounds(s, &wanted, level, duration, warmup, 1).await?;

@@ -56,10 +56,10 @@ fn ratio_check(rows: &[Row], name: &str, what: &str, at_least: f64) -> Option<Ch
         what,
         &format!(">= {:.0}%", at_least * 100.0),
         format!(
-            "{} ({} vs {} calls/s)",
+            "{} of {} ({} calls/s in the median round)",
             report::fmt_ratio_spread(row.ratio, row.spread),
-            fmt_count(row.calls_per_s),
-            row.baseline
+            row.baseline,
+            fmt_count(row.calls_per_s)
         ),
         row.ratio.map(|r| r >= at_least),
     ))
