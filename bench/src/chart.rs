@@ -9,11 +9,15 @@ use plotters::prelude::*;
 pub const DEFAULT_FONT: &str = "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf";
 const FAMILY: &str = "sans-serif";
 
-/// One scenario's sweep: (calls in flight, calls/s, p99 ms) per level.
+/// One level of a sweep: (calls in flight, calls/s, p99 ms, calls/s as a share of the
+/// bare baseline at the same level).
+pub type Point = (usize, f64, f64, Option<f64>);
+
+/// One scenario's sweep, a point per level.
 #[derive(Debug, Clone)]
 pub struct Series {
     pub name: String,
-    pub points: Vec<(usize, f64, f64)>,
+    pub points: Vec<Point>,
 }
 
 /// Registers the font once per process. `Err` says why text cannot be drawn.
@@ -34,6 +38,7 @@ pub fn load_font(path: &Path) -> Result<(), String> {
 /// Fixed colours for the main scenarios, so charts compare at a glance.
 fn color_of(name: &str, i: usize) -> RGBAColor {
     match name {
+        "bare" => RGBColor(0, 0, 0).to_rgba(),
         "health" => RGBColor(90, 90, 90).to_rgba(),
         "validate" => RGBColor(31, 119, 180).to_rgba(),
         "verify" => RGBColor(44, 160, 44).to_rgba(),
@@ -54,7 +59,8 @@ fn err<E: std::fmt::Display>(e: E) -> String {
     format!("drawing the chart failed: {e}")
 }
 
-/// Draws two panels side by side into `out`: calls/s (linear) and p99 ms (log), both
+/// Draws three panels side by side into `out`: calls/s (linear), calls/s as a share of
+/// the bare baseline of the same shape at the same level, and p99 ms (log), all
 /// against calls in flight on a log2 axis.
 pub fn draw(out: &Path, title: &str, series: &[Series]) -> Result<(), String> {
     let levels: Vec<usize> = series
@@ -79,10 +85,15 @@ pub fn draw(out: &Path, title: &str, series: &[Series]) -> Result<(), String> {
         std::fs::create_dir_all(parent)
             .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
     }
-    let root = BitMapBackend::new(out, (1400, 620)).into_drawing_area();
+    let max_ratio = series
+        .iter()
+        .flat_map(|s| s.points.iter().filter_map(|p| p.3))
+        .fold(1.0f64, f64::max);
+    let root = BitMapBackend::new(out, (2000, 620)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let root = root.titled(title, (FAMILY, 24)).map_err(err)?;
-    let (left, right) = root.split_horizontally(700);
+    let (left, rest) = root.split_horizontally(667);
+    let (middle, right) = rest.split_horizontally(667);
     let x_label = |x: &f64| format!("{}", 2f64.powf(*x).round());
 
     let mut rate = ChartBuilder::on(&left)
@@ -95,6 +106,24 @@ pub fn draw(out: &Path, title: &str, series: &[Series]) -> Result<(), String> {
     rate.configure_mesh()
         .x_desc("calls in flight")
         .y_desc("calls/s")
+        .x_labels(usize::try_from(x_max as u64 + 1).unwrap_or(9))
+        .x_label_formatter(&x_label)
+        .y_label_formatter(&|y| format!("{y:.0}"))
+        .label_style((FAMILY, 14))
+        .draw()
+        .map_err(err)?;
+
+    let mut share = ChartBuilder::on(&middle)
+        .caption("calls/s vs the bare tonic baseline (%)", (FAMILY, 20))
+        .margin(15)
+        .x_label_area_size(45)
+        .y_label_area_size(75)
+        .build_cartesian_2d(0f64..x_max, 0f64..(max_ratio * 110.0).max(110.0))
+        .map_err(err)?;
+    share
+        .configure_mesh()
+        .x_desc("calls in flight")
+        .y_desc("% of bare")
         .x_labels(usize::try_from(x_max as u64 + 1).unwrap_or(9))
         .x_label_formatter(&x_label)
         .y_label_formatter(&|y| format!("{y:.0}"))
@@ -143,9 +172,32 @@ pub fn draw(out: &Path, title: &str, series: &[Series]) -> Result<(), String> {
             });
         p99.draw_series(lat.iter().map(|&p| Circle::new(p, 4, color.filled())))
             .map_err(err)?;
+        let shares: Vec<(f64, f64)> = s
+            .points
+            .iter()
+            .filter_map(|p| p.3.map(|r| (x_of(p.0), r * 100.0)))
+            .collect();
+        share
+            .draw_series(LineSeries::new(shares.clone(), color.stroke_width(2)))
+            .map_err(err)?
+            .label(s.name.clone())
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
+        share
+            .draw_series(shares.iter().map(|&p| Circle::new(p, 4, color.filled())))
+            .map_err(err)?;
     }
     rate.configure_series_labels()
         .position(SeriesLabelPosition::UpperLeft)
+        .label_font((FAMILY, 14))
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
+    share
+        .configure_series_labels()
+        .position(SeriesLabelPosition::LowerLeft)
         .label_font((FAMILY, 14))
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
@@ -178,11 +230,19 @@ mod tests {
         let series = vec![
             Series {
                 name: "health".into(),
-                points: vec![(1, 5000.0, 0.2), (4, 15000.0, 0.4), (64, 30000.0, 3.0)],
+                points: vec![
+                    (1, 5000.0, 0.2, Some(0.9)),
+                    (4, 15000.0, 0.4, Some(0.95)),
+                    (64, 30000.0, 3.0, Some(0.8)),
+                ],
             },
             Series {
                 name: "verify".into(),
-                points: vec![(1, 3000.0, 0.4), (4, 9000.0, 0.8), (64, 20000.0, 5.0)],
+                points: vec![
+                    (1, 3000.0, 0.4, None),
+                    (4, 9000.0, 0.8, Some(0.7)),
+                    (64, 20000.0, 5.0, Some(0.6)),
+                ],
             },
         ];
         draw(&out, "test", &series).unwrap();

@@ -7,9 +7,12 @@
 //! `smoke` a one-second-per-scenario check for CI, `seed` a bulk load, and `scenario`
 //! any chosen scenarios.
 
+mod bare;
 mod chart;
 mod driver;
 mod report;
+mod rounds;
+mod run;
 mod scenario;
 mod seed;
 mod server;
@@ -24,7 +27,8 @@ use std::{
 use clap::{Args, Parser, Subcommand};
 
 use crate::{
-    report::{Check, Row, fmt_count, fmt_mib, fmt_ms},
+    report::{Row, fmt_count},
+    rounds::{measure_rounds, measure_row, setting},
     scenario::Scenario,
     server::Jwt,
     session::{Prepare, ServerChoice, Session},
@@ -55,6 +59,15 @@ enum Cmd {
     Smoke(SmokeArgs),
     /// Bulk-load keys and users into a database (migrating it first).
     Seed(SeedArgs),
+    /// The bare baseline: a tonic server with one no-op unary method and no layers
+    /// (started by the other commands; serves until killed).
+    BareServer(BareServerArgs),
+}
+
+#[derive(Debug, Args)]
+struct BareServerArgs {
+    #[arg(long, default_value = "127.0.0.1:50099")]
+    addr: std::net::SocketAddr,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -122,6 +135,10 @@ struct LoadArgs {
     /// Seconds each scenario runs, unmeasured, before that.
     #[arg(long, default_value = "2", value_parser = parse_secs)]
     warmup: Duration,
+    /// Rounds of the per-call scenarios and their bare baselines: each row is the
+    /// median round, its ratio the median of the rounds' ratios.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Keys seeded before the scenarios.
     #[arg(long, default_value_t = 1_000)]
     keys: u64,
@@ -171,8 +188,9 @@ struct ScenarioArgs {
     server: ServerArgs,
     #[command(flatten)]
     load: LoadArgs,
-    /// Scenarios to run after health: health, validate, verify, verify-scoped, verify-invalid, get,
-    /// create, rotate, login.
+    /// Scenarios to run (each after the bare baseline of its shape, in `--rounds`
+    /// rounds): health, validate, verify, verify-scoped, verify-invalid, get, create,
+    /// rotate, login, check; bare, bare+auth, bare+check-size alone.
     scenarios: Vec<Scenario>,
     /// Also print the Markdown table.
     #[arg(long)]
@@ -189,11 +207,11 @@ struct ChartArgs {
     /// Calls in flight to sweep.
     #[arg(long, value_delimiter = ',', default_value = "1,4,16,64,256")]
     levels: Vec<usize>,
-    /// Scenarios drawn.
+    /// Scenarios drawn (each against its bare baseline at the same level).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "health,validate,verify,get"
+        default_value = "bare,health,validate,verify,get"
     )]
     scenarios: Vec<Scenario>,
     #[arg(long, default_value_t = 2)]
@@ -261,11 +279,12 @@ fn main() -> ExitCode {
 /// not expect.
 async fn dispatch(command: Cmd) -> Result<bool, String> {
     match command {
-        Cmd::Run(args) => run(args).await,
+        Cmd::Run(args) => run::run(args).await,
         Cmd::Scenario(args) => scenarios(args).await,
         Cmd::Chart(args) => chart_cmd(args).await,
         Cmd::Smoke(args) => smoke(args).await,
         Cmd::Seed(args) => seed_cmd(args).await.map(|()| true),
+        Cmd::BareServer(args) => bare::serve(args.addr).await.map(|()| true),
     }
 }
 
@@ -300,54 +319,8 @@ fn all_expected(rows: &[Row]) -> bool {
     bad.is_empty()
 }
 
-fn setting(session: &Session, extra: &str) -> String {
-    let jwt = match session.jwt() {
-        Some(Jwt::Hs256) => ", HS256",
-        Some(Jwt::EdDsa) => ", EdDSA",
-        None => "",
-    };
-    format!(
-        "{} keys{jwt}, {}{extra}",
-        fmt_count(session.keys_stored as f64),
-        session.backend
-    )
-}
-
-async fn measure_row(
-    session: &Session,
-    scenario: Scenario,
-    concurrency: usize,
-    duration: Duration,
-    warmup: Duration,
-    baseline: Option<f64>,
-) -> Result<Row, String> {
-    eprintln!(
-        "kms-bench: {} at {concurrency} in flight for {:.1} s",
-        scenario.name(),
-        duration.as_secs_f64()
-    );
-    let m = session
-        .measure(scenario, concurrency, duration, warmup)
-        .await?;
-    let row = Row::new(
-        scenario.name(),
-        setting(session, ""),
-        concurrency,
-        &m.measurement,
-        baseline,
-        m.peak_rss_kib,
-    );
-    eprintln!(
-        "           {} calls/s, p99 {} ms, {}",
-        fmt_count(row.calls_per_s),
-        fmt_ms(row.p99_ms),
-        report::fmt_outcomes(&row.outcomes)
-    );
-    Ok(row)
-}
-
 /// What this machine is, for the report.
-fn machine() -> String {
+pub(crate) fn machine() -> String {
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -378,33 +351,16 @@ async fn scenarios(args: ScenarioArgs) -> Result<bool, String> {
     if wanted.is_empty() {
         wanted = Scenario::ALL.to_vec();
     }
-    wanted.retain(|s| *s != Scenario::Health);
     let rows = with_session(session, async move |s| {
-        let mut health = measure_row(
+        let (rows, _) = measure_rounds(
             s,
-            Scenario::Health,
+            &wanted,
             load.concurrency,
             load.duration,
             load.warmup,
-            None,
+            load.rounds,
         )
         .await?;
-        let baseline = Some(health.calls_per_s);
-        health.ratio = Some(1.0);
-        let mut rows = vec![health];
-        for sc in wanted {
-            rows.push(
-                measure_row(
-                    s,
-                    sc,
-                    load.concurrency,
-                    load.duration,
-                    load.warmup,
-                    baseline,
-                )
-                .await?,
-            );
-        }
         Ok(rows)
     })
     .await?;
@@ -426,29 +382,34 @@ async fn smoke(args: SmokeArgs) -> Result<bool, String> {
     let session = Session::open(&args.server.choice(), prepare).await?;
     let second = Duration::from_secs(1);
     let rows = with_session(session, async move |s| {
-        let mut health = measure_row(s, Scenario::Health, 4, second, Duration::ZERO, None).await?;
-        let baseline = Some(health.calls_per_s);
-        health.ratio = Some(1.0);
-        let mut rows = vec![health];
-        for sc in Scenario::ALL.into_iter().skip(1) {
-            rows.push(measure_row(s, sc, 4, second, Duration::ZERO, baseline).await?);
-        }
+        let (mut rows, baselines) =
+            measure_rounds(s, &Scenario::ALL, 4, second, Duration::ZERO, 1).await?;
         if s.is_spawned() {
             s.grow_keys(200).await?;
-            rows.push(measure_row(s, Scenario::Verify, 4, second, Duration::ZERO, baseline).await?);
+            rows.push(
+                measure_row(s, Scenario::Verify, 4, second, Duration::ZERO, &baselines).await?,
+            );
             let (verify, login, peak) = s
                 .login_flood(16, 4, second, Duration::from_millis(200))
                 .await?;
             rows.push(Row::new(
                 "verify",
-                setting(s, ", during 16 logins"),
+                setting(s, Scenario::Verify, ", during 16 logins"),
                 4,
                 &verify,
-                baseline,
+                rounds::baseline_of(Scenario::Verify, &baselines),
                 peak,
             ));
             rows.push(
-                Row::new("login", setting(s, ", flood"), 16, &login, baseline, peak).shedding(),
+                Row::new(
+                    "login",
+                    setting(s, Scenario::Login, ", flood"),
+                    16,
+                    &login,
+                    rounds::baseline_of(Scenario::Login, &baselines),
+                    peak,
+                )
+                .shedding(),
             );
             let startup = s.startup_times(1).await?;
             if let Some(t) = startup.first() {
@@ -459,7 +420,7 @@ async fn smoke(args: SmokeArgs) -> Result<bool, String> {
             }
             s.restart_with(Jwt::Hs256).await?;
             rows.push(
-                measure_row(s, Scenario::Validate, 4, second, Duration::ZERO, baseline).await?,
+                measure_row(s, Scenario::Validate, 4, second, Duration::ZERO, &baselines).await?,
             );
         }
         Ok(rows)
@@ -502,19 +463,27 @@ async fn chart_cmd(args: ChartArgs) -> Result<bool, String> {
     let (duration, warmup) = (args.duration, args.warmup);
     let (rows, series) = with_session(session, async move |s| {
         let mut rows = Vec::new();
-        let mut series = Vec::new();
-        for sc in wanted {
-            let mut points = Vec::new();
-            for &level in &levels {
-                let row = measure_row(s, sc, level, duration, warmup, None).await?;
-                points.push((level, row.calls_per_s, row.p99_ms));
+        let mut by_scenario: Vec<(Scenario, Vec<chart::Point>)> =
+            wanted.iter().map(|sc| (*sc, Vec::new())).collect();
+        for &level in &levels {
+            let (level_rows, _) = measure_rounds(s, &wanted, level, duration, warmup, 1).await?;
+            for row in level_rows {
+                if let Some((_, points)) = by_scenario
+                    .iter_mut()
+                    .find(|(sc, _)| sc.name() == row.scenario)
+                {
+                    points.push((level, row.calls_per_s, row.p99_ms, row.ratio));
+                }
                 rows.push(row);
             }
-            series.push(chart::Series {
+        }
+        let series = by_scenario
+            .into_iter()
+            .map(|(sc, points)| chart::Series {
                 name: sc.name().to_owned(),
                 points,
-            });
-        }
+            })
+            .collect::<Vec<_>>();
         Ok((rows, series))
     })
     .await?;
@@ -573,237 +542,4 @@ async fn seed_cmd(args: SeedArgs) -> Result<(), String> {
     }
     let _ = store.close().await;
     Ok(())
-}
-
-/// Everything `run` measured, for the report.
-struct RunFigures {
-    rows: Vec<Row>,
-    checks: Vec<Check>,
-    notes: Vec<String>,
-}
-
-async fn run(args: RunArgs) -> Result<bool, String> {
-    let started = Instant::now();
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-
-    let session = Session::open(&args.server.choice(), args.load.prepare()).await?;
-    let load = args.load.clone();
-    let (keys_at_scale, flood, startup_runs) = (args.keys_at_scale, args.flood, args.startup_runs);
-    let figures = with_session(session, async move |s| {
-        let (c, d, w) = (load.concurrency, load.duration, load.warmup);
-        let mut notes = Vec::new();
-        let mut checks = Vec::new();
-        let idle = s.idle_memory;
-
-        let mut health = measure_row(s, Scenario::Health, c, d, w, None).await?;
-        let baseline = Some(health.calls_per_s);
-        health.ratio = Some(1.0);
-        let mut rows = vec![health];
-        let mut argon2 = None;
-        for sc in Scenario::ALL.into_iter().skip(1) {
-            if sc == Scenario::Login {
-                // Timed right before the logins, while the server idles: the machine's
-                // speed drifts over minutes here.
-                eprintln!("kms-bench: timing argon2id with the server's parameters");
-                let one = seed::argon2_time(10).await?;
-                argon2 = Some((one, seed::argon2_parallel_rate(cores, 10).await?));
-            }
-            rows.push(measure_row(s, sc, c, d, w, baseline).await?);
-        }
-        let (hash_time, argon2_parallel) = argon2.ok_or("login was not measured")?;
-        let argon2_rate = cores as f64 / hash_time.as_secs_f64();
-        let small: Vec<Row> = rows.clone();
-        let find = |rows: &[Row], name: &str| rows.iter().find(|r| r.scenario == name).cloned();
-
-        let mut at_scale = Vec::new();
-        if keys_at_scale > s.keys_stored && s.is_spawned() {
-            s.grow_keys(keys_at_scale).await?;
-            for sc in [Scenario::Verify, Scenario::VerifyInvalid, Scenario::Get] {
-                at_scale.push(measure_row(s, sc, c, d, w, baseline).await?);
-            }
-            rows.extend(at_scale.iter().cloned());
-        }
-        for (keys, took) in &s.seedings {
-            if *keys >= 100_000 {
-                notes.push(format!(
-                    "Seeding: {} keys in {:.1} s ({} keys/s) on {}.",
-                    fmt_count(*keys as f64),
-                    took.as_secs_f64(),
-                    fmt_count(*keys as f64 / took.as_secs_f64().max(1e-9)),
-                    s.backend
-                ));
-            }
-        }
-
-        let startup = s.startup_times(startup_runs).await?;
-
-        let mut flood_figures = None;
-        if flood > 0 {
-            eprintln!("kms-bench: login flood: {flood} logins in flight while verify runs at {c}");
-            let (verify, login, peak) = s.login_flood(flood, c, d, w.max(Duration::from_secs(2))).await?;
-            let v = Row::new("verify", setting(s, &format!(", during {flood} logins")), c, &verify, baseline, peak);
-            let l = Row::new("login", setting(s, ", flood"), flood, &login, baseline, peak).shedding();
-            flood_figures = Some((v.clone(), l.clone(), peak));
-            rows.push(v);
-            rows.push(l);
-        }
-
-        let mut hs256 = None;
-        if s.is_spawned() {
-            s.restart_with(Jwt::Hs256).await?;
-            let row = measure_row(s, Scenario::Validate, c, d, w, baseline).await?;
-            hs256 = Some(row.clone());
-            rows.push(row);
-        }
-
-        // The performance targets (BENCHMARKS.md, "Targets"), judged on these figures.
-        let pct = |r: Option<f64>| report::fmt_ratio(r);
-        if let Some(v) = find(&small, "verify") {
-            checks.push(Check::new("verify calls/s vs health", ">= 70%", pct(v.ratio), v.ratio.map(|r| r >= 0.7)));
-            checks.push(Check::new("verify p99", "< 2 ms", format!("{} ms", fmt_ms(v.p99_ms)), Some(v.p99_ms < 2.0)));
-            if let Some(big) = find(&at_scale, "verify") {
-                let rel = big.calls_per_s / v.calls_per_s.max(1e-9);
-                checks.push(Check::new(
-                    &format!("verify with {} keys vs {}", fmt_count(keys_at_scale as f64), fmt_count(load.keys as f64)),
-                    "within 10%",
-                    format!("{:.0}% ({} vs {} calls/s)", rel * 100.0, fmt_count(big.calls_per_s), fmt_count(v.calls_per_s)),
-                    Some(rel >= 0.9),
-                ));
-            }
-        }
-        if let Some(v) = find(&small, "validate") {
-            checks.push(Check::new("validate (EdDSA) vs health", ">= 50%", pct(v.ratio), v.ratio.map(|r| r >= 0.5)));
-        }
-        if let Some(v) = &hs256 {
-            checks.push(Check::new("validate (HS256) vs health", ">= 80%", pct(v.ratio), v.ratio.map(|r| r >= 0.8)));
-        }
-        if let Some(g) = find(&small, "get") {
-            checks.push(Check::new("get vs health", ">= 40%", pct(g.ratio), g.ratio.map(|r| r >= 0.4)));
-        }
-        for name in ["create", "rotate"] {
-            if let Some(r) = find(&small, name) {
-                checks.push(Check::new(
-                    &format!("{name} calls/s"),
-                    "bound by the database's commit rate: reported",
-                    format!("{} calls/s ({})", fmt_count(r.calls_per_s), s.backend),
-                    None,
-                ));
-            }
-        }
-        notes.push(format!(
-            "argon2id (m=19 MiB, t=2, p=1): one hash takes {} ms here, so {cores} cores allow {} logins/s.",
-            fmt_ms(hash_time.as_secs_f64() * 1e3),
-            fmt_count(argon2_rate)
-        ));
-        notes.push(format!(
-            "With {cores} hashes running at once (the server's pool kept full) they make {} hashes/s: \
-             what the cores allow when they share cache and memory bandwidth.",
-            fmt_count(argon2_parallel)
-        ));
-        if let Some(l) = find(&small, "login") {
-            let rel = l.calls_per_s / argon2_rate;
-            checks.push(Check::new(
-                "login calls/s vs cores / argon2 time",
-                ">= 90%",
-                format!("{:.0}% ({} of {} logins/s)", rel * 100.0, fmt_count(l.calls_per_s), fmt_count(argon2_rate)),
-                Some(rel >= 0.9),
-            ));
-            let rel = l.calls_per_s / argon2_parallel;
-            checks.push(Check::new(
-                &format!("login calls/s vs {cores} hashes at once, measured"),
-                "reported",
-                format!("{:.0}% ({} of {} logins/s)", rel * 100.0, fmt_count(l.calls_per_s), fmt_count(argon2_parallel)),
-                None,
-            ));
-        }
-        if let Some((v, l, peak)) = &flood_figures {
-            checks.push(Check::new(
-                &format!("verify p99 during a flood of {flood} logins"),
-                "< 10 ms",
-                format!("{} ms (logins: {} calls/s)", fmt_ms(v.p99_ms), fmt_count(l.calls_per_s)),
-                Some(v.p99_ms < 10.0),
-            ));
-            if let (Some(peak), Some(idle)) = (peak, idle) {
-                let pool = cores as u64;
-                let bound = idle.rss_kib + pool * u64::from(kms::crypto::password::M_COST_KIB);
-                // The fixed part: the idle server plus what ~1,000 queued calls and
-                // their connections hold; 10 MiB is allowed for that.
-                let allowed = bound + 10 * 1024;
-                checks.push(Check::new(
-                    "RSS under the login flood",
-                    &format!("<= idle + {pool} x 19 MiB (+10 MiB) = {} MiB", fmt_mib(Some(allowed))),
-                    format!("{} MiB", fmt_mib(Some(*peak))),
-                    Some(*peak <= allowed),
-                ));
-            }
-        }
-        if let Some(idle) = idle {
-            checks.push(Check::new("RSS idle", "< 30 MB", format!("{} MiB", fmt_mib(Some(idle.rss_kib))), Some(idle.rss_kib * 1024 < 30_000_000)));
-        }
-        let loaded = small.iter().filter_map(|r| r.peak_rss_kib).max();
-        if loaded.is_some() {
-            checks.push(Check::new(
-                &format!("RSS under {c}-in-flight load (largest of the scenarios)"),
-                "< 100 MB",
-                format!("{} MiB", fmt_mib(loaded)),
-                loaded.map(|k| k * 1024 < 100_000_000),
-            ));
-        }
-        if let Some(hwm) = s.memory().map(|m| m.hwm_kib) {
-            notes.push(format!("Server VmHWM (peak RSS) of the last server process: {} MiB.", fmt_mib(Some(hwm))));
-        }
-        if !startup.is_empty() {
-            let median = startup[startup.len() / 2];
-            let all: Vec<String> = startup.iter().map(|t| format!("{:.0}", t.as_secs_f64() * 1e3)).collect();
-            checks.push(Check::new(
-                &format!("start-up on an existing database ({} keys) to health SERVING", fmt_count(s.keys_stored as f64)),
-                "< 200 ms",
-                format!("median {:.0} ms of {} ({} ms)", median.as_secs_f64() * 1e3, startup.len(), all.join(", ")),
-                Some(median < Duration::from_millis(200)),
-            ));
-        }
-        Ok(RunFigures { rows, checks, notes })
-    })
-    .await?;
-
-    print_rows(&figures.rows);
-    println!("Targets:\n{}", report::text_checks(&figures.checks));
-    for n in &figures.notes {
-        println!("{n}");
-    }
-    let markdown = run_markdown(&args, &figures, started.elapsed());
-    println!("\n{markdown}");
-    if let Some(path) = &args.markdown {
-        std::fs::write(path, &markdown)
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        println!("Markdown written to {}", path.display());
-    }
-    Ok(all_expected(&figures.rows))
-}
-
-fn run_markdown(args: &RunArgs, figures: &RunFigures, took: Duration) -> String {
-    let mut out = String::new();
-    out.push_str(&format!(
-        "Measured {} on {}, `kms-bench run` ({} in flight over {} HTTP/2 connections, {:.0} s per scenario after {:.0} s warm-up; the whole run took {:.0} s).\n\n",
-        chrono::Utc::now().format("%Y-%m-%d"),
-        machine(),
-        args.load.concurrency,
-        args.load.connections,
-        args.load.duration.as_secs_f64(),
-        args.load.warmup.as_secs_f64(),
-        took.as_secs_f64()
-    ));
-    out.push_str(&report::markdown_table(&figures.rows));
-    out.push('\n');
-    let legend: Vec<String> = Scenario::ALL
-        .iter()
-        .map(|s| format!("`{}`: {}", s.name(), s.describe()))
-        .collect();
-    out.push_str(&format!("Scenarios: {}.\n\n", legend.join("; ")));
-    for n in &figures.notes {
-        out.push_str(&format!("- {n}\n"));
-    }
-    out.push('\n');
-    out.push_str(&report::markdown_checks(&figures.checks));
-    out
 }

@@ -12,8 +12,13 @@ pub struct Row {
     pub setting: String,
     pub concurrency: usize,
     pub calls_per_s: f64,
-    /// Calls/s divided by the same run's `health` calls/s.
+    /// The bare call this row is divided by (`Scenario::baseline`).
+    pub baseline: String,
+    /// Calls/s divided by the baseline's calls/s measured in the same round; over
+    /// several rounds, the median of the rounds' ratios.
     pub ratio: Option<f64>,
+    /// Over several rounds: the lowest and highest ratio and the number of rounds.
+    pub spread: Option<(f64, f64, usize)>,
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub p999_ms: f64,
@@ -25,12 +30,13 @@ pub struct Row {
 }
 
 impl Row {
+    /// `baseline`: the name of the bare call compared with and its calls/s.
     pub fn new(
         scenario: &str,
         setting: String,
         concurrency: usize,
         m: &Measurement,
-        baseline: Option<f64>,
+        baseline: Option<(&str, f64)>,
         peak_rss_kib: Option<u64>,
     ) -> Self {
         let calls_per_s = m.calls_per_second();
@@ -39,7 +45,12 @@ impl Row {
             setting,
             concurrency,
             calls_per_s,
-            ratio: baseline.filter(|b| *b > 0.0).map(|b| calls_per_s / b),
+            baseline: baseline.map_or_else(|| "-".into(), |(name, _)| name.to_owned()),
+            ratio: baseline
+                .map(|(_, b)| b)
+                .filter(|b| *b > 0.0)
+                .map(|b| calls_per_s / b),
+            spread: None,
             p50_ms: m.quantile_ms(0.5),
             p99_ms: m.quantile_ms(0.99),
             p999_ms: m.quantile_ms(0.999),
@@ -114,16 +125,67 @@ pub fn fmt_ratio(r: Option<f64>) -> String {
     r.map_or_else(|| "-".into(), |r| format!("{:.0}%", r * 100.0))
 }
 
+/// The ratio, and over several rounds their range: `88% (85-90%, 3 rounds)`.
+pub fn fmt_ratio_spread(r: Option<f64>, spread: Option<(f64, f64, usize)>) -> String {
+    match (r, spread) {
+        (Some(r), Some((lo, hi, n))) if n > 1 => format!(
+            "{:.0}% ({:.0}-{:.0}%, {n} rounds)",
+            r * 100.0,
+            lo * 100.0,
+            hi * 100.0
+        ),
+        _ => fmt_ratio(r),
+    }
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    Some(if v.len().is_multiple_of(2) {
+        (v[mid - 1] + v[mid]) / 2.0
+    } else {
+        v[mid]
+    })
+}
+
+/// One row out of several rounds of the same scenario: the round with the median
+/// calls/s, carrying the median of the rounds' ratios and their range.
+pub fn median_row(rounds: &[Row]) -> Option<Row> {
+    let mut sorted: Vec<&Row> = rounds.iter().collect();
+    sorted.sort_by(|a, b| a.calls_per_s.total_cmp(&b.calls_per_s));
+    let mut row = (*sorted.get(sorted.len() / 2)?).clone();
+    let ratios: Vec<f64> = rounds.iter().filter_map(|r| r.ratio).collect();
+    row.ratio = median(&ratios);
+    let lo = ratios.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = ratios.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    row.spread = (!ratios.is_empty()).then_some((lo, hi, ratios.len()));
+    // Every call of every round counts towards the statuses.
+    let mut outcomes = BTreeMap::new();
+    for r in rounds {
+        for (label, n) in &r.outcomes {
+            *outcomes.entry(*label).or_default() += n;
+        }
+    }
+    row.outcomes = outcomes;
+    Some(row)
+}
+
 pub fn fmt_mib(kib: Option<u64>) -> String {
     kib.map_or_else(|| "-".into(), |k| format!("{:.1}", k as f64 / 1024.0))
 }
 
-const HEADERS: [&str; 10] = [
+const HEADERS: [&str; 11] = [
     "scenario",
     "setting",
     "in flight",
     "calls/s",
-    "vs health",
+    "baseline",
+    "vs baseline",
     "p50 ms",
     "p99 ms",
     "p99.9 ms",
@@ -131,13 +193,14 @@ const HEADERS: [&str; 10] = [
     "statuses",
 ];
 
-fn cells(row: &Row) -> [String; 10] {
+fn cells(row: &Row) -> [String; 11] {
     [
         row.scenario.clone(),
         row.setting.clone(),
         row.concurrency.to_string(),
         fmt_count(row.calls_per_s),
-        fmt_ratio(row.ratio),
+        row.baseline.clone(),
+        fmt_ratio_spread(row.ratio, row.spread),
         fmt_ms(row.p50_ms),
         fmt_ms(row.p99_ms),
         fmt_ms(row.p999_ms),
@@ -146,9 +209,14 @@ fn cells(row: &Row) -> [String; 10] {
     ]
 }
 
+/// Columns of figures, aligned right.
+fn is_number(column: usize) -> bool {
+    (2..=9).contains(&column) && column != 4
+}
+
 /// An aligned plain-text table for the terminal.
 pub fn text_table(rows: &[Row]) -> String {
-    let all: Vec<[String; 10]> = rows.iter().map(cells).collect();
+    let all: Vec<[String; 11]> = rows.iter().map(cells).collect();
     let mut widths = HEADERS.map(str::len);
     for r in &all {
         for (w, c) in widths.iter_mut().zip(r.iter()) {
@@ -160,7 +228,7 @@ pub fn text_table(rows: &[Row]) -> String {
         let mut s = String::new();
         for (i, (c, w)) in cols.iter().zip(widths.iter()).enumerate() {
             // Text left, numbers right.
-            if (2..=8).contains(&i) {
+            if is_number(i) {
                 let _ = write!(s, "{c:>w$}  ");
             } else {
                 let _ = write!(s, "{c:<w$}  ");
@@ -180,7 +248,7 @@ pub fn markdown_table(rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "| {} |", HEADERS.join(" | "));
     let align: Vec<&str> = (0..HEADERS.len())
-        .map(|i| if (2..=8).contains(&i) { "---:" } else { "---" })
+        .map(|i| if is_number(i) { "---:" } else { "---" })
         .collect();
     let _ = writeln!(out, "|{}|", align.join("|"));
     for row in rows {
@@ -254,7 +322,9 @@ mod tests {
             setting: "1,000 keys".into(),
             concurrency: 64,
             calls_per_s: 12345.6,
+            baseline: "bare+auth".into(),
             ratio: Some(0.715),
+            spread: None,
             p50_ms: 1.23456,
             p99_ms: 12.3456,
             p999_ms: 123.456,
@@ -295,11 +365,34 @@ mod tests {
     }
 
     #[test]
+    fn the_median_round_carries_the_median_ratio() {
+        let rounds: Vec<Row> = [(100.0, 0.9), (300.0, 0.7), (200.0, 0.8)]
+            .into_iter()
+            .map(|(calls, ratio)| Row {
+                calls_per_s: calls,
+                ratio: Some(ratio),
+                ..row()
+            })
+            .collect();
+        let m = median_row(&rounds).unwrap();
+        assert_eq!(m.calls_per_s, 200.0);
+        assert_eq!(m.ratio, Some(0.8));
+        assert_eq!(m.spread, Some((0.7, 0.9, 3)));
+        assert_eq!(m.outcomes.get(OK), Some(&(3 * 123456)));
+        assert_eq!(
+            fmt_ratio_spread(m.ratio, m.spread),
+            "80% (70-90%, 3 rounds)"
+        );
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        assert_eq!(median(&[]), None);
+    }
+
+    #[test]
     fn tables() {
         let md = markdown_table(&[row()]);
         assert!(md.starts_with("| scenario | setting |"), "{md}");
         assert!(
-            md.contains("| verify | 1,000 keys | 64 | 12,346 | 72% | 1.235 | 12.35 | 123.5 | 20.0 | OK=123456 UNAVAILABLE=3 |"),
+            md.contains("| verify | 1,000 keys | 64 | 12,346 | bare+auth | 72% | 1.235 | 12.35 | 123.5 | 20.0 | OK=123456 UNAVAILABLE=3 |"),
             "{md}"
         );
         let text = text_table(&[row()]);

@@ -8,19 +8,33 @@ use std::{
     },
 };
 
+use envoy_types::pb::envoy::service::auth::v3::{
+    AttributeContext, CheckRequest, attribute_context, authorization_client::AuthorizationClient,
+    check_response::HttpResponse,
+};
 use kms::proto::kms::v1::{
     CreateKeyRequest, GetKeyRequest, LoginRequest, RotateKeyRequest, ValidateTokenRequest,
     VerifyKeyRequest, auth_client::AuthClient, keys_client::KeysClient,
 };
-use tonic::metadata::{Ascii, MetadataValue};
+use prost::Message;
+use tonic::{
+    metadata::{Ascii, MetadataValue},
+    transport::Channel,
+};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 
-use crate::driver::{CallFn, label_of};
+use crate::driver::{CallFn, CallFuture, label_of};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Scenario {
+    /// The bare tonic server's no-op call (`bare.rs`): the denominator of every ratio.
+    Bare,
+    /// The same, carrying the `authorization` header the KMS's API calls carry.
+    BareAuth,
+    /// The same, with a request as large as `check`'s.
+    BareCheck,
     Health,
     Validate,
     Verify,
@@ -31,10 +45,15 @@ pub enum Scenario {
     Create,
     Rotate,
     Login,
+    /// Envoy ext_authz `Check` of an HTTP request carrying a stored API key.
+    Check,
 }
 
 impl Scenario {
-    pub const ALL: [Scenario; 9] = [
+    pub const ALL: [Scenario; 13] = [
+        Scenario::Bare,
+        Scenario::BareAuth,
+        Scenario::BareCheck,
         Scenario::Health,
         Scenario::Validate,
         Scenario::Verify,
@@ -44,10 +63,41 @@ impl Scenario {
         Scenario::Create,
         Scenario::Rotate,
         Scenario::Login,
+        Scenario::Check,
     ];
+
+    /// The baselines, measured on the bare server.
+    pub const BARE: [Scenario; 3] = [Scenario::Bare, Scenario::BareAuth, Scenario::BareCheck];
+
+    /// Served by the bare server rather than the KMS.
+    pub fn is_bare(self) -> bool {
+        Self::BARE.contains(&self)
+    }
+
+    /// The bare call this scenario is compared with: one of the same shape (a call
+    /// carrying the access token against the bare call carrying it, ext_authz against a
+    /// message of its size).
+    pub fn baseline(self) -> Scenario {
+        match self {
+            Scenario::Bare | Scenario::Health | Scenario::Validate | Scenario::Login => {
+                Scenario::Bare
+            }
+            Scenario::BareAuth
+            | Scenario::Verify
+            | Scenario::VerifyScoped
+            | Scenario::VerifyInvalid
+            | Scenario::Get
+            | Scenario::Create
+            | Scenario::Rotate => Scenario::BareAuth,
+            Scenario::BareCheck | Scenario::Check => Scenario::BareCheck,
+        }
+    }
 
     pub fn name(self) -> &'static str {
         match self {
+            Scenario::Bare => "bare",
+            Scenario::BareAuth => "bare+auth",
+            Scenario::BareCheck => "bare+check-size",
             Scenario::Health => "health",
             Scenario::Validate => "validate",
             Scenario::Verify => "verify",
@@ -57,12 +107,18 @@ impl Scenario {
             Scenario::Create => "create",
             Scenario::Rotate => "rotate",
             Scenario::Login => "login",
+            Scenario::Check => "check",
         }
     }
 
     /// What one call is, for the report.
     pub fn describe(self) -> &'static str {
         match self {
+            Scenario::Bare => "a bare tonic server's no-op unary call (no layers)",
+            Scenario::BareAuth => {
+                "the bare call carrying the same `authorization: Bearer` header as the API calls"
+            }
+            Scenario::BareCheck => "the bare call with a request as large as `check`'s",
             Scenario::Health => "grpc.health.v1 Check",
             Scenario::Validate => "Auth/ValidateToken of a valid access token",
             Scenario::Verify => "Keys/VerifyKey of a stored key",
@@ -74,6 +130,9 @@ impl Scenario {
             Scenario::Create => "Keys/CreateKey, a new service name each call",
             Scenario::Rotate => "Keys/RotateKey, grace 0, over a pool of keys",
             Scenario::Login => "Auth/Login with the right password (argon2id)",
+            Scenario::Check => {
+                "Envoy ext_authz Authorization/Check of a request with a stored key in x-api-key"
+            }
         }
     }
 }
@@ -137,6 +196,70 @@ fn authed<T>(message: T, auth: &MetadataValue<Ascii>) -> tonic::Request<T> {
     request
 }
 
+/// An HTTP request as Envoy's ext_authz filter describes it (`headers` map, lower-case
+/// names), carrying `api_key` in `x-api-key`.
+pub fn check_request(api_key: &str) -> CheckRequest {
+    let headers = [
+        (":authority", "api.example.com"),
+        (":method", "GET"),
+        (":path", "/v1/orders/12345?expand=items"),
+        (":scheme", "https"),
+        ("accept", "application/json"),
+        ("user-agent", "kms-bench/1.0"),
+        ("x-forwarded-proto", "https"),
+        ("x-request-id", "5f0c6a8e-8d1b-4f7a-9a52-3c2b1e0d9f47"),
+        ("x-api-key", api_key),
+    ];
+    CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(attribute_context::Request {
+                http: Some(attribute_context::HttpRequest {
+                    id: "14298012716532468811".into(),
+                    method: "GET".into(),
+                    path: "/v1/orders/12345?expand=items".into(),
+                    host: "api.example.com".into(),
+                    scheme: "https".into(),
+                    protocol: "HTTP/1.1".into(),
+                    headers: headers
+                        .iter()
+                        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                        .collect(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// A health request as large, encoded, as `target` bytes (a byte less where the
+/// length's varint grows; 0 bytes when `target` is too small).
+fn padded_health_request(target: usize) -> HealthCheckRequest {
+    let mut request = HealthCheckRequest {
+        service: String::new(),
+    };
+    let mut n = target;
+    while n > 0 {
+        request.service = "x".repeat(n);
+        if request.encoded_len() <= target {
+            break;
+        }
+        n -= 1;
+    }
+    if request.encoded_len() > target {
+        request.service.clear();
+    }
+    request
+}
+
+fn health_call(ch: Channel, request: tonic::Request<HealthCheckRequest>) -> CallFuture {
+    Box::pin(async move {
+        let r = HealthClient::new(ch).check(request).await;
+        label_of(r, |a| a.status == ServingStatus::Serving as i32)
+    })
+}
+
 /// The call function of `scenario` at `concurrency` in flight.
 pub fn call_fn(scenario: Scenario, fx: Arc<Fixture>, concurrency: usize) -> Result<CallFn, String> {
     let need = |ok: bool, what: &str| {
@@ -147,16 +270,49 @@ pub fn call_fn(scenario: Scenario, fx: Arc<Fixture>, concurrency: usize) -> Resu
         }
     };
     Ok(match scenario {
-        Scenario::Health => Arc::new(|ch, _, _| {
-            Box::pin(async move {
-                let r = HealthClient::new(ch)
-                    .check(HealthCheckRequest {
-                        service: String::new(),
-                    })
-                    .await;
-                label_of(r, |a| a.status == ServingStatus::Serving as i32)
-            })
+        Scenario::Health | Scenario::Bare => Arc::new(|ch, _, _| {
+            health_call(
+                ch,
+                tonic::Request::new(HealthCheckRequest {
+                    service: String::new(),
+                }),
+            )
         }),
+        Scenario::BareAuth => Arc::new(move |ch, _, _| {
+            let request = authed(
+                HealthCheckRequest {
+                    service: String::new(),
+                },
+                &fx.admin_auth,
+            );
+            health_call(ch, request)
+        }),
+        Scenario::BareCheck => {
+            need(!fx.valid_keys.is_empty(), "stored keys")?;
+            let size = fx
+                .valid_keys
+                .first()
+                .map_or(0, |k| check_request(&k.secret).encoded_len());
+            let padded = padded_health_request(size);
+            Arc::new(move |ch, _, _| health_call(ch, tonic::Request::new(padded.clone())))
+        }
+        Scenario::Check => {
+            need(!fx.valid_keys.is_empty(), "stored keys")?;
+            Arc::new(move |ch, worker, seq| {
+                let key = pick(&fx.valid_keys, worker, seq, concurrency)
+                    .map(|k| k.secret.as_str())
+                    .unwrap_or_default();
+                let request = check_request(key);
+                Box::pin(async move {
+                    let r = AuthorizationClient::new(ch).check(request).await;
+                    // Allowed: status OK with an OK HTTP response for the upstream.
+                    label_of(r, |a| {
+                        a.status.as_ref().is_some_and(|s| s.code == 0)
+                            && matches!(a.http_response, Some(HttpResponse::OkResponse(_)))
+                    })
+                })
+            })
+        }
         Scenario::Validate => Arc::new(move |ch, _, _| {
             let token = fx.admin_token.clone();
             Box::pin(async move {
@@ -277,6 +433,29 @@ mod tests {
             assert_eq!(s.name().parse::<Scenario>().unwrap(), s);
         }
         assert!("nope".parse::<Scenario>().is_err());
+    }
+
+    #[test]
+    fn every_scenario_has_a_bare_baseline_of_its_shape() {
+        for s in Scenario::ALL {
+            assert!(s.baseline().is_bare(), "{s:?}");
+        }
+        assert_eq!(Scenario::Verify.baseline(), Scenario::BareAuth);
+        assert_eq!(Scenario::Check.baseline(), Scenario::BareCheck);
+        assert_eq!(Scenario::Health.baseline(), Scenario::Bare);
+    }
+
+    #[test]
+    fn the_padded_request_is_as_large_as_asked() {
+        let key = "k".repeat(60);
+        let target = check_request(&key).encoded_len();
+        assert!(target > 200, "{target}");
+        // A length's varint grows by a byte at 128, so one size there cannot be hit.
+        for size in [target, 127, 128, 129, 130, 300] {
+            let got = padded_health_request(size).encoded_len();
+            assert!(got <= size && size - got <= 1, "{size}: {got}");
+        }
+        assert_eq!(padded_health_request(0).encoded_len(), 0);
     }
 
     #[test]

@@ -17,6 +17,7 @@ use kms::{
 use tonic::transport::Channel;
 
 use crate::{
+    bare::BareServer,
     driver::{self, Measurement, Stop},
     report::fmt_count,
     scenario::{Fixture, Scenario, call_fn},
@@ -66,6 +67,9 @@ pub struct Session {
     spawned: Option<Spawned>,
     pub url: String,
     pub channels: Vec<Channel>,
+    /// The bare baseline server (`bare.rs`) and as many connections to it.
+    bare: BareServer,
+    bare_channels: Vec<Channel>,
     pub fixture: Arc<Fixture>,
     pub keys_stored: u64,
     prepare: Prepare,
@@ -109,13 +113,20 @@ fn invalid_keys() -> Result<Vec<String>, String> {
 
 impl Session {
     pub async fn open(choice: &ServerChoice, prepare: Prepare) -> Result<Self, String> {
+        let bare = BareServer::start().await?;
+        let bare_channels = server::connect(&bare.url, prepare.connections).await?;
         match &choice.target {
-            Some(url) => Self::open_target(choice, url, prepare).await,
-            None => Self::open_spawned(choice, prepare).await,
+            Some(url) => Self::open_target(choice, url, prepare, bare, bare_channels).await,
+            None => Self::open_spawned(choice, prepare, bare, bare_channels).await,
         }
     }
 
-    async fn open_spawned(choice: &ServerChoice, prepare: Prepare) -> Result<Self, String> {
+    async fn open_spawned(
+        choice: &ServerChoice,
+        prepare: Prepare,
+        bare: BareServer,
+        bare_channels: Vec<Channel>,
+    ) -> Result<Self, String> {
         let bin = server::locate_kms_bin(choice.kms_bin.clone(), choice.no_build)?;
         let dir = tempfile::Builder::new()
             .prefix("kms-bench-")
@@ -160,6 +171,8 @@ impl Session {
             }),
             url: String::new(),
             channels: Vec::new(),
+            bare,
+            bare_channels,
             fixture: Arc::new(Fixture {
                 admin_auth: Fixture::bearer("none")?,
                 admin_token: String::new(),
@@ -195,6 +208,8 @@ impl Session {
         choice: &ServerChoice,
         url: &str,
         prepare: Prepare,
+        bare: BareServer,
+        bare_channels: Vec<Channel>,
     ) -> Result<Self, String> {
         let (Some(admin_user), Some(admin_password)) = (&choice.admin_user, &choice.admin_password)
         else {
@@ -277,6 +292,8 @@ impl Session {
             spawned: None,
             url: url.to_owned(),
             channels,
+            bare,
+            bare_channels,
             fixture: Arc::new(Fixture {
                 admin_auth: auth,
                 admin_token: token,
@@ -421,19 +438,16 @@ impl Session {
         warmup: Duration,
     ) -> Result<Measured, String> {
         let call = call_fn(scenario, self.fixture.clone(), concurrency)?;
+        let (channels, pid) = if scenario.is_bare() {
+            (&self.bare_channels, Some(self.bare.pid()))
+        } else {
+            (&self.channels, self.pid())
+        };
         if !warmup.is_zero() {
-            driver::drive(
-                &self.channels,
-                concurrency,
-                warmup,
-                Stop::Drain,
-                call.clone(),
-            )
-            .await?;
+            driver::drive(channels, concurrency, warmup, Stop::Drain, call.clone()).await?;
         }
-        let sampler = self.pid().map(RssSampler::start);
-        let measurement =
-            driver::drive(&self.channels, concurrency, duration, Stop::Drain, call).await?;
+        let sampler = pid.map(RssSampler::start);
+        let measurement = driver::drive(channels, concurrency, duration, Stop::Drain, call).await?;
         let peak_rss_kib = match sampler {
             Some(s) => Some(s.finish().await),
             None => None,

@@ -82,10 +82,10 @@ impl Audit for AuditApi {
 
     async fn watch_audit_events(
         &self,
-        request: Request<pb::WatchAuditEventsRequest>,
+        mut request: Request<pb::WatchAuditEventsRequest>,
     ) -> Result<Response<AuditStream>, Status> {
         use tonic::codegen::tokio_stream::{StreamExt, wrappers::ReceiverStream};
-        let caller = caller(&request)?;
+        let caller = caller(&mut request)?;
         let events = self.service.watch(&caller, request.get_ref().after_id)?;
         let stream = ReceiverStream::new(events).map(|item| item.map(event).map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))
@@ -93,9 +93,9 @@ impl Audit for AuditApi {
 
     async fn list_audit_events(
         &self,
-        request: Request<pb::ListAuditEventsRequest>,
+        mut request: Request<pb::ListAuditEventsRequest>,
     ) -> Result<Response<pb::ListAuditEventsResponse>, Status> {
-        let caller = caller(&request)?;
+        let caller = caller(&mut request)?;
         let req = request.into_inner();
         let filter = AuditFilter {
             actor: filter("actor", &req.actor)?,

@@ -107,6 +107,30 @@ pub struct AuthMiddleware<S> {
 
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
 
+pin_project_lite::pin_project! {
+    /// A public call goes straight to the service (its future as it is); one that reads
+    /// a token goes through the boxed check first.
+    #[project = AuthFutureProj]
+    pub enum AuthFuture<F, T> {
+        Public { #[pin] inner: F },
+        Checked { inner: BoxFuture<T> },
+    }
+}
+
+impl<F, T> std::future::Future for AuthFuture<F, T>
+where
+    F: std::future::Future<Output = T>,
+{
+    type Output = T;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        match self.project() {
+            AuthFutureProj::Public { inner } => inner.poll(cx),
+            AuthFutureProj::Checked { inner } => inner.as_mut().poll(cx),
+        }
+    }
+}
+
 impl<S, B> Service<Request<B>> for AuthMiddleware<S>
 where
     S: Service<Request<B>, Response = Response<Body>> + Clone + Send + 'static,
@@ -115,7 +139,7 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+    type Future = AuthFuture<S::Future, Result<Self::Response, Self::Error>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -127,10 +151,15 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let access = access(req.uri().path());
+        // Public methods ignore any token sent along (a stale one must not stop a
+        // login). Otherwise the token is read and checked as REST checks it.
+        if access == Access::Public {
+            return AuthFuture::Public {
+                inner: inner.call(req),
+            };
+        }
         let authenticator = self.authenticator.clone();
-        Box::pin(async move {
-            // Public methods ignore any token sent along (a stale one must not stop a
-            // login). Otherwise the token is read and checked as REST checks it.
+        let inner = Box::pin(async move {
             let caller = match access {
                 Access::Public => Ok(None),
                 Access::Optional => bearer::caller(&authenticator, req.headers())
@@ -152,14 +181,16 @@ where
                 Err(refusal) => return Ok(Status::from(refusal).into_http()),
             }
             inner.call(req).await
-        })
+        });
+        AuthFuture::Checked { inner }
     }
 }
 
-/// The caller a handler acts for. Missing means the layer did not authenticate this
-/// method, which for a handler that needs a caller is a denial, never a pass.
-pub fn caller<T>(req: &tonic::Request<T>) -> Result<Caller, Status> {
-    Ok(bearer::required(req.extensions().get::<Caller>().cloned())?)
+/// The caller a handler acts for, taken out of the request (no copy of its name and
+/// roles on every call). Missing means the layer did not authenticate this method,
+/// which for a handler that needs a caller is a denial, never a pass.
+pub fn caller<T>(req: &mut tonic::Request<T>) -> Result<Caller, Status> {
+    Ok(bearer::required(req.extensions_mut().remove::<Caller>())?)
 }
 
 #[cfg(test)]

@@ -115,9 +115,9 @@ impl Auth for AuthApi {
 
     async fn logout(
         &self,
-        request: Request<pb::LogoutRequest>,
+        mut request: Request<pb::LogoutRequest>,
     ) -> Result<Response<pb::LogoutResponse>, Status> {
-        let caller = caller(&request)?;
+        let caller = caller(&mut request)?;
         self.service.logout(&caller).await?;
         Ok(Response::new(pb::LogoutResponse {}))
     }
@@ -135,9 +135,9 @@ impl Auth for AuthApi {
 
     async fn rotate_signing_key(
         &self,
-        request: Request<pb::RotateSigningKeyRequest>,
+        mut request: Request<pb::RotateSigningKeyRequest>,
     ) -> Result<Response<pb::RotateSigningKeyResponse>, Status> {
-        let caller = caller(&request)?;
+        let caller = caller(&mut request)?;
         let kid = self.service.rotate_signing_key(&caller).await?;
         Ok(Response::new(pb::RotateSigningKeyResponse { kid }))
     }

@@ -38,25 +38,25 @@ fn status(s: KeyringStatus) -> pb::KeyringStatus {
 impl keyring_server::Keyring for KeyringApi {
     async fn get_keyring(
         &self,
-        request: Request<pb::GetKeyringRequest>,
+        mut request: Request<pb::GetKeyringRequest>,
     ) -> Result<Response<pb::KeyringStatus>, Status> {
-        let caller = caller(&request)?;
+        let caller = caller(&mut request)?;
         Ok(Response::new(status(self.service.status(&caller).await?)))
     }
 
     async fn rotate_data_key(
         &self,
-        request: Request<pb::RotateDataKeyRequest>,
+        mut request: Request<pb::RotateDataKeyRequest>,
     ) -> Result<Response<pb::KeyringStatus>, Status> {
-        let caller = caller(&request)?;
+        let caller = caller(&mut request)?;
         Ok(Response::new(status(self.service.rotate(&caller).await?)))
     }
 
     async fn rewrap_secrets(
         &self,
-        request: Request<pb::RewrapSecretsRequest>,
+        mut request: Request<pb::RewrapSecretsRequest>,
     ) -> Result<Response<pb::RewrapSecretsResponse>, Status> {
-        let caller = caller(&request)?;
+        let caller = caller(&mut request)?;
         let done = self.service.rewrap_secrets(&caller).await?;
         Ok(Response::new(pb::RewrapSecretsResponse {
             rewrapped: done.rewrapped,

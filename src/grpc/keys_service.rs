@@ -30,9 +30,9 @@ impl KeysApi {
 impl Keys for KeysApi {
     async fn create_key(
         &self,
-        request: Request<pb::CreateKeyRequest>,
+        mut request: Request<pb::CreateKeyRequest>,
     ) -> Result<Response<pb::ApiKey>, Status> {
-        let caller = caller(&request)?;
+        let caller = caller(&mut request)?;
         let req = request.into_inner();
         let created = self
             .service
@@ -55,9 +55,9 @@ impl Keys for KeysApi {
 
     async fn get_key(
         &self,
-        request: Request<pb::GetKeyRequest>,
+        mut request: Request<pb::GetKeyRequest>,
     ) -> Result<Response<pb::ApiKey>, Status> {
-        let caller = caller(&request)?;
+        let caller = caller(&mut request)?;
         let key = self
             .service
             .get(&caller, &request.get_ref().service_name)
@@ -67,9 +67,9 @@ impl Keys for KeysApi {
 
     async fn list_keys(
         &self,
-        request: Request<pb::ListKeysRequest>,
+        mut request: Request<pb::ListKeysRequest>,
     ) -> Result<Response<pb::ListKeysResponse>, Status> {
-        let caller = caller(&request)?;
+        let caller = caller(&mut request)?;
         let req = request.get_ref();
         let page = self
             .service
@@ -83,9 +83,9 @@ impl Keys for KeysApi {
 
     async fn rotate_key(
         &self,
-        request: Request<pb::RotateKeyRequest>,
+        mut request: Request<pb::RotateKeyRequest>,
     ) -> Result<Response<pb::ApiKey>, Status> {
-        let caller = caller(&request)?;
+        let caller = caller(&mut request)?;
         let req = request.get_ref();
         let key = self
             .service
@@ -96,9 +96,9 @@ impl Keys for KeysApi {
 
     async fn revoke_key(
         &self,
-        request: Request<pb::RevokeKeyRequest>,
+        mut request: Request<pb::RevokeKeyRequest>,
     ) -> Result<Response<()>, Status> {
-        let caller = caller(&request)?;
+        let caller = caller(&mut request)?;
         self.service
             .revoke(&caller, &request.get_ref().service_name)
             .await?;
@@ -107,9 +107,9 @@ impl Keys for KeysApi {
 
     async fn verify_key(
         &self,
-        request: Request<pb::VerifyKeyRequest>,
+        mut request: Request<pb::VerifyKeyRequest>,
     ) -> Result<Response<pb::VerifyKeyResponse>, Status> {
-        let caller = caller(&request)?;
+        let caller = caller(&mut request)?;
         let req = request.into_inner();
         let options = VerifyOptions {
             required_scopes: req.required_scopes,
@@ -143,9 +143,9 @@ impl Keys for KeysApi {
 
     async fn update_key(
         &self,
-        request: Request<pb::UpdateKeyRequest>,
+        mut request: Request<pb::UpdateKeyRequest>,
     ) -> Result<Response<pb::ApiKey>, Status> {
-        let caller = caller(&request)?;
+        let caller = caller(&mut request)?;
         let req = request.into_inner();
         let update = UpdateKey {
             service_name: req.service_name,

@@ -6,6 +6,7 @@
 use std::{
     future::Future,
     pin::Pin,
+    sync::{Arc, OnceLock},
     task::{Context, Poll},
     time::{Duration, Instant},
 };
@@ -13,6 +14,7 @@ use std::{
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
+use prometheus::{Histogram, IntCounter};
 use tonic::{Code, Status, body::Body};
 use tower::{Layer, Service};
 use tracing::{Instrument, Span, field::Empty};
@@ -57,9 +59,98 @@ const KNOWN_METHODS: &[&str] = &[
     "/envoy.service.auth.v3.Authorization/Check",
 ];
 
+/// Go's codes, 0 to 16: the handled counter's `grpc_code` values.
+const CODES: usize = 17;
+
+/// One method's metric children (its label values fixed), each looked up in its vector
+/// once, on the first call that records it (when `with_label_values` would have created
+/// it), instead of hashing the labels and taking the vector's lock on every call.
+struct MethodMetrics {
+    labels: (&'static str, &'static str, &'static str),
+    started: OnceLock<IntCounter>,
+    seconds: OnceLock<Histogram>,
+    handled: [OnceLock<IntCounter>; CODES],
+}
+
+/// The children of every known method, and of `unknown` last.
+struct MetricTable {
+    metrics: Metrics,
+    methods: Box<[MethodMetrics]>,
+}
+
+impl MetricTable {
+    fn new(metrics: Metrics) -> Self {
+        let methods = KNOWN_METHODS
+            .iter()
+            .map(|path| labels(path))
+            .chain(std::iter::once(UNKNOWN))
+            .map(|labels| MethodMetrics {
+                labels,
+                started: OnceLock::new(),
+                seconds: OnceLock::new(),
+                handled: std::array::from_fn(|_| OnceLock::new()),
+            })
+            .collect();
+        Self { metrics, methods }
+    }
+
+    /// The entry of `path`: its place in `KNOWN_METHODS`, or the last one.
+    fn method(&self, path: &str) -> usize {
+        KNOWN_METHODS
+            .iter()
+            .position(|known| *known == path)
+            .unwrap_or(KNOWN_METHODS.len())
+    }
+
+    fn entry(&self, method: usize) -> Option<&MethodMetrics> {
+        self.methods.get(method).or_else(|| self.methods.last())
+    }
+
+    fn started(&self, method: usize) {
+        if let Some(m) = self.entry(method) {
+            let (kind, service, name) = m.labels;
+            m.started
+                .get_or_init(|| {
+                    self.metrics
+                        .grpc_started
+                        .with_label_values(&[kind, service, name])
+                })
+                .inc();
+        }
+    }
+
+    fn finished(&self, method: usize, code: Code, elapsed: Duration) {
+        let Some(m) = self.entry(method) else {
+            return;
+        };
+        let (kind, service, name) = m.labels;
+        // `Code` is 0..=16, the array's length.
+        let index = usize::try_from(code as i32).unwrap_or(0).min(CODES - 1);
+        if let Some(handled) = m.handled.get(index) {
+            handled
+                .get_or_init(|| {
+                    self.metrics.grpc_handled.with_label_values(&[
+                        kind,
+                        service,
+                        name,
+                        code_label(code),
+                    ])
+                })
+                .inc();
+        }
+        m.seconds
+            .get_or_init(|| {
+                self.metrics
+                    .grpc_handling_seconds
+                    .with_label_values(&[kind, service, name])
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+}
+
 #[derive(Clone)]
 pub struct ObserveLayer {
-    metrics: Metrics,
+    table: Arc<MetricTable>,
     budgets: Budgets,
     deadline: Duration,
     stream_idle: Duration,
@@ -73,7 +164,7 @@ impl ObserveLayer {
         stream_idle: Duration,
     ) -> Self {
         Self {
-            metrics,
+            table: Arc::new(MetricTable::new(metrics)),
             budgets,
             deadline,
             stream_idle,
@@ -98,6 +189,8 @@ pub struct Observe<S> {
     layer: ObserveLayer,
 }
 
+const UNKNOWN: (&str, &str, &str) = ("unary", "unknown", "unknown");
+
 /// go-grpc-prometheus labels of a method, bounded to known services.
 /// (grpc_type, grpc_service, grpc_method), borrowed from the known-method table: a call
 /// allocates nothing for its labels.
@@ -107,7 +200,7 @@ fn labels(path: &str) -> (&'static str, &'static str, &'static str) {
         .find(|known| **known == path)
         .and_then(|known| known.trim_start_matches('/').split_once('/'))
     else {
-        return ("unary", "unknown", "unknown");
+        return UNKNOWN;
     };
     let kind = match path {
         "/grpc.health.v1.Health/Watch" | "/kms.v1.Audit/WatchAuditEvents" => "server_stream",
@@ -181,8 +274,9 @@ fn status_code(headers: &HeaderMap) -> Option<Code> {
 /// One call's bookkeeping, completed exactly once: when its status is known, or when
 /// the response is dropped unfinished (the client went away).
 struct CallRecord {
-    metrics: Metrics,
-    labels: (&'static str, &'static str, &'static str),
+    table: Arc<MetricTable>,
+    /// The method's entry in `table`.
+    method: usize,
     started: Instant,
     span: Span,
     _slot: Option<Slot>,
@@ -195,16 +289,8 @@ impl CallRecord {
             return;
         }
         self.done = true;
-        let (kind, service, method) = (&self.labels.0, &self.labels.1, &self.labels.2);
         let elapsed = self.started.elapsed();
-        self.metrics
-            .grpc_handled
-            .with_label_values(&[kind, service, method, code_label(code)])
-            .inc();
-        self.metrics
-            .grpc_handling_seconds
-            .with_label_values(&[kind, service, method])
-            .observe(elapsed.as_secs_f64());
+        self.table.finished(self.method, code, elapsed);
         traces::grpc_finished(&self.span, code);
         let _in_span = self.span.enter();
         let latency_ms = elapsed.as_secs_f64() * 1000.0;
@@ -283,12 +369,10 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let path = req.uri().path();
-        let labels = labels(path);
-        let metrics = self.layer.metrics.clone();
-        metrics
-            .grpc_started
-            .with_label_values(&[labels.0, labels.1, labels.2])
-            .inc();
+        let table = self.layer.table.clone();
+        let method = table.method(path);
+        table.started(method);
+        let labels = table.entry(method).map_or(UNKNOWN, |m| m.labels);
         let span = tracing::info_span!(
             "rpc",
             method = %path,
@@ -309,8 +393,8 @@ where
             Ok(slot) => slot,
             Err(message) => {
                 let mut record = CallRecord {
-                    metrics,
-                    labels,
+                    table,
+                    method,
                     started: Instant::now(),
                     span,
                     _slot: None,
@@ -322,8 +406,8 @@ where
             }
         };
         let mut record = CallRecord {
-            metrics,
-            labels,
+            table,
+            method,
             started: Instant::now(),
             span: span.clone(),
             _slot: Some(slot),
@@ -452,6 +536,40 @@ mod tests {
         );
         assert_eq!(labels("garbage").1, "unknown");
         assert_eq!(labels("/kms.v1.Keys/Zzz123").2, "unknown");
+    }
+
+    #[test]
+    fn the_metric_table_labels_each_method_as_the_vectors_would() {
+        let metrics = Metrics::new().unwrap();
+        let table = MetricTable::new(metrics.clone());
+        let get = table.method("/kms.v1.Keys/GetKey");
+        let evil = table.method("/evil.Service/AAAA");
+        assert_eq!(
+            table.entry(get).unwrap().labels,
+            labels("/kms.v1.Keys/GetKey")
+        );
+        assert_eq!(table.entry(evil).unwrap().labels, UNKNOWN);
+        table.started(get);
+        table.finished(get, Code::NotFound, Duration::from_millis(2));
+        table.started(evil);
+        table.finished(evil, Code::Unimplemented, Duration::from_millis(1));
+        let c = |labels: &[&str]| metrics.grpc_handled.with_label_values(labels).get();
+        assert_eq!(c(&["unary", "kms.v1.Keys", "GetKey", "NotFound"]), 1);
+        assert_eq!(c(&["unary", "unknown", "unknown", "Unimplemented"]), 1);
+        assert_eq!(
+            metrics
+                .grpc_started
+                .with_label_values(&["unary", "kms.v1.Keys", "GetKey"])
+                .get(),
+            1
+        );
+        assert_eq!(
+            metrics
+                .grpc_handling_seconds
+                .with_label_values(&["unary", "kms.v1.Keys", "GetKey"])
+                .get_sample_count(),
+            1
+        );
     }
 
     #[test]

@@ -32,9 +32,9 @@ fn user(view: UserView) -> pb::User {
 impl Users for UsersApi {
     async fn list_users(
         &self,
-        request: Request<pb::ListUsersRequest>,
+        mut request: Request<pb::ListUsersRequest>,
     ) -> Result<Response<pb::ListUsersResponse>, Status> {
-        let caller = caller(&request)?;
+        let caller = caller(&mut request)?;
         let req = request.get_ref();
         let (users, next_page_token) = self
             .service
@@ -48,9 +48,9 @@ impl Users for UsersApi {
 
     async fn get_user(
         &self,
-        request: Request<pb::GetUserRequest>,
+        mut request: Request<pb::GetUserRequest>,
     ) -> Result<Response<pb::User>, Status> {
-        let caller = caller(&request)?;
+        let caller = caller(&mut request)?;
         let found = self
             .service
             .get(&caller, &request.get_ref().username)
@@ -60,9 +60,9 @@ impl Users for UsersApi {
 
     async fn set_roles(
         &self,
-        request: Request<pb::SetRolesRequest>,
+        mut request: Request<pb::SetRolesRequest>,
     ) -> Result<Response<pb::User>, Status> {
-        let caller = caller(&request)?;
+        let caller = caller(&mut request)?;
         let req = request.get_ref();
         let updated = self
             .service
@@ -73,9 +73,9 @@ impl Users for UsersApi {
 
     async fn delete_user(
         &self,
-        request: Request<pb::DeleteUserRequest>,
+        mut request: Request<pb::DeleteUserRequest>,
     ) -> Result<Response<pb::DeleteUserResponse>, Status> {
-        let caller = caller(&request)?;
+        let caller = caller(&mut request)?;
         self.service
             .delete(&caller, &request.get_ref().username)
             .await?;
@@ -84,9 +84,9 @@ impl Users for UsersApi {
 
     async fn change_password(
         &self,
-        request: Request<pb::ChangePasswordRequest>,
+        mut request: Request<pb::ChangePasswordRequest>,
     ) -> Result<Response<pb::ChangePasswordResponse>, Status> {
-        let caller = caller(&request)?;
+        let caller = caller(&mut request)?;
         // The TCP peer, as for Login: never a header a client could forge.
         let client = super::client_ip(&request);
         let req = request.into_inner();

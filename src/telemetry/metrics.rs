@@ -2,10 +2,11 @@
 //! process). gRPC metrics use go-grpc-prometheus' names and labels, so existing
 //! dashboards work unchanged.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 /// Seconds; go-grpc-prometheus' default buckets with finer steps below 10 ms, where a
@@ -21,6 +22,8 @@ pub struct Inner {
     pub grpc_handling_seconds: HistogramVec,
     pub login_attempts: IntCounterVec,
     pub key_verifications: IntCounterVec,
+    /// `key_verifications`' children, invalid then valid.
+    verifications: [OnceLock<IntCounter>; 2],
     pub tokens_issued: IntCounterVec,
     pub keys_active: IntGauge,
     pub sweeper_deleted_rows: IntCounterVec,
@@ -115,6 +118,7 @@ impl Metrics {
             grpc_handling_seconds,
             login_attempts,
             key_verifications,
+            verifications: [OnceLock::new(), OnceLock::new()],
             tokens_issued,
             keys_active,
             sweeper_deleted_rows,
@@ -134,7 +138,11 @@ impl Metrics {
 
     pub fn verification(&self, valid: bool) {
         let outcome = if valid { "valid" } else { "invalid" };
-        self.key_verifications.with_label_values(&[outcome]).inc();
+        // The child is looked up once (created on first use, as `with_label_values`
+        // would), not hashed and locked for on every verification.
+        self.verifications[usize::from(valid)]
+            .get_or_init(|| self.key_verifications.with_label_values(&[outcome]))
+            .inc();
     }
 
     pub fn token_issued(&self, kind: &str) {

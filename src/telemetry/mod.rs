@@ -1,12 +1,14 @@
 //! Logging, metrics and traces (`traces.rs`).
 //!
-//! Logs go to stderr (stdout carries only what the CLI prints for a person, such as the
+//! Logs go to stderr, written in batches by a thread of their own (`writer.rs`; call
+//! `flush` before exiting) (stdout carries only what the CLI prints for a person, such as the
 //! one-time bootstrap password). `RUST_LOG` filters (default `info`); `KMS_LOG_FORMAT=json`
 //! switches to JSON lines. Dependencies that could print request headers or SQL
 //! parameters at debug level are held at `warn` unless named explicitly.
 
 pub mod metrics;
 pub mod traces;
+mod writer;
 
 use std::io::IsTerminal;
 
@@ -18,6 +20,7 @@ use tracing_subscriber::{
 };
 
 pub use metrics::Metrics;
+pub use writer::flush;
 
 const DEFAULT_FILTER: &str = "info";
 /// Appended to every filter: these crates log frames, headers or statements at
@@ -42,7 +45,13 @@ pub fn init() -> Telemetry {
     let json = std::env::var("KMS_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
     let logs = tracing_subscriber::fmt::layer()
         .with_target(false)
-        .with_writer(std::io::stderr);
+        .with_writer(writer::BatchedStderr::start());
+    // A panic's message goes straight to stderr: the lines before it go first.
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        writer::flush();
+        previous(info);
+    }));
     let logs = if json {
         logs.json().with_current_span(true).boxed()
     } else {
@@ -95,10 +104,12 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Flushes the spans still queued. Blocks: call it outside async code.
+    /// Flushes the spans and log lines still queued. Blocks: call it outside async
+    /// code.
     pub fn shutdown(self) {
         if let Some(traces) = self.traces {
             traces.shutdown();
         }
+        writer::flush();
     }
 }
