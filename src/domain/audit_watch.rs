@@ -54,6 +54,12 @@ pub struct AuditTail {
     tx: broadcast::Sender<Arc<AuditEvent>>,
     /// Every id at or below it has been handed out (or given up): never sent again.
     floor: Arc<AtomicI64>,
+    /// Where the tail started following (`i64::MAX` while nobody watches): it hands
+    /// out every row above it.
+    start: Arc<AtomicI64>,
+    /// The highest id handed out (or `start`): a watch that subscribes now will be
+    /// handed the rows above it.
+    sent_high: Arc<AtomicI64>,
     wake: Arc<Notify>,
 }
 
@@ -63,6 +69,8 @@ impl AuditTail {
             store,
             tx: broadcast::channel(BUFFER).0,
             floor: Arc::new(AtomicI64::new(i64::MAX)),
+            start: Arc::new(AtomicI64::new(i64::MAX)),
+            sent_high: Arc::new(AtomicI64::new(i64::MAX)),
             wake: Arc::default(),
         }
     }
@@ -80,7 +88,9 @@ impl AuditTail {
             if self.tx.receiver_count() == 0 {
                 // Nobody watches: forget the position; start over when someone does.
                 state = None;
-                self.floor.store(i64::MAX, Ordering::Release);
+                for position in [&self.floor, &self.start, &self.sent_high] {
+                    position.store(i64::MAX, Ordering::Release);
+                }
                 tokio::select! {
                     _ = stop.changed() => return,
                     () = self.wake.notified() => continue,
@@ -90,7 +100,10 @@ impl AuditTail {
                 Some(following) => following,
                 None => match self.store.max_audit_id().await {
                     Ok(max) => {
-                        let following = Following::new(max.saturating_sub(LOOKBACK));
+                        // Ids start at 1: nothing lies at or below 0.
+                        let following = Following::new(max.saturating_sub(LOOKBACK).max(0));
+                        self.start.store(following.floor, Ordering::Release);
+                        self.sent_high.store(following.floor, Ordering::Release);
                         self.floor.store(following.floor, Ordering::Release);
                         state.insert(following)
                     }
@@ -103,15 +116,25 @@ impl AuditTail {
                     }
                 },
             };
-            match self.store.audit_after(following.floor, PAGE).await {
+            // Rows that committed late, below the highest seen (only while a gap is
+            // open), then the new rows above it: a gap never holds up new rows.
+            let high = following.high();
+            let late = if following.seen.is_empty() {
+                Ok(Vec::new())
+            } else {
+                self.store.audit_between(following.floor, high, PAGE).await
+            };
+            let new = match late {
+                Ok(late) => {
+                    self.hand_out(following, late);
+                    self.store.audit_after(high, PAGE).await
+                }
+                Err(e) => Err(e),
+            };
+            match new {
                 Ok(rows) => {
                     let full = rows.len() as u64 == PAGE;
-                    for row in rows {
-                        if following.seen.insert(row.id) {
-                            // No receiver left is fine: the next turn notices.
-                            let _ = self.tx.send(Arc::new(row.into()));
-                        }
-                    }
+                    self.hand_out(following, rows);
                     following.advance(Instant::now());
                     self.floor.store(following.floor, Ordering::Release);
                     if full {
@@ -125,6 +148,19 @@ impl AuditTail {
             }
             if pause(&mut stop).await {
                 return;
+            }
+        }
+    }
+}
+
+impl AuditTail {
+    /// Sends each row not handed out yet.
+    fn hand_out(&self, following: &mut Following, rows: Vec<crate::store::StoredAuditEvent>) {
+        for row in rows {
+            if following.seen.insert(row.id) {
+                self.sent_high.fetch_max(row.id, Ordering::AcqRel);
+                // No receiver left is fine: the next turn notices.
+                let _ = self.tx.send(Arc::new(row.into()));
             }
         }
     }
@@ -153,6 +189,15 @@ impl Following {
             seen: BTreeSet::new(),
             gap_since: None,
         }
+    }
+
+    /// The highest id handed out.
+    fn high(&self) -> i64 {
+        self.seen
+            .last()
+            .copied()
+            .unwrap_or(self.floor)
+            .max(self.floor)
     }
 
     /// Moves `floor` over the ids seen in a row, and over a gap missing for longer
@@ -188,9 +233,12 @@ pub fn watch(
         return Err(Error::invalid("after_id", "must not be negative"));
     }
     let (tx, rx) = mpsc::channel(STREAM_BUFFER);
+    // Read before subscribing: every row the tail hands out after this is above it
+    // (but for late commits), and is queued for this watch.
+    let handed_out = tail.sent_high.load(Ordering::Acquire);
     // Subscribed before the replay reads: nothing committed meanwhile is missed.
     let live = tail.subscribe();
-    tokio::spawn(produce(tail.clone(), live, after_id, tx));
+    tokio::spawn(produce(tail.clone(), live, after_id, handed_out, tx));
     Ok(rx)
 }
 
@@ -198,6 +246,7 @@ async fn produce(
     tail: AuditTail,
     mut live: broadcast::Receiver<Arc<AuditEvent>>,
     after_id: i64,
+    handed_out: i64,
     tx: mpsc::Sender<Result<AuditEvent>>,
 ) {
     // The replay starts once the tail knows where it stands: every row it will not
@@ -214,8 +263,15 @@ async fn produce(
             () = tokio::time::sleep(Duration::from_millis(10)) => {}
         }
     }
-    // Ids sent above the tail's floor: the tail may still hand them out.
-    let mut sent = BTreeSet::new();
+    // Replayed ids the tail hands out to this watch too (those above what it had
+    // handed out when this watch subscribed, or above where it started following for
+    // it): each is skipped once when it comes, then forgotten.
+    let tail_start = if handed_out == i64::MAX {
+        tail.start.load(Ordering::Acquire)
+    } else {
+        handed_out
+    };
+    let mut overlap = BTreeSet::new();
     let mut cursor = after_id;
     loop {
         let rows = match tail.store.audit_after(cursor, PAGE).await {
@@ -228,12 +284,13 @@ async fn produce(
         let Some(last) = rows.last() else { break };
         cursor = last.id;
         for row in rows {
-            sent.insert(row.id);
+            if row.id > tail_start {
+                overlap.insert(row.id);
+            }
             if tx.send(Ok(row.into())).await.is_err() {
                 return;
             }
         }
-        forget_below(&mut sent, tail.floor.load(Ordering::Acquire));
     }
     loop {
         let event = tokio::select! {
@@ -242,10 +299,9 @@ async fn produce(
         };
         match event {
             Ok(event) => {
-                if event.id <= after_id || !sent.insert(event.id) {
+                if event.id <= after_id || overlap.remove(&event.id) {
                     continue;
                 }
-                forget_below(&mut sent, tail.floor.load(Ordering::Acquire));
                 if tx.send(Ok((*event).clone())).await.is_err() {
                     return;
                 }
@@ -257,16 +313,6 @@ async fn produce(
             // The server is stopping.
             Err(broadcast::error::RecvError::Closed) => return,
         }
-    }
-}
-
-/// `floor` is `i64::MAX` until the tail has read the table: nothing is known then.
-fn forget_below(sent: &mut BTreeSet<i64>, floor: i64) {
-    if floor == i64::MAX {
-        return;
-    }
-    while sent.first().is_some_and(|&id| id <= floor) {
-        sent.pop_first();
     }
 }
 
@@ -291,14 +337,5 @@ mod tests {
         assert_eq!(f.floor, 15);
         f.advance(t0 + Duration::from_secs(2) + GAP_PATIENCE);
         assert_eq!((f.floor, f.seen.len()), (17, 0));
-    }
-
-    #[test]
-    fn sent_ids_are_forgotten_below_the_floor() {
-        let mut sent: BTreeSet<i64> = [3, 5, 8].into();
-        forget_below(&mut sent, i64::MAX);
-        assert_eq!(sent.len(), 3, "the tail has not read yet");
-        forget_below(&mut sent, 5);
-        assert_eq!(sent, [8].into());
     }
 }

@@ -123,6 +123,23 @@ impl Store {
             .await?)
     }
 
+    /// Up to `limit` events with ids strictly between `after` and `before`, oldest
+    /// first (rows that committed after a higher id did).
+    pub async fn audit_between(
+        &self,
+        after: i64,
+        before: i64,
+        limit: u64,
+    ) -> Result<Vec<StoredAuditEvent>, StoreError> {
+        Ok(audit_event::Entity::find()
+            .filter(audit_event::Column::Id.gt(after))
+            .filter(audit_event::Column::Id.lt(before))
+            .order_by_asc(audit_event::Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await?)
+    }
+
     /// The highest event id, 0 for none.
     pub async fn max_audit_id(&self) -> Result<i64, StoreError> {
         let max: Option<Option<i64>> = audit_event::Entity::find()
