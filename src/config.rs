@@ -69,7 +69,7 @@ pub enum Command {
     MasterKey(MasterKeyCommand),
     /// The client commands (src/cli), which talk to a running server over gRPC.
     #[command(flatten)]
-    Client(crate::cli::ClientCommand),
+    Client(Box<crate::cli::ClientCommand>),
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,5 +1,12 @@
-//! The `kms` command line: `serve`, `migrate`, `backup`, `user create`,
-//! `signing-key rotate`, `master-key rewrap` and `healthcheck`.
+//! The `kms` command line, in two groups (`kms --help` shows them apart):
+//!
+//! - server and operator commands, which run where the server runs and open its
+//!   database: `serve`, `migrate`, `backup`, `user create` (the recovery path),
+//!   `signing-key rotate`, `master-key rewrap`, and `healthcheck` (HTTP `/health`);
+//! - client commands (`kms::cli`), an admin client of a running server over gRPC:
+//!   `login`, `logout`, `keys ...`, `users ...`, `audit list|watch`, `keyring ...`, and
+//!   `completions`. They run apart from the server's runtime and telemetry and end
+//!   with the exit statuses listed in `kms --help`.
 
 use std::{io::Read, process::ExitCode, time::Duration};
 
@@ -25,7 +32,7 @@ fn main() -> ExitCode {
     let cli = kms::cli::help::parse();
     let command = match cli.command {
         // A client of a server: no telemetry pipeline, a runtime of its own.
-        Command::Client(client) => return kms::cli::main(client),
+        Command::Client(client) => return kms::cli::main(*client),
         command => command,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()

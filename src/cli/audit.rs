@@ -140,7 +140,7 @@ async fn watch(s: &mut Session, out: &Output, after_id: i64) -> Result<(), CliEr
         let request = pb::WatchAuditEventsRequest { after_id: last };
         let mut stream = s
             .call_with(None, async |mut c| {
-                c.audit.watch_audit_events(request.clone()).await
+                c.audit.watch_audit_events(request).await
             })
             .await?;
         loop {

@@ -367,13 +367,15 @@ async fn verify(s: &mut Session, out: &Output, a: VerifyArgs) -> Result<(), CliE
         if let Some(limit) = &answer.rate_limit {
             rows.push((
                 "rate_limit",
-                format!(
-                    "{} of {} left, {} more {}",
-                    limit.remaining,
-                    limit.limit,
-                    if limit.remaining > 0 { "one" } else { "next" },
-                    o.ago(limit.reset_at.as_ref(), "now")
-                ),
+                if limit.remaining > 0 {
+                    format!("{} of {} left", limit.remaining, limit.limit)
+                } else {
+                    format!(
+                        "0 of {} left, the next one {}",
+                        limit.limit,
+                        o.ago(limit.reset_at.as_ref(), "now")
+                    )
+                },
                 Style::Plain,
             ));
         }
@@ -415,7 +417,7 @@ fn show_key(o: &Output, k: &pb::ApiKey) -> String {
     }
     rows.extend([
         ("key_prefix", k.key_prefix.clone(), Style::Dim),
-        ("description", k.description.clone(), Style::Plain),
+        ("description", or_dash(&k.description), Style::Plain),
     ]);
     let (text, style) = enabled(k.enabled);
     rows.push(("enabled", text, style));
@@ -445,6 +447,14 @@ fn show_key(o: &Output, k: &pb::ApiKey) -> String {
         ),
     ]);
     o.fields(&rows)
+}
+
+fn or_dash(text: &str) -> String {
+    if text.is_empty() {
+        "-".to_owned()
+    } else {
+        text.to_owned()
+    }
 }
 
 fn enabled(on: bool) -> (String, Style) {

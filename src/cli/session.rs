@@ -194,6 +194,11 @@ impl Session {
         }
     }
 
+    /// Forgets the stored login (the server ended it).
+    pub fn forget(&self) -> Result<(), CliError> {
+        self.store.remove(&self.server).map(|_| ())
+    }
+
     /// Ends the login on the server and forgets it here.
     pub async fn logout(mut self) -> Result<(), CliError> {
         let ended = self

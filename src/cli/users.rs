@@ -206,10 +206,15 @@ async fn change_password(
     let answer = s
         .call(async |mut c| c.users.change_password(request.clone()).await)
         .await?;
+    if own {
+        // The server ended every login of the account, this one included.
+        s.forget()?;
+    }
     let who = if own { s.username().to_owned() } else { target };
     out.emit(&answer, |_| {
         note(&format!(
-            "password of {who} changed: every login of it has ended"
+            "password of {who} changed: every login of it has ended{}",
+            if own { "; run `kms login` again" } else { "" }
         ));
         String::new()
     })

@@ -285,6 +285,7 @@ async fn users(server: &TestServer, admin: &Client) {
     )
     .await
     .ok();
+    assert!(bob.credentials().is_null(), "the server ended bob's login");
     bob.login("bob", "bob-new-password-99").await.ok();
     bob.login("bob", "bob-password-1234")
         .await
