@@ -4,9 +4,8 @@ use clap::{Args, Subcommand};
 use tonic::Code;
 
 use super::{
-    ClientOptions,
+    ClientOptions, PageArgs,
     error::CliError,
-    keys::PageArgs,
     output::{Output, Style, note},
     session::Session,
     time,

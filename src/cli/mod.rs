@@ -70,6 +70,20 @@ pub struct ClientOptions {
     pub color: ColorChoice,
 }
 
+/// Paging of the list commands.
+#[derive(Debug, Args)]
+pub struct PageArgs {
+    /// Items per page (the server's default: 50, at most 1000).
+    #[arg(long, default_value_t = 0)]
+    pub page_size: i32,
+    /// Start at this page (the token printed after a page).
+    #[arg(long, default_value = "")]
+    pub page_token: String,
+    /// Fetch every page.
+    #[arg(long, conflicts_with = "page_token")]
+    pub all: bool,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ClientCommand {
     /// Log in to a server and keep the tokens in credentials.json.

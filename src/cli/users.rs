@@ -7,9 +7,9 @@ use clap::{Args, Subcommand};
 use zeroize::Zeroizing;
 
 use super::{
-    ClientOptions,
+    ClientOptions, PageArgs,
     error::CliError,
-    keys::{PageArgs, list_or},
+    keys::list_or,
     output::{Output, Style, note},
     prompt,
     session::Session,

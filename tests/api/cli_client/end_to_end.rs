@@ -230,6 +230,18 @@ async fn keys(admin: &Client) {
         .await
         .fails(6, &["INVALID_ARGUMENT", "update_mask"]);
 
+    // An imported secret comes from stdin, never from argv.
+    let imported_secret = "imported-secret-0123456789-abcdefghij";
+    let imported = admin
+        .run_with(
+            &["keys", "create", "imported", "--import", "-o", "json"],
+            &format!("{imported_secret}\n"),
+        )
+        .await
+        .json();
+    assert_eq!(imported["api_key"], imported_secret);
+    admin.run(&["keys", "revoke", "imported"]).await.ok();
+
     let revoked = admin.run(&["keys", "revoke", "search"]).await;
     assert!(revoked.stderr.contains("revoked"), "{revoked:?}");
     admin
@@ -290,6 +302,25 @@ async fn users(server: &TestServer, admin: &Client) {
     bob.login("bob", "bob-password-1234")
         .await
         .fails(3, &["UNAUTHENTICATED"]);
+
+    // An admin sets another user's password: the new one only.
+    admin
+        .run_with(
+            &[
+                "users",
+                "change-password",
+                "--username",
+                "alice",
+                "--password-stdin",
+            ],
+            "alice-new-password-1\n",
+        )
+        .await
+        .ok();
+    Client::new(url(server))
+        .login("alice", "alice-new-password-1")
+        .await
+        .ok();
 
     let set = admin
         .run(&[
