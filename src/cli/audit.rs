@@ -178,15 +178,16 @@ fn event_line(o: &Output, e: &pb::AuditEvent) -> String {
     } else {
         String::new()
     };
-    format!(
-        "{}  {time}  {:<16} {} {:<24} {} {}{count}\n",
+    let line = format!(
+        "{}  {time}  {:<16} {} {:<24} {} {}{count}",
         o.paint(&format!("{:>6}", e.id), Style::Dim),
         e.actor,
         o.paint(&format!("{:<20}", e.action), Style::Bold),
         e.target,
         o.paint(&e.outcome, outcome_style(&e.outcome)),
         e.client_address,
-    )
+    );
+    format!("{}\n", line.trim_end())
 }
 
 fn outcome_style(outcome: &str) -> Style {

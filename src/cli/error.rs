@@ -13,6 +13,7 @@
 //! | 6 | the server refused the input: INVALID_ARGUMENT, ALREADY_EXISTS, FAILED_PRECONDITION, OUT_OF_RANGE |
 //! | 7 | the server is unreachable or overloaded: UNAVAILABLE, DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED |
 //! | 8 | `keys verify`: the key is not VALID |
+//! | 130 | interrupted (Ctrl-C) at a password prompt |
 
 use std::process::ExitCode;
 
@@ -23,7 +24,8 @@ pub const EXIT_STATUS_HELP: &str = "\
 Exit status of client commands: 0 ok, 1 other failure, 2 usage error, 3 not logged in
 (UNAUTHENTICATED), 4 PERMISSION_DENIED, 5 NOT_FOUND, 6 input refused (INVALID_ARGUMENT,
 ALREADY_EXISTS, FAILED_PRECONDITION), 7 server unreachable or busy (UNAVAILABLE,
-DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED), 8 `keys verify` found the key not VALID.";
+DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED), 8 `keys verify` found the key not VALID,
+130 Ctrl-C at a password prompt.";
 
 /// A failed client command: the line printed after `kms: ` and the exit status.
 #[derive(Debug)]

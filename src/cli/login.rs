@@ -44,7 +44,7 @@ pub async fn login(args: LoginArgs) -> Result<(), CliError> {
     let password = if args.password_stdin {
         prompt::stdin_lines(1, "the password")?.remove(0)
     } else if std::io::stdin().is_terminal() {
-        prompt::ask_secret("Password")?
+        prompt::ask_secret("Password").await?
     } else {
         return Err(CliError::other(
             "standard input is not a terminal: give the password with --password-stdin",

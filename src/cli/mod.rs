@@ -120,7 +120,10 @@ pub fn main(command: ClientCommand) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(command)) {
+    let result = runtime.block_on(run(command));
+    // A prompt interrupted by Ctrl-C leaves its reading thread blocked: do not wait.
+    runtime.shutdown_background();
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if !e.message.is_empty() {

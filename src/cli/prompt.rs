@@ -48,12 +48,28 @@ pub fn ask(label: &str) -> Result<String, CliError> {
     Ok(line)
 }
 
-/// Asks on the terminal without echo.
-pub fn ask_secret(label: &str) -> Result<Zeroizing<String>, CliError> {
+/// Asks on the terminal without echo. Ctrl-C while asking restores the echo before
+/// the command ends (exit status 130).
+pub async fn ask_secret(label: &str) -> Result<Zeroizing<String>, CliError> {
     let mut tty = terminal()?;
     write!(tty, "{label}: ")?;
     tty.flush()?;
-    let secret = read_without_echo(&tty)?;
+    let quiet = NoEcho::on(&tty)?;
+    let reader = tty.try_clone()?;
+    let read = tokio::task::spawn_blocking(move || {
+        let mut line = Zeroizing::new(String::new());
+        BufReader::new(&reader).read_line(&mut line).map(|_| line)
+    });
+    let line = tokio::select! {
+        line = read => line.map_err(|e| CliError::other(e.to_string()))??,
+        _ = tokio::signal::ctrl_c() => {
+            drop(quiet);
+            let _ = writeln!(tty);
+            return Err(CliError { message: String::new(), exit: 130 });
+        }
+    };
+    drop(quiet);
+    let secret = Zeroizing::new(line.trim_end_matches(['\n', '\r']).to_owned());
     if secret.is_empty() {
         return Err(CliError::other(format!("no {label} given")));
     }
@@ -61,9 +77,9 @@ pub fn ask_secret(label: &str) -> Result<Zeroizing<String>, CliError> {
 }
 
 /// Asks twice; the two must match.
-pub fn ask_new_secret(label: &str) -> Result<Zeroizing<String>, CliError> {
-    let first = ask_secret(label)?;
-    let second = ask_secret(&format!("{label} (again)"))?;
+pub async fn ask_new_secret(label: &str) -> Result<Zeroizing<String>, CliError> {
+    let first = ask_secret(label).await?;
+    let second = ask_secret(&format!("{label} (again)")).await?;
     if *first != *second {
         return Err(CliError::other("the two entries differ"));
     }
@@ -82,28 +98,49 @@ fn terminal() -> Result<File, CliError> {
         })
 }
 
+/// The terminal's echo is off while this lives.
 #[cfg(target_os = "linux")]
-fn read_without_echo(tty: &File) -> Result<Zeroizing<String>, CliError> {
-    use rustix::termios::{LocalModes, OptionalActions, tcgetattr, tcsetattr};
-    let saved = tcgetattr(tty).map_err(std::io::Error::from)?;
-    let mut quiet = saved.clone();
-    quiet.local_modes.remove(LocalModes::ECHO);
-    // The newline the user types still moves the cursor on.
-    quiet.local_modes.insert(LocalModes::ECHONL);
-    tcsetattr(tty, OptionalActions::Flush, &quiet).map_err(std::io::Error::from)?;
-    let mut line = Zeroizing::new(String::new());
-    let read = BufReader::new(tty).read_line(&mut line);
-    let restored = tcsetattr(tty, OptionalActions::Now, &saved);
-    read?;
-    restored.map_err(std::io::Error::from)?;
-    Ok(Zeroizing::new(
-        line.trim_end_matches(['\n', '\r']).to_owned(),
-    ))
+struct NoEcho {
+    tty: File,
+    saved: rustix::termios::Termios,
+}
+
+#[cfg(target_os = "linux")]
+impl NoEcho {
+    fn on(tty: &File) -> Result<Self, CliError> {
+        use rustix::termios::{LocalModes, OptionalActions, tcgetattr, tcsetattr};
+        let saved = tcgetattr(tty).map_err(std::io::Error::from)?;
+        let mut quiet = saved.clone();
+        quiet.local_modes.remove(LocalModes::ECHO);
+        // The newline the user types still moves the cursor on.
+        quiet.local_modes.insert(LocalModes::ECHONL);
+        tcsetattr(tty, OptionalActions::Flush, &quiet).map_err(std::io::Error::from)?;
+        Ok(Self {
+            tty: tty.try_clone()?,
+            saved,
+        })
+    }
+}
+
+#[cfg(target_os = "linux")]
+impl Drop for NoEcho {
+    fn drop(&mut self) {
+        let _ = rustix::termios::tcsetattr(
+            &self.tty,
+            rustix::termios::OptionalActions::Now,
+            &self.saved,
+        );
+    }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn read_without_echo(_tty: &File) -> Result<Zeroizing<String>, CliError> {
-    Err(CliError::other(
-        "no prompt without echo on this platform: give the secret on standard input (--password-stdin)",
-    ))
+struct NoEcho;
+
+#[cfg(not(target_os = "linux"))]
+impl NoEcho {
+    fn on(_tty: &File) -> Result<Self, CliError> {
+        Err(CliError::other(
+            "no prompt without echo on this platform: give the secret on standard input (--password-stdin)",
+        ))
+    }
 }

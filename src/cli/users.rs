@@ -95,7 +95,7 @@ pub async fn run(args: UsersArgs, out: &Output) -> Result<(), CliError> {
             out.emit(&user, |o| show_user(o, &user))
         }
         UsersCommand::Register(a) => {
-            let password = new_password(a.password_stdin)?;
+            let password = new_password(a.password_stdin).await?;
             let request = pb::RegisterRequest {
                 username: a.username,
                 password: password.as_str().to_owned(),
@@ -191,11 +191,11 @@ async fn change_password(
         (lines.pop().unwrap_or_default(), new)
     } else {
         let old = if own {
-            prompt::ask_secret("Current password")?
+            prompt::ask_secret("Current password").await?
         } else {
             Zeroizing::new(String::new())
         };
-        (old, prompt::ask_new_secret("New password")?)
+        (old, prompt::ask_new_secret("New password").await?)
     };
     let target = a.username.unwrap_or_default();
     let request = pb::ChangePasswordRequest {
@@ -221,12 +221,12 @@ async fn change_password(
 }
 
 /// A new user's password: the first line of stdin, or asked for twice.
-fn new_password(from_stdin: bool) -> Result<Zeroizing<String>, CliError> {
+async fn new_password(from_stdin: bool) -> Result<Zeroizing<String>, CliError> {
     if from_stdin {
         let mut lines = prompt::stdin_lines(1, "the password")?;
         Ok(lines.remove(0))
     } else if std::io::stdin().is_terminal() {
-        prompt::ask_new_secret("Password")
+        prompt::ask_new_secret("Password").await
     } else {
         Err(CliError::other(
             "standard input is not a terminal: give the password with --password-stdin",

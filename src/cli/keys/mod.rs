@@ -21,7 +21,7 @@ pub async fn run(args: KeysArgs, out: &Output) -> Result<(), CliError> {
     match args.command {
         KeysCommand::Create(a) => {
             let api_key = if a.import {
-                Some(read_key("the secret to import")?)
+                Some(read_key("the secret to import").await?)
             } else {
                 None
             };
@@ -134,7 +134,7 @@ async fn list(s: &mut Session, out: &Output, page: PageArgs) -> Result<(), CliEr
 }
 
 async fn verify(s: &mut Session, out: &Output, a: VerifyArgs) -> Result<(), CliError> {
-    let api_key = read_key("the API key")?;
+    let api_key = read_key("the API key").await?;
     let request = pb::VerifyKeyRequest {
         api_key: api_key.as_str().to_owned(),
         required_scopes: a.required_scopes,
@@ -195,10 +195,10 @@ async fn verify(s: &mut Session, out: &Output, a: VerifyArgs) -> Result<(), CliE
 }
 
 /// A key from standard input, or asked for without echo on a terminal.
-fn read_key(what: &str) -> Result<zeroize::Zeroizing<String>, CliError> {
+async fn read_key(what: &str) -> Result<zeroize::Zeroizing<String>, CliError> {
     use std::io::IsTerminal;
     if std::io::stdin().is_terminal() {
-        prompt::ask_secret("API key")
+        prompt::ask_secret("API key").await
     } else {
         let mut lines = prompt::stdin_lines(1, what)?;
         Ok(lines.remove(0))
