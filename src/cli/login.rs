@@ -39,7 +39,12 @@ pub async fn login(args: LoginArgs) -> Result<(), CliError> {
     let store = CredentialStore::new(args.client.config_dir.clone())?;
     let username = match args.username {
         Some(name) => name,
-        None => prompt::ask("Username")?,
+        None if std::io::stdin().is_terminal() => prompt::ask("Username", "--username")?,
+        None => {
+            return Err(CliError::other(
+                "standard input is not a terminal: give --username",
+            ));
+        }
     };
     let password = if args.password_stdin {
         prompt::stdin_lines(1, "the password")?.remove(0)

@@ -176,7 +176,11 @@ impl Output {
             for (i, (cell, style)) in row.iter().enumerate() {
                 line.push_str(&self.paint(cell, *style));
                 if i < last {
-                    let pad = widths.get(i).copied().unwrap_or(0) - cell.chars().count();
+                    let pad = widths
+                        .get(i)
+                        .copied()
+                        .unwrap_or(0)
+                        .saturating_sub(cell.chars().count());
                     line.push_str(&" ".repeat(pad + 2));
                 }
             }

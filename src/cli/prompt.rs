@@ -35,8 +35,11 @@ pub fn stdin_lines(count: usize, what: &str) -> Result<Vec<Zeroizing<String>>, C
 }
 
 /// Asks on the terminal, echoing what is typed (a username).
-pub fn ask(label: &str) -> Result<String, CliError> {
-    let mut tty = terminal()?;
+pub fn ask(label: &str, flag: &str) -> Result<String, CliError> {
+    let mut tty = terminal(&format!(
+        "no terminal to ask for the {} on: give {flag}",
+        label.to_lowercase()
+    ))?;
     write!(tty, "{label}: ")?;
     tty.flush()?;
     let mut line = String::new();
@@ -51,7 +54,8 @@ pub fn ask(label: &str) -> Result<String, CliError> {
 /// Asks on the terminal without echo. Ctrl-C while asking restores the echo before
 /// the command ends (exit status 130).
 pub async fn ask_secret(label: &str) -> Result<Zeroizing<String>, CliError> {
-    let mut tty = terminal()?;
+    let mut tty =
+        terminal("no terminal to ask on: give the secret on standard input (--password-stdin)")?;
     write!(tty, "{label}: ")?;
     tty.flush()?;
     let quiet = NoEcho::on(&tty)?;
@@ -86,16 +90,12 @@ pub async fn ask_new_secret(label: &str) -> Result<Zeroizing<String>, CliError> 
     Ok(first)
 }
 
-fn terminal() -> Result<File, CliError> {
+fn terminal(otherwise: &str) -> Result<File, CliError> {
     File::options()
         .read(true)
         .write(true)
         .open("/dev/tty")
-        .map_err(|_| {
-            CliError::other(
-                "no terminal to ask on: give the secret on standard input (--password-stdin)",
-            )
-        })
+        .map_err(|_| CliError::other(otherwise))
 }
 
 /// The terminal's echo is off while this lives.

@@ -63,6 +63,11 @@ async fn help_completions_and_errors_without_a_server() {
         .run(&["keys", "update", "x", "--enable", "--disable"])
         .await;
     assert_eq!(usage.code, 2, "{usage:?}");
+    // Nothing to ask on when stdin is a pipe: refused, not hung.
+    client
+        .run_with(&["login", "--password-stdin"], "x\n")
+        .await
+        .fails(1, &["--username"]);
     // No password on a pipe without --password-stdin: refused, not hung.
     client
         .run(&["login", "--username", "root"])
