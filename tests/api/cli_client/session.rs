@@ -33,8 +33,17 @@ async fn expired_access_tokens_are_refreshed_silently_and_logout_ends_the_login(
     std::fs::write(admin.credentials_path(), file.to_string()).unwrap();
     tokio::time::sleep(Duration::from_millis(2_100)).await;
     admin.run(&["users", "list"]).await.ok();
+    assert_ne!(second["access_token"], admin.credentials()["access_token"]);
+
+    // Two commands that find the token expired at once: one refreshes, the other
+    // takes its tokens. Spending the single-use refresh token twice would have ended
+    // the whole login (reuse detection).
+    tokio::time::sleep(Duration::from_millis(2_100)).await;
+    let (a, b) = tokio::join!(admin.run(&["keys", "list"]), admin.run(&["users", "list"]));
+    a.ok();
+    b.ok();
+    admin.run(&["keys", "list"]).await.ok();
     let third = admin.credentials();
-    assert_ne!(second["access_token"], third["access_token"]);
 
     // Logout: the local copy is gone and the refresh token is dead on the server.
     let refresh_token = third["refresh_token"].as_str().unwrap().to_owned();
