@@ -67,6 +67,9 @@ pub enum Command {
     /// `serve`, whose master key is the current one).
     #[command(subcommand)]
     MasterKey(MasterKeyCommand),
+    /// The client commands (src/cli), which talk to a running server over gRPC.
+    #[command(flatten)]
+    Client(Box<crate::cli::ClientCommand>),
 }
 
 #[derive(Debug, Subcommand)]

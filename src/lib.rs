@@ -3,8 +3,10 @@
 //!
 //! Layers, with data flowing one way: `grpc` and `http` (transports) -> `domain` (rules) ->
 //! `store` (SeaORM). `crypto` holds the primitives; `server` assembles everything.
+//! `cli` is the admin command line, a gRPC client of the server.
 
 pub mod bearer;
+pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod domain;

@@ -1,13 +1,19 @@
-//! The `kms` command line: `serve`, `migrate`, `backup`, `user create`,
-//! `signing-key rotate`, `master-key rewrap` and `healthcheck`.
+//! The `kms` command line, in two groups (`kms --help` shows them apart):
+//!
+//! - server and operator commands, which run where the server runs and open its
+//!   database: `serve`, `migrate`, `backup`, `user create` (the recovery path),
+//!   `signing-key rotate`, `master-key rewrap`, and `healthcheck` (HTTP `/health`);
+//! - client commands (`kms::cli`), an admin client of a running server over gRPC:
+//!   `login`, `logout`, `keys ...`, `users ...`, `audit list|watch`, `keyring ...`, and
+//!   `completions`. They run apart from the server's runtime and telemetry and end
+//!   with the exit statuses listed in `kms --help`.
 
 use std::{io::Read, process::ExitCode, time::Duration};
 
-use clap::Parser;
 use kms::{
     config::{
-        BackupArgs, Cli, Command, DatabaseArgs, HealthcheckArgs, MasterKeyCommand,
-        MasterKeyRewrapArgs, SigningKeyCommand, UserCommand, UserCreateArgs, unknown_env_vars,
+        BackupArgs, Command, DatabaseArgs, HealthcheckArgs, MasterKeyCommand, MasterKeyRewrapArgs,
+        SigningKeyCommand, UserCommand, UserCreateArgs, unknown_env_vars,
     },
     crypto::password::PasswordHasherPool,
     domain::keyring::Keyring,
@@ -23,7 +29,12 @@ use zeroize::Zeroizing;
 fn main() -> ExitCode {
     // `.env` fills only variables the environment lacks; a missing file is fine.
     let dotenv = dotenvy::dotenv();
-    let cli = Cli::parse();
+    let cli = kms::cli::help::parse();
+    let command = match cli.command {
+        // A client of a server: no telemetry pipeline, a runtime of its own.
+        Command::Client(client) => return kms::cli::main(*client),
+        command => command,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -47,7 +58,7 @@ fn main() -> ExitCode {
     for name in unknown_env_vars() {
         tracing::warn!(variable = %name, "unknown KMS_* environment variable ignored");
     }
-    let result = runtime.block_on(run(cli.command));
+    let result = runtime.block_on(run(command));
     // While the runtime still runs: the last spans go out on its channel.
     telemetry.shutdown();
     match result {
@@ -68,6 +79,7 @@ async fn run(command: Command) -> Result<(), String> {
         Command::SigningKey(SigningKeyCommand::Rotate(args)) => rotate_signing_key(*args).await,
         Command::User(UserCommand::Create(args)) => create_user(args).await,
         Command::MasterKey(MasterKeyCommand::Rewrap(args)) => rewrap_master_key(*args).await,
+        Command::Client(_) => Err("a client command reached the server's dispatch".into()),
     }
 }
 

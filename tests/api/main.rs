@@ -12,6 +12,7 @@ mod audit;
 mod audit_stream;
 mod auth;
 mod cli;
+mod cli_client;
 mod cluster;
 mod common;
 mod edge;

@@ -1,0 +1,238 @@
+//! The tokens of `kms login`, kept in `credentials.json` in the configuration folder
+//! (`KMS_CONFIG_DIR`, default `~/.config/kms`), one login per server URL so that a
+//! token is never sent to a server that did not issue it.
+//!
+//! The folder is 0700 and the file 0600. A write goes to a temporary file created 0600
+//! in the same folder, is flushed to disk, then renamed over the old file: a reader
+//! (another `kms` running at the same time) sees the old or the new file, never half.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    io::Write,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use super::error::CliError;
+
+const FILE_NAME: &str = "credentials.json";
+const LOCK_NAME: &str = ".credentials.lock";
+
+/// One login: the tokens and when they stop working (Unix seconds).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Login {
+    pub username: String,
+    pub access_token: String,
+    pub access_expires_at: i64,
+    pub refresh_token: String,
+    pub refresh_expires_at: i64,
+}
+
+impl std::fmt::Debug for Login {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Login")
+            .field("username", &self.username)
+            .field("access_expires_at", &self.access_expires_at)
+            .field("refresh_expires_at", &self.refresh_expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default, Serialize, Deserialize)]
+struct Contents {
+    #[serde(default)]
+    servers: BTreeMap<String, Login>,
+}
+
+/// The credentials file of one configuration folder.
+#[derive(Debug, Clone)]
+pub struct CredentialStore {
+    dir: PathBuf,
+}
+
+impl CredentialStore {
+    /// `dir`, else `$XDG_CONFIG_HOME/kms`, else `$HOME/.config/kms`.
+    pub fn new(dir: Option<PathBuf>) -> Result<Self, CliError> {
+        let dir = match dir {
+            Some(dir) => dir,
+            None => default_dir().ok_or_else(|| {
+                CliError::other("no configuration folder: set KMS_CONFIG_DIR or HOME")
+            })?,
+        };
+        Ok(Self { dir })
+    }
+
+    pub fn path(&self) -> PathBuf {
+        self.dir.join(FILE_NAME)
+    }
+
+    pub fn load(&self, server: &str) -> Result<Option<Login>, CliError> {
+        Ok(self.read()?.servers.remove(server))
+    }
+
+    pub fn save(&self, server: &str, login: Login) -> Result<(), CliError> {
+        let mut contents = self.read()?;
+        contents.servers.insert(server.to_owned(), login);
+        self.write(&contents)
+    }
+
+    /// Forgets the login to `server`; false when there was none.
+    pub fn remove(&self, server: &str) -> Result<bool, CliError> {
+        let mut contents = self.read()?;
+        let had = contents.servers.remove(server).is_some();
+        if had {
+            self.write(&contents)?;
+        }
+        Ok(had)
+    }
+
+    /// An exclusive lock on the folder's credentials, held until the file is dropped:
+    /// one refresh at a time across processes.
+    pub fn lock(&self) -> Result<fs::File, CliError> {
+        ensure_private_dir(&self.dir)?;
+        let path = self.dir.join(LOCK_NAME);
+        let mut options = fs::OpenOptions::new();
+        options.write(true).create(true).truncate(false);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let file = options
+            .open(&path)
+            .map_err(|e| CliError::other(format!("cannot open {}: {e}", path.display())))?;
+        file.lock()
+            .map_err(|e| CliError::other(format!("cannot lock {}: {e}", path.display())))?;
+        Ok(file)
+    }
+
+    fn read(&self) -> Result<Contents, CliError> {
+        let path = self.path();
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                CliError::other(format!(
+                    "{} is damaged ({e}): delete it and run `kms login`",
+                    path.display()
+                ))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Contents::default()),
+            Err(e) => Err(CliError::other(format!(
+                "cannot read {}: {e}",
+                path.display()
+            ))),
+        }
+    }
+
+    fn write(&self, contents: &Contents) -> Result<(), CliError> {
+        let bytes = serde_json::to_vec_pretty(contents)
+            .map_err(|e| CliError::other(format!("cannot encode the credentials: {e}")))?;
+        ensure_private_dir(&self.dir)?;
+        let path = self.path();
+        let temp = self.dir.join(format!(
+            ".{FILE_NAME}.{}.{}",
+            std::process::id(),
+            temp_suffix()
+        ));
+        let written = write_new_private(&temp, &bytes).and_then(|()| fs::rename(&temp, &path));
+        if let Err(e) = written {
+            let _ = fs::remove_file(&temp);
+            return Err(CliError::other(format!(
+                "cannot write {}: {e}",
+                path.display()
+            )));
+        }
+        // The rename itself reaches the disk with the folder's entry.
+        if let Ok(dir) = fs::File::open(&self.dir) {
+            let _ = dir.sync_all();
+        }
+        Ok(())
+    }
+}
+
+fn default_dir() -> Option<PathBuf> {
+    if let Some(xdg) = std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
+        return Some(PathBuf::from(xdg).join("kms"));
+    }
+    let home = std::env::var_os("HOME").filter(|v| !v.is_empty())?;
+    Some(PathBuf::from(home).join(".config").join("kms"))
+}
+
+fn temp_suffix() -> String {
+    crate::crypto::random::bytes::<6>()
+        .map(|b| b.iter().map(|x| format!("{x:02x}")).collect())
+        .unwrap_or_default()
+}
+
+/// Created 0700; an existing folder open to others is tightened to 0700.
+fn ensure_private_dir(dir: &Path) -> Result<(), CliError> {
+    let mut builder = fs::DirBuilder::new();
+    builder.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    builder
+        .create(dir)
+        .map_err(|e| CliError::other(format!("cannot create {}: {e}", dir.display())))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(dir)?.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| {
+                CliError::other(format!(
+                    "{} is open to other users (mode {mode:o}) and cannot be made private: {e}",
+                    dir.display()
+                ))
+            })?;
+        }
+    }
+    Ok(())
+}
+
+/// A new file readable by its owner only (0600 from its creation), flushed to disk.
+fn write_new_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut options = fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn login(token: &str) -> Login {
+        Login {
+            username: "root".into(),
+            access_token: token.into(),
+            access_expires_at: 1,
+            refresh_token: format!("r-{token}"),
+            refresh_expires_at: 2,
+        }
+    }
+
+    #[test]
+    fn logins_are_kept_per_server_in_a_private_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CredentialStore::new(Some(dir.path().join("kms"))).unwrap();
+        assert!(store.load("http://a").unwrap().is_none());
+        store.save("http://a", login("a")).unwrap();
+        store.save("http://b", login("b")).unwrap();
+        assert_eq!(store.load("http://a").unwrap().unwrap().access_token, "a");
+        assert!(store.remove("http://a").unwrap());
+        assert!(!store.remove("http://a").unwrap());
+        assert_eq!(store.load("http://b").unwrap().unwrap().access_token, "b");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode(&store.path()), 0o600);
+            assert_eq!(mode(&dir.path().join("kms")), 0o700);
+        }
+        // No temporary file is left behind.
+        let names: Vec<_> = fs::read_dir(dir.path().join("kms")).unwrap().collect();
+        assert_eq!(names.len(), 1);
+        assert!(!format!("{:?}", login("secret-token")).contains("secret-token"));
+    }
+}
