@@ -14,6 +14,7 @@ mod auth;
 mod cli;
 mod cluster;
 mod common;
+mod console;
 mod edge;
 mod ext_authz;
 mod faults;

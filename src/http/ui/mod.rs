@@ -26,7 +26,7 @@ use axum::{
 use super::HttpState;
 use guard::Visitor;
 use layout::Viewer;
-use pages::{account, error_page, key, keys, sign_in};
+use pages::{account, audit, error_page, key, keyring, keys, sign_in, users};
 
 /// The console's settings.
 #[derive(Debug, Clone, Copy)]
@@ -58,6 +58,15 @@ pub fn router(state: &HttpState) -> Router<HttpState> {
         .route("/ui/key/revoke", post(key::revoke))
         .route("/ui/key/enabled", post(key::set_enabled))
         .route("/ui/key/update", post(key::update))
+        .route("/ui/users", get(users::list).post(users::register))
+        .route("/ui/user", get(users::detail))
+        .route("/ui/user/roles", post(users::set_roles))
+        .route("/ui/user/delete", post(users::delete))
+        .route("/ui/audit", get(audit::list))
+        .route("/ui/keyring", get(keyring::show))
+        .route("/ui/keyring/rotate", post(keyring::rotate))
+        .route("/ui/keyring/rewrap", post(keyring::rewrap))
+        .route("/ui/keyring/signing-key", post(keyring::rotate_signing_key))
         .route("/ui/account", get(account::show))
         .route("/ui/account/password", post(account::change_password))
         .route("/ui/{*rest}", get(not_found).post(not_found))
