@@ -141,7 +141,7 @@ async fn load(state: &HttpState, headers: &http::HeaderMap, now: i64) -> Result<
         Err(AuthFailure::Unavailable) => return Err(Error::Unavailable),
     };
     if let Some(claims) = &current
-        && claims.exp - now > REFRESH_MARGIN_SECONDS
+        && claims.exp - now > refresh_margin(claims.exp - claims.iat)
     {
         let caller = claims.caller();
         return Ok(Loaded {
@@ -180,6 +180,13 @@ async fn load(state: &HttpState, headers: &http::HeaderMap, now: i64) -> Result<
         },
         Err(other) => Err(other),
     }
+}
+
+/// How long before its expiry an access token is renewed: `REFRESH_MARGIN_SECONDS`,
+/// or half the lifetime of tokens shorter than twice that (so that a short
+/// KMS_ACCESS_TOKEN_TTL_SECONDS does not mean a refresh on every request).
+fn refresh_margin(lifetime: i64) -> i64 {
+    REFRESH_MARGIN_SECONDS.min(lifetime / 2)
 }
 
 /// Best effort: the login of a session that timed out is ended, so its refresh token
@@ -263,4 +270,14 @@ pub fn see_other(to: &str) -> Response {
 pub fn with_change(mut response: Response, change: SessionChange) -> Response {
     response.extensions_mut().insert(change);
     response
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn short_tokens_are_renewed_at_half_life() {
+        assert_eq!(super::refresh_margin(3600), 120);
+        assert_eq!(super::refresh_margin(60), 30);
+        assert_eq!(super::refresh_margin(1), 0);
+    }
 }

@@ -1,7 +1,7 @@
 //! The console's main flow in a real browser, serial steps in one session: sign in
 //! (a wrong password first), create a key (its secret shown once), list, reveal,
-//! rotate with a grace period, revoke with the typed confirmation, the admin pages,
-//! sign out. With KMS_UI_SCREENSHOTS_DIR set, it saves the pages' screenshots.
+//! rotate with a grace period, revoke with the typed confirmation, users, the
+//! keyring, the audit log, sign out. With KMS_UI_SCREENSHOTS_DIR set, it saves the pages' screenshots.
 
 use kms::proto::kms::v1 as pb;
 
@@ -130,16 +130,40 @@ async fn main_flow(backend: Backend) {
     assert_eq!(b.find_all("[data-testid=key-row]").await.len(), 1);
     assert!(!verifies(&server, &admin, &rotated).await);
 
-    // The admin pages.
-    for (path, name) in [
-        ("/ui/users", "users"),
-        ("/ui/audit", "audit"),
-        ("/ui/keyring", "keyring"),
-    ] {
-        b.goto(path).await;
-        b.find("[data-testid=signed-in-as]").await;
-        b.screenshot(name).await;
-    }
+    // Users: register, set roles, delete.
+    b.goto("/ui/users").await;
+    b.fill("#f-username", "carol").await;
+    b.fill("#f-password", "carol-password-123").await;
+    b.fill("#f-roles", "user").await;
+    b.click("form[action='/ui/users'] button").await;
+    assert_eq!(b.path().await, "/ui/users?done=registered");
+    assert_eq!(b.find_all("[data-testid=user-row]").await.len(), 2);
+    b.screenshot("users").await;
+    b.click("a[href='/ui/user?username=carol']").await;
+    b.fill("#f-roles", "admin user").await;
+    b.click("form[action='/ui/user/roles'] button").await;
+    assert!(b.text("main").await.contains("Roles saved"));
+    b.fill("#f-confirm", "carol").await;
+    b.click("#delete-button").await;
+    assert_eq!(b.path().await, "/ui/users?done=deleted");
+    assert_eq!(b.find_all("[data-testid=user-row]").await.len(), 1);
+
+    // Keyring: a new data key, re-sealing, and the signing key (HS256 here: refused
+    // with the reason).
+    b.goto("/ui/keyring").await;
+    assert_eq!(b.find_all("[data-testid=data-key-row]").await.len(), 1);
+    b.click("form[action='/ui/keyring/rotate'] button").await;
+    assert_eq!(b.find_all("[data-testid=data-key-row]").await.len(), 2);
+    b.click("form[action='/ui/keyring/rewrap'] button").await;
+    assert!(b.text("p.notice.ok").await.contains("Re-sealed"));
+    b.screenshot("keyring").await;
+    b.click("form[action='/ui/keyring/signing-key'] button")
+        .await;
+    assert!(b.text("[data-testid=error]").await.contains("HS256"));
+
+    // Audit, filtered: the reveal was recorded.
+    b.goto("/ui/audit").await;
+    b.screenshot("audit").await;
     b.goto("/ui/audit?action=key_get").await;
     assert!(
         b.text("main").await.contains("billing"),

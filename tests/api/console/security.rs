@@ -115,6 +115,7 @@ crate::both_backends!(
     sign_out_ends_the_session,
     users_without_admin_get_403_on_admin_pages,
     revoke_needs_the_typed_name,
+    an_expiring_access_token_is_renewed,
 );
 
 async fn every_answer_carries_the_security_headers(backend: Backend) {
@@ -284,4 +285,28 @@ async fn ui_off_is_404() {
     }
     // The rest of the listener is unchanged.
     assert_eq!(http.get("/health").send().await.status, 200);
+}
+
+async fn an_expiring_access_token_is_renewed(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| c.access_token_ttl_seconds = 2).await;
+    let mut s = Session::sign_in(&server, ADMIN, ADMIN_PASSWORD).await;
+    let first = s.cookie.clone();
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    // The access token in the cookie has expired: Refresh renews it.
+    let reply = s.get("/ui/keys").await;
+    assert_eq!(reply.status, 200, "{}", body(&reply));
+    assert_ne!(s.cookie, first);
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    assert_eq!(s.get("/ui/keys").await.status, 200);
+    let reply = s.get("/ui/audit?action=token_refresh").await;
+    assert_eq!(body(&reply).matches("data-testid=\"audit-row\"").count(), 2);
+    // Signing out ends the renewed login as well.
+    let renewed = s.cookie.clone();
+    assert_eq!(s.post("/ui/logout", &[], true).await.status, 303);
+    let reply = Http::new(server.http_addr)
+        .get("/ui/keys")
+        .header("cookie", &renewed)
+        .send()
+        .await;
+    assert_eq!(reply.status, 303);
 }
