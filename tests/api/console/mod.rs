@@ -1,6 +1,8 @@
 //! The web console (`/ui/`): the main flow in headless Chromium over WebDriver
-//! (`flow`), and its security properties over plain HTTP (`security`).
+//! (`flow`), its security properties over plain HTTP (`security`), and the cookie
+//! under TLS (`tls`).
 
 mod browser;
 mod flow;
 mod security;
+mod tls;

@@ -110,16 +110,17 @@ pub async fn rotate(State(state): State<HttpState>, Admin(who): Admin) -> Respon
 pub async fn rewrap(State(state): State<HttpState>, Admin(who): Admin) -> Response {
     match state.keyring.rewrap_secrets(&who.caller).await {
         Ok(outcome) => {
-            let text = format!(
-                "Re-sealed {} values; {} remaining{}.",
-                outcome.rewrapped,
-                outcome.remaining,
-                if outcome.remaining > 0 {
-                    " (run it again)"
-                } else {
-                    ""
-                }
-            );
+            let text = if outcome.remaining > 0 {
+                format!(
+                    "Re-sealed: {}. Still under older keys: {} (re-seal again).",
+                    outcome.rewrapped, outcome.remaining
+                )
+            } else {
+                format!(
+                    "Re-sealed: {}. Every secret is under the current data key.",
+                    outcome.rewrapped
+                )
+            };
             keyring_page(&state, &who, Notice::ok(text), StatusCode::OK).await
         }
         Err(e) => failed(&state, &who, e).await,
