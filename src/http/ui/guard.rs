@@ -150,8 +150,9 @@ async fn load(state: &HttpState, headers: &http::HeaderMap, now: i64) -> Result<
             ended: false,
         });
     }
-    // About to expire, expired, or outdated (a role change): the refresh token gets a
-    // new one, if the login still stands.
+    // About to expire, or expired: the refresh token gets a new one, if the login
+    // still stands (sign-out, a role or password change and deleting the user revoke
+    // it, and then this fails).
     match state.auth.refresh(&tokens.refresh).await {
         Ok(fresh) => {
             let claims = match state.authenticator.authenticate(&fresh.access.token).await {

@@ -4,5 +4,6 @@
 
 mod browser;
 mod flow;
+mod forms;
 mod security;
 mod tls;

@@ -116,6 +116,7 @@ crate::both_backends!(
     users_without_admin_get_403_on_admin_pages,
     revoke_needs_the_typed_name,
     an_expiring_access_token_is_renewed,
+    users_change_their_password,
 );
 
 async fn every_answer_carries_the_security_headers(backend: Backend) {
@@ -309,4 +310,62 @@ async fn an_expiring_access_token_is_renewed(backend: Backend) {
         .send()
         .await;
     assert_eq!(reply.status, 303);
+}
+
+async fn users_change_their_password(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    server.user_token("bob").await;
+    let mut s = Session::sign_in(&server, "bob", "bob-password-123").await;
+    let change = |old: &'static str, new: &'static str, again: &'static str| {
+        [
+            ("old_password", old),
+            ("new_password", new),
+            ("confirm_password", again),
+        ]
+    };
+    let reply = s
+        .post(
+            "/ui/account/password",
+            &change(
+                "bob-password-123",
+                "new-password-4567",
+                "new-password-45678",
+            ),
+            true,
+        )
+        .await;
+    assert_eq!(reply.status, 422);
+    assert!(body(&reply).contains("confirm_password"));
+    let reply = s
+        .post(
+            "/ui/account/password",
+            &change(
+                "wrong-password-123",
+                "new-password-4567",
+                "new-password-4567",
+            ),
+            true,
+        )
+        .await;
+    assert_eq!(reply.status, 403);
+    assert!(body(&reply).contains("old_password"));
+    let old_cookie = s.cookie.clone();
+    let reply = s
+        .post(
+            "/ui/account/password",
+            &change("bob-password-123", "new-password-4567", "new-password-4567"),
+            true,
+        )
+        .await;
+    assert_eq!(reply.status, 303);
+    assert_eq!(location(&reply), "/ui/login?done=password");
+    // Every token of the user is refused now: the session is over.
+    let reply = Http::new(server.http_addr)
+        .get("/ui/account")
+        .header("cookie", &old_cookie)
+        .send()
+        .await;
+    assert_eq!(reply.status, 303);
+    let mut s = Session::sign_in(&server, "bob", "new-password-4567").await;
+    assert_eq!(s.get("/ui/account").await.status, 200);
 }
