@@ -339,10 +339,7 @@ impl App {
             users: self.users,
             audit: audit_log,
             keyring: self.keyring.clone(),
-            ui: crate::http::ui::UiSettings {
-                enabled: self.ui,
-                secure_cookie: http_tls.is_some(),
-            },
+            ui: crate::http::ui::UiSettings::new(self.ui, http_tls.is_some()),
             authenticator: authenticator.clone(),
             max_request_bytes: max,
             request_timeout: limits.request_timeout,

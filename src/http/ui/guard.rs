@@ -153,17 +153,19 @@ async fn load(state: &HttpState, headers: &http::HeaderMap, now: i64) -> Result<
     // About to expire, or expired: the refresh token gets a new one, if the login
     // still stands (sign-out, a role or password change and deleting the user revoke
     // it, and then this fails).
-    match state.auth.refresh(&tokens.refresh).await {
+    match state
+        .ui
+        .renewals
+        .refresh(&state.auth, &tokens.refresh)
+        .await
+    {
         Ok(fresh) => {
-            let claims = match state.authenticator.authenticate(&fresh.access.token).await {
+            let claims = match state.authenticator.authenticate(&fresh.access).await {
                 Ok(claims) => claims,
                 Err(AuthFailure::Unavailable) => return Err(Error::Unavailable),
                 Err(AuthFailure::Invalid) => return visitor(true),
             };
-            payload.tokens = Some(Tokens {
-                access: fresh.access.token,
-                refresh: fresh.refresh_token,
-            });
+            payload.tokens = Some(fresh);
             Ok(Loaded {
                 payload,
                 caller: Some(claims.caller()),

@@ -12,6 +12,7 @@ mod csrf;
 mod guard;
 mod layout;
 mod pages;
+mod renew;
 mod session;
 
 use axum::{
@@ -28,13 +29,24 @@ use guard::Visitor;
 use layout::Viewer;
 use pages::{account, audit, error_page, key, keyring, keys, sign_in, users};
 
-/// The console's settings.
-#[derive(Debug, Clone, Copy)]
+/// The console's settings and state.
+#[derive(Debug, Clone)]
 pub struct UiSettings {
     /// Serve `/ui/` (KMS_UI).
     pub enabled: bool,
     /// The HTTP listener speaks TLS: the cookie is `Secure`.
     pub secure_cookie: bool,
+    renewals: renew::Renewals,
+}
+
+impl UiSettings {
+    pub fn new(enabled: bool, secure_cookie: bool) -> Self {
+        Self {
+            enabled,
+            secure_cookie,
+            renewals: renew::Renewals::default(),
+        }
+    }
 }
 
 const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \

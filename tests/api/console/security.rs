@@ -117,6 +117,7 @@ crate::both_backends!(
     revoke_needs_the_typed_name,
     an_expiring_access_token_is_renewed,
     users_change_their_password,
+    two_requests_renewing_at_once_keep_the_session,
 );
 
 async fn every_answer_carries_the_security_headers(backend: Backend) {
@@ -368,4 +369,22 @@ async fn users_change_their_password(backend: Backend) {
     assert_eq!(reply.status, 303);
     let mut s = Session::sign_in(&server, "bob", "new-password-4567").await;
     assert_eq!(s.get("/ui/account").await.status, 200);
+}
+
+/// Two requests with the same cookie whose access token has expired (two tabs): both
+/// renew it with the one refresh token, and neither trips reuse detection.
+async fn two_requests_renewing_at_once_keep_the_session(backend: Backend) {
+    let server = TestServer::start_with(backend, |c| c.access_token_ttl_seconds = 2).await;
+    let s = Session::sign_in(&server, ADMIN, ADMIN_PASSWORD).await;
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let get = |cookie: String| {
+        let http = Http::new(server.http_addr);
+        async move { http.get("/ui/keys").header("cookie", &cookie).send().await }
+    };
+    let (a, b) = tokio::join!(get(s.cookie.clone()), get(s.cookie.clone()));
+    assert_eq!((a.status, b.status), (200, 200));
+    for reply in [a, b] {
+        let cookie = session_cookie(&reply).unwrap();
+        assert_eq!(get(cookie).await.status, 200);
+    }
 }
