@@ -22,11 +22,14 @@ use crate::{
 /// (now spent) refresh token.
 const SHARED_FOR: Duration = Duration::from_secs(30);
 
+/// By the digest of the refresh token spent: when, and what it was exchanged for.
+type Recent = HashMap<[u8; 32], (Instant, Tokens)>;
+
 /// Refreshes of this replica: one at a time (they are rare, once per access token
 /// lifetime per session), the recent ones by the digest of the token they spent.
 #[derive(Clone, Default)]
 pub struct Renewals {
-    recent: Arc<Mutex<HashMap<[u8; 32], (Instant, Tokens)>>>,
+    recent: Arc<Mutex<Recent>>,
 }
 
 impl std::fmt::Debug for Renewals {
