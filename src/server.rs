@@ -345,6 +345,9 @@ impl App {
             request_timeout: limits.request_timeout,
             budgets: budgets.clone(),
         };
+        if self.ui && listeners.http.is_some() {
+            tracing::info!("web console at /ui/ on the HTTP listener (KMS_UI=false turns it off)");
+        }
         let probe = listeners.probe.map(|listener| {
             net::serve(
                 listener,
