@@ -295,6 +295,9 @@ pub struct ServeArgs {
     /// restrict the port with mTLS (KMS_TLS_CLIENT_CA) or network policy.
     #[arg(long, env = "KMS_EXT_AUTHZ", default_value = "true", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
     pub ext_authz: bool,
+    /// Serve the web console at `/ui/` on the HTTP listener (false: `/ui/` is 404).
+    #[arg(long, env = "KMS_UI", default_value = "true", value_parser = BoolishValueParser::new(), action = clap::ArgAction::Set)]
+    pub ui: bool,
     /// Calls served at once; more are answered RESOURCE_EXHAUSTED at once.
     #[arg(long, env = "KMS_MAX_CONCURRENT_REQUESTS", default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub max_concurrent_requests: u64,
@@ -359,6 +362,8 @@ pub struct Config {
     pub limits: Limits,
     /// Serve `envoy.service.auth.v3.Authorization/Check`.
     pub ext_authz: bool,
+    /// Serve the web console at `/ui/` (KMS_UI).
+    pub ui: bool,
     /// Failed-login throttling per username and per client address.
     pub login_throttle: ThrottleSettings,
 }
@@ -435,6 +440,7 @@ impl ServeArgs {
             trusted_proxies,
             limits,
             ext_authz: self.ext_authz,
+            ui: self.ui,
             login_throttle,
         })
     }

@@ -77,6 +77,8 @@ pub struct App {
     trusted_proxies: TrustedProxies,
     limits: Limits,
     ext_authz: bool,
+    /// Serve the web console (KMS_UI).
+    ui: bool,
     sweeper: Sweeper,
     pub created_admin: Option<CreatedAdmin>,
 }
@@ -171,6 +173,7 @@ impl App {
             trusted_proxies: config.trusted_proxies.clone(),
             limits: config.limits.clone(),
             ext_authz: config.ext_authz,
+            ui: config.ui,
             sweeper,
             created_admin,
         })
@@ -237,12 +240,14 @@ impl App {
             .max_decoding_message_size(max);
         let keys = KeysServer::new(KeysApi::new(self.keys.clone(), self.metrics.clone()))
             .max_decoding_message_size(max);
-        let users = UsersServer::new(UsersApi::new(self.users)).max_decoding_message_size(max);
+        let users =
+            UsersServer::new(UsersApi::new(self.users.clone())).max_decoding_message_size(max);
         // The audit stream's follower of the table, for as long as the server runs.
         let audit_tail = AuditTail::new(self.store.clone());
         tokio::spawn(audit_tail.clone().run(stop_rx.clone()));
-        let audit = AuditServer::new(AuditApi::new(AuditLog::new(self.store.clone(), audit_tail)))
-            .max_decoding_message_size(max);
+        let audit_log = AuditLog::new(self.store.clone(), audit_tail);
+        let audit =
+            AuditServer::new(AuditApi::new(audit_log.clone())).max_decoding_message_size(max);
         let keyring = KeyringServer::new(KeyringApi::new(self.keyring.clone()))
             .max_decoding_message_size(max);
         let ext_authz = self.ext_authz.then(|| {
@@ -331,11 +336,18 @@ impl App {
             // The same services and token authority as gRPC: one set of rules.
             auth: self.auth,
             keys: self.keys,
+            users: self.users,
+            audit: audit_log,
+            keyring: self.keyring.clone(),
+            ui: crate::http::ui::UiSettings::new(self.ui, http_tls.is_some()),
             authenticator: authenticator.clone(),
             max_request_bytes: max,
             request_timeout: limits.request_timeout,
             budgets: budgets.clone(),
         };
+        if self.ui && listeners.http.is_some() {
+            tracing::info!("web console at /ui/ on the HTTP listener (KMS_UI=false turns it off)");
+        }
         let probe = listeners.probe.map(|listener| {
             net::serve(
                 listener,

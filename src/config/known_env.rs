@@ -9,8 +9,13 @@ use clap::CommandFactory;
 use super::Cli;
 
 /// `KMS_*` variables read outside the command line: the log format (set up before
-/// the command line is parsed) and the tests' PostgreSQL URL.
-const READ_OUTSIDE_CLI: &[&str] = &["KMS_LOG_FORMAT", "KMS_TEST_POSTGRES_URL"];
+/// the command line is parsed), the tests' PostgreSQL URL and where the console tests
+/// save their screenshots.
+const READ_OUTSIDE_CLI: &[&str] = &[
+    "KMS_LOG_FORMAT",
+    "KMS_TEST_POSTGRES_URL",
+    "KMS_UI_SCREENSHOTS_DIR",
+];
 
 /// Every `KMS_*` variable the `kms` binary reads: the `env` of every argument of every
 /// subcommand, and those read outside the command line.

@@ -246,10 +246,29 @@ impl KeyService {
     }
 
     pub async fn list(&self, caller: &Caller, page_size: i32, page_token: &str) -> Result<KeyPage> {
+        self.search(caller, "", page_size, page_token).await
+    }
+
+    /// `list`, of the keys whose service name starts with `prefix` (the console's
+    /// search box); an empty prefix lists all.
+    pub async fn search(
+        &self,
+        caller: &Caller,
+        prefix: &str,
+        page_size: i32,
+        page_token: &str,
+    ) -> Result<KeyPage> {
         require_admin(caller)?;
+        if !prefix.is_empty() {
+            validate::service_name(prefix)
+                .map_err(|_| Error::invalid("prefix", "must be the start of a service name"))?;
+        }
         let size = validate::page_size(page_size)?;
         let after = paging::decode(page_token, validate::service_name)?;
-        let rows = self.store.list_keys(after.as_deref(), size + 1).await?;
+        let rows = self
+            .store
+            .list_keys(after.as_deref(), prefix, size + 1)
+            .await?;
         let (rows, next_page_token) = paging::page(rows, size, |r| &r.key.service_name);
         let keys = rows
             .iter()

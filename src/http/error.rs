@@ -140,6 +140,11 @@ impl ApiError {
         }
     }
 
+    /// The status and message, for the web console's pages: one mapping for both.
+    pub(super) fn parts(&self) -> (StatusCode, &str) {
+        (self.status, &self.detail)
+    }
+
     #[cfg(test)]
     pub(super) fn status(&self) -> StatusCode {
         self.status

@@ -1,12 +1,13 @@
 //! The HTTP side, on its own listener: `GET /health` for load balancers, `GET /metrics`
-//! for Prometheus, the original HTTP key service's REST API (`rest`) and its OpenAPI
-//! document (`GET /openapi.json`).
+//! for Prometheus, the original HTTP key service's REST API (`rest`), its OpenAPI
+//! document (`GET /openapi.json`) and the web console (`ui`, at `/ui/`).
 
 mod budget;
 mod error;
 mod extract;
 mod openapi;
 mod rest;
+pub mod ui;
 
 use std::sync::Arc;
 
@@ -25,7 +26,10 @@ use serde::Serialize;
 use error::ApiError;
 
 use crate::{
-    domain::{auth::AuthService, keys::KeyService, sessions::Authenticator},
+    domain::{
+        audit::AuditLog, auth::AuthService, keyring::Keyring, keys::KeyService,
+        sessions::Authenticator, users::UserAdmin,
+    },
     health::DbHealth,
     store::Store,
     telemetry::Metrics,
@@ -39,6 +43,12 @@ pub struct HttpState {
     /// The services behind gRPC too: the REST API applies exactly their rules.
     pub auth: AuthService,
     pub keys: KeyService,
+    /// The console's admin pages call these, as the Users, Audit and Keyring RPCs do.
+    pub users: UserAdmin,
+    pub audit: AuditLog,
+    /// Also seals the console's session cookies.
+    pub keyring: Keyring,
+    pub ui: ui::UiSettings,
     /// Checks bearer tokens (signature and login), as the gRPC auth layer does.
     pub authenticator: Arc<Authenticator>,
     /// Largest accepted request body (KMS_MAX_REQUEST_BYTES, as for gRPC messages).
@@ -64,6 +74,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/.well-known/jwks.json", get(jwks))
         .route("/openapi.json", get(openapi::document))
         .merge(rest::router(state.max_request_bytes))
+        .merge(ui::router(&state).layer(middleware::from_fn(rest::log_request)))
         .fallback(|| async { ApiError::unknown_path() })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(middleware::from_fn(move |req: Request, next: Next| {

@@ -329,7 +329,11 @@ pub(super) async fn rotate_key(
 /// One line per REST request: the route template (never the raw path, whose service
 /// name is client input), the status and the latency. Nothing of headers or bodies,
 /// which carry passwords, tokens and keys.
-async fn log_request(route: Option<MatchedPath>, request: Request, next: Next) -> Response {
+pub(super) async fn log_request(
+    route: Option<MatchedPath>,
+    request: Request,
+    next: Next,
+) -> Response {
     let method = request.method().clone();
     let started = Instant::now();
     // The request id and client address stamp this request's audit rows, as on gRPC.

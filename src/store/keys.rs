@@ -120,9 +120,13 @@ impl Store {
     }
 
     /// Live keys after `after` in service-name order, with their current secrets.
+    /// Live keys by service name, after `after`, those starting with `prefix` only.
+    /// The prefix is a range of names (`service_name` sorts bytewise, `COLLATE "C"`
+    /// on PostgreSQL), so no LIKE pattern is built from what a user typed.
     pub async fn list_keys(
         &self,
         after: Option<&str>,
+        prefix: &str,
         limit: u64,
     ) -> Result<Vec<KeyWithSecret>, StoreError> {
         let mut query = api_key_secret::Entity::find()
@@ -131,6 +135,12 @@ impl Store {
             .filter(api_key_secret::Column::RetiresAt.is_null());
         if let Some(after) = after {
             query = query.filter(api_key::Column::ServiceName.gt(after));
+        }
+        if !prefix.is_empty() {
+            query = query.filter(api_key::Column::ServiceName.gte(prefix));
+            if let Some(end) = prefix_end(prefix) {
+                query = query.filter(api_key::Column::ServiceName.lt(end));
+            }
         }
         let rows = query
             .order_by_asc(api_key::Column::ServiceName)
@@ -314,4 +324,30 @@ async fn insert_secret(
     })
     .exec_with_returning(txn)
     .await?)
+}
+
+/// The least string greater than every string starting with `prefix`: the prefix with
+/// its last byte below 0x7f raised by one (service names are ASCII). `None`: no bound.
+fn prefix_end(prefix: &str) -> Option<String> {
+    let mut bytes = prefix.as_bytes().to_vec();
+    while let Some(last) = bytes.pop() {
+        if last < 0x7f {
+            bytes.push(last + 1);
+            return String::from_utf8(bytes).ok();
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod prefix_tests {
+    use super::prefix_end;
+
+    #[test]
+    fn the_end_of_a_prefix_range() {
+        assert_eq!(prefix_end("bill").as_deref(), Some("bilm"));
+        assert_eq!(prefix_end("a-").as_deref(), Some("a."));
+        assert_eq!(prefix_end("z\u{7f}").as_deref(), Some("{"));
+        assert_eq!(prefix_end(""), None);
+    }
 }

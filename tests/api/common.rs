@@ -209,6 +209,7 @@ pub fn test_config(db_url: &str) -> Config {
         trusted_proxies: Default::default(),
         limits: Limits::default(),
         ext_authz: true,
+        ui: true,
         login_throttle: ThrottleSettings::default(),
     }
 }

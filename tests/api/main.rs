@@ -15,6 +15,7 @@ mod cli;
 mod cli_client;
 mod cluster;
 mod common;
+mod console;
 mod edge;
 mod ext_authz;
 mod faults;

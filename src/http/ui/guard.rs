@@ -1,0 +1,286 @@
+//! The console's request layer: opens the session cookie, checks the login behind it
+//! (renewing the access token when it is about to expire), refuses state-changing
+//! requests without the CSRF token, and re-issues the cookie on the answer. Handlers
+//! see the outcome as a `Session` in the request extensions, and change it by putting
+//! a `SessionChange` into the response's.
+
+use axum::{
+    extract::{FromRequestParts, Request, State},
+    http::{HeaderValue, header, request::Parts},
+    middleware::Next,
+    response::{IntoResponse, Redirect, Response},
+};
+use chrono::Utc;
+
+use super::{
+    csrf,
+    pages::error_page,
+    session::{self, Payload, REFRESH_MARGIN_SECONDS, Tokens},
+};
+use crate::{
+    domain::{Caller, Error, sessions::AuthFailure},
+    http::HttpState,
+};
+
+/// The session as this request found it.
+#[derive(Clone, Debug)]
+pub struct Session {
+    pub csrf: String,
+    pub caller: Option<Caller>,
+    /// A signed-in session ended (idle, expired, signed out elsewhere): the sign-in
+    /// page says so.
+    pub ended: bool,
+}
+
+/// Set on a response to sign in or out.
+#[derive(Clone)]
+pub enum SessionChange {
+    SignIn(Tokens),
+    SignOut,
+}
+
+struct Loaded {
+    payload: Payload,
+    caller: Option<Caller>,
+    ended: bool,
+}
+
+pub async fn layer(State(state): State<HttpState>, request: Request, next: Next) -> Response {
+    let now = Utc::now().timestamp();
+    let loaded = match load(&state, request.headers(), now).await {
+        Ok(loaded) => loaded,
+        Err(e) => return error_page::from_domain(e),
+    };
+    let Loaded {
+        mut payload,
+        caller,
+        ended,
+    } = loaded;
+    let secure = state.ui.secure_cookie;
+    let request = if csrf::is_safe(request.method()) {
+        request
+    } else {
+        match csrf::check(request, &payload.csrf, state.max_request_bytes).await {
+            Ok(request) => request,
+            Err(status) => {
+                let mut response = error_page::refused(status);
+                payload.seen = now;
+                set_cookie(&mut response, &state, &payload);
+                return response;
+            }
+        }
+    };
+    let mut request = request;
+    request.extensions_mut().insert(Session {
+        csrf: payload.csrf.clone(),
+        caller,
+        ended,
+    });
+    let mut response = next.run(request).await;
+    match response.extensions_mut().remove::<SessionChange>() {
+        Some(SessionChange::SignOut) => {
+            if let Ok(v) = HeaderValue::from_str(&session::clear_cookie(secure)) {
+                response.headers_mut().insert(header::SET_COOKIE, v);
+            }
+            return response;
+        }
+        Some(SessionChange::SignIn(tokens)) => match Payload::signed_in(tokens, now) {
+            Ok(p) => payload = p,
+            Err(e) => return error_page::from_domain(e.into()),
+        },
+        None => payload.seen = now,
+    }
+    set_cookie(&mut response, &state, &payload);
+    response
+}
+
+fn set_cookie(response: &mut Response, state: &HttpState, payload: &Payload) {
+    let value = session::seal(&state.keyring, payload)
+        .and_then(|v| HeaderValue::from_str(&session::set_cookie(&v, state.ui.secure_cookie)).ok());
+    if let Some(value) = value {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+}
+
+/// The session of the request's cookie, the login behind it checked.
+async fn load(state: &HttpState, headers: &http::HeaderMap, now: i64) -> Result<Loaded, Error> {
+    let mut found = None;
+    for value in session::cookie_values(headers) {
+        if let Some(payload) = session::open(&state.keyring, value).await {
+            found = Some(payload);
+            break;
+        }
+    }
+    let visitor = |ended| -> Result<Loaded, Error> {
+        Ok(Loaded {
+            payload: Payload::visitor(now)?,
+            caller: None,
+            ended,
+        })
+    };
+    let Some(mut payload) = found else {
+        return visitor(false);
+    };
+    if !payload.is_live(now) {
+        if let Some(tokens) = &payload.tokens {
+            end_login(state, &tokens.access).await;
+            return visitor(true);
+        }
+        return visitor(false);
+    }
+    let Some(tokens) = payload.tokens.clone() else {
+        return Ok(Loaded {
+            payload,
+            caller: None,
+            ended: false,
+        });
+    };
+    let current = match state.authenticator.authenticate(&tokens.access).await {
+        Ok(claims) => Some(claims),
+        Err(AuthFailure::Invalid) => None,
+        Err(AuthFailure::Unavailable) => return Err(Error::Unavailable),
+    };
+    if let Some(claims) = &current
+        && claims.exp - now > refresh_margin(claims.exp - claims.iat)
+    {
+        let caller = claims.caller();
+        return Ok(Loaded {
+            payload,
+            caller: Some(caller),
+            ended: false,
+        });
+    }
+    // About to expire, or expired: the refresh token gets a new one, if the login
+    // still stands (sign-out, a role or password change and deleting the user revoke
+    // it, and then this fails).
+    match state
+        .ui
+        .renewals
+        .refresh(&state.auth, &tokens.refresh)
+        .await
+    {
+        Ok(fresh) => {
+            let claims = match state.authenticator.authenticate(&fresh.access).await {
+                Ok(claims) => claims,
+                Err(AuthFailure::Unavailable) => return Err(Error::Unavailable),
+                Err(AuthFailure::Invalid) => return visitor(true),
+            };
+            payload.tokens = Some(fresh);
+            Ok(Loaded {
+                payload,
+                caller: Some(claims.caller()),
+                ended: false,
+            })
+        }
+        Err(Error::Unauthenticated(_) | Error::InvalidArgument { .. }) => match current {
+            // The login's refresh chain is over, its last access token is not yet.
+            Some(claims) => Ok(Loaded {
+                payload,
+                caller: Some(claims.caller()),
+                ended: false,
+            }),
+            None => visitor(true),
+        },
+        Err(other) => Err(other),
+    }
+}
+
+/// How long before its expiry an access token is renewed: `REFRESH_MARGIN_SECONDS`,
+/// or half the lifetime of tokens shorter than twice that (so that a short
+/// KMS_ACCESS_TOKEN_TTL_SECONDS does not mean a refresh on every request).
+fn refresh_margin(lifetime: i64) -> i64 {
+    REFRESH_MARGIN_SECONDS.min(lifetime / 2)
+}
+
+/// Best effort: the login of a session that timed out is ended, so its refresh token
+/// (sealed in a cookie the browser may still hold) is worth nothing.
+async fn end_login(state: &HttpState, access: &str) {
+    if let Ok(claims) = state.authenticator.authenticate(access).await
+        && let Err(e) = state.auth.logout(&claims.caller()).await
+    {
+        tracing::warn!(error = %e, "a timed-out console session could not be logged out");
+    }
+}
+
+/// The session of the request (the layer always sets one).
+fn session(parts: &Parts) -> Session {
+    parts
+        .extensions
+        .get::<Session>()
+        .cloned()
+        .unwrap_or(Session {
+            csrf: String::new(),
+            caller: None,
+            ended: false,
+        })
+}
+
+/// Any request: the session, signed in or not.
+pub struct Visitor(pub Session);
+
+impl<S: Send + Sync> FromRequestParts<S> for Visitor {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Response> {
+        Ok(Self(session(parts)))
+    }
+}
+
+/// A signed-in user; others are sent to the sign-in page.
+pub struct SignedIn {
+    pub caller: Caller,
+    pub csrf: String,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for SignedIn {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Response> {
+        let session = session(parts);
+        match session.caller {
+            Some(caller) => Ok(Self {
+                caller,
+                csrf: session.csrf,
+            }),
+            None if session.ended => Err(Redirect::to("/ui/login?ended=1").into_response()),
+            None => Err(Redirect::to("/ui/login").into_response()),
+        }
+    }
+}
+
+/// A signed-in admin; other users get a 403 page (the domain checks again).
+pub struct Admin(pub SignedIn);
+
+impl<S: Send + Sync> FromRequestParts<S> for Admin {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        let signed_in = SignedIn::from_request_parts(parts, state).await?;
+        if signed_in.caller.is_admin() {
+            Ok(Self(signed_in))
+        } else {
+            Err(error_page::forbidden(&signed_in))
+        }
+    }
+}
+
+/// A 303 to `to` (after a POST: the browser follows with a GET).
+pub fn see_other(to: &str) -> Response {
+    Redirect::to(to).into_response()
+}
+
+/// `response` with a session change for the layer to apply.
+pub fn with_change(mut response: Response, change: SessionChange) -> Response {
+    response.extensions_mut().insert(change);
+    response
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn short_tokens_are_renewed_at_half_life() {
+        assert_eq!(super::refresh_margin(3600), 120);
+        assert_eq!(super::refresh_margin(60), 30);
+        assert_eq!(super::refresh_margin(1), 0);
+    }
+}

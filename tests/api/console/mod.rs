@@ -1,0 +1,9 @@
+//! The web console (`/ui/`): the main flow in headless Chromium over WebDriver
+//! (`flow`), its security properties over plain HTTP (`security`), and the cookie
+//! under TLS (`tls`).
+
+mod browser;
+mod flow;
+mod forms;
+mod security;
+mod tls;
