@@ -16,6 +16,7 @@ pub mod http;
 #[path = "../migrations/mod.rs"]
 pub mod migrations;
 pub mod net;
+mod private_file;
 pub mod proto;
 pub mod server;
 pub mod store;

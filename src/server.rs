@@ -246,8 +246,11 @@ impl App {
         let audit_tail = AuditTail::new(self.store.clone());
         tokio::spawn(audit_tail.clone().run(stop_rx.clone()));
         let audit_log = AuditLog::new(self.store.clone(), audit_tail);
-        let audit =
-            AuditServer::new(AuditApi::new(audit_log.clone())).max_decoding_message_size(max);
+        let audit = AuditServer::new(AuditApi::new(
+            audit_log.clone(),
+            self.auth.authenticator().clone(),
+        ))
+        .max_decoding_message_size(max);
         let keyring = KeyringServer::new(KeyringApi::new(self.keyring.clone()))
             .max_decoding_message_size(max);
         let ext_authz = self.ext_authz.then(|| {

@@ -32,26 +32,7 @@ pub type CallFn = Arc<dyn Fn(Channel, usize, u64) -> CallFuture + Send + Sync>;
 
 /// The upper-case gRPC name of a status code, as in the gRPC spec.
 pub fn code_label(code: tonic::Code) -> Label {
-    use tonic::Code;
-    match code {
-        Code::Ok => OK,
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
+    kms::grpc::code_name(code)
 }
 
 /// The label of a call's result: `OK` when it succeeded and `check` likes the answer.

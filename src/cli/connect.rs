@@ -27,6 +27,11 @@ pub async fn connect(options: &ClientOptions) -> Result<Channel, CliError> {
             "--server {server}: expected an http:// or https:// URL"
         )));
     }
+    if !https && !options.allow_plaintext && !is_loopback(&server) {
+        return Err(CliError::other(format!(
+            "--server {server}: http:// to another machine would send passwords and tokens in clear; use https:// (with --ca-file for a private CA), or --allow-plaintext on a network you trust"
+        )));
+    }
     let mut endpoint = Endpoint::from_shared(server.clone())
         .map_err(|e| CliError::other(format!("--server {server}: {}", chain(&e))))?
         .connect_timeout(CONNECT_TIMEOUT)
@@ -57,6 +62,23 @@ pub async fn connect(options: &ClientOptions) -> Result<Channel, CliError> {
         .map_err(|e| CliError::unreachable(&server, &chain(&e)))
 }
 
+/// Whether the URL's host is this machine (`localhost`, 127.0.0.0/8, `::1`): the one
+/// place plaintext is safe without being asked for. A URL that does not parse is not.
+fn is_loopback(url: &str) -> bool {
+    let Some(host) = url
+        .parse::<http::Uri>()
+        .ok()
+        .and_then(|uri| uri.host().map(str::to_owned))
+    else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 /// The system's CA bundle, as OpenSSL finds it.
 fn system_roots() -> Result<Vec<u8>, CliError> {
     let given = std::env::var_os("SSL_CERT_FILE").map(std::path::PathBuf::from);
@@ -81,4 +103,32 @@ fn system_roots() -> Result<Vec<u8>, CliError> {
 fn read(path: &Path, flag: &str) -> Result<Vec<u8>, CliError> {
     std::fs::read(path)
         .map_err(|e| CliError::other(format!("{flag}: cannot read {}: {e}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback;
+
+    #[test]
+    fn plaintext_is_for_this_machine_only() {
+        for url in [
+            "http://127.0.0.1:50051",
+            "http://127.9.9.9:1",
+            "http://localhost:50051",
+            "http://LOCALHOST",
+            "http://[::1]:50051",
+        ] {
+            assert!(is_loopback(url), "{url}");
+        }
+        for url in [
+            "http://10.0.0.1:50051",
+            "http://kms.prod:50051",
+            "http://localhost.evil.example:1",
+            "http://127.0.0.1.evil.example",
+            "http://[::2]:1",
+            "not a url",
+        ] {
+            assert!(!is_loopback(url), "{url}");
+        }
+    }
 }

@@ -9,13 +9,13 @@
 use std::{
     collections::BTreeMap,
     fs,
-    io::Write,
     path::{Path, PathBuf},
 };
 
 use serde::{Deserialize, Serialize};
 
 use super::error::CliError;
+use crate::private_file;
 
 const FILE_NAME: &str = "credentials.json";
 const LOCK_NAME: &str = ".credentials.lock";
@@ -72,25 +72,21 @@ impl CredentialStore {
         Ok(self.read()?.servers.remove(server))
     }
 
+    /// Keeps `login` for `server`, under the lock: a login or logout never overwrites
+    /// tokens another `kms` is refreshing meanwhile.
     pub fn save(&self, server: &str, login: Login) -> Result<(), CliError> {
-        let mut contents = self.read()?;
-        contents.servers.insert(server.to_owned(), login);
-        self.write(&contents)
+        self.lock()?.save(server, login)
     }
 
-    /// Forgets the login to `server`; false when there was none.
+    /// Forgets the login to `server`, under the lock; false when there was none.
     pub fn remove(&self, server: &str) -> Result<bool, CliError> {
-        let mut contents = self.read()?;
-        let had = contents.servers.remove(server).is_some();
-        if had {
-            self.write(&contents)?;
-        }
-        Ok(had)
+        self.lock()?.remove(server)
     }
 
-    /// An exclusive lock on the folder's credentials, held until the file is dropped:
-    /// one refresh at a time across processes.
-    pub fn lock(&self) -> Result<fs::File, CliError> {
+    /// An exclusive lock on the folder's credentials, held until the guard is dropped:
+    /// every read-then-write of the file goes through one, so two `kms` processes
+    /// never both spend one refresh token, nor undo each other's writes.
+    pub fn lock(&self) -> Result<Locked<'_>, CliError> {
         ensure_private_dir(&self.dir)?;
         let path = self.dir.join(LOCK_NAME);
         let mut options = fs::OpenOptions::new();
@@ -102,7 +98,10 @@ impl CredentialStore {
             .map_err(|e| CliError::other(format!("cannot open {}: {e}", path.display())))?;
         file.lock()
             .map_err(|e| CliError::other(format!("cannot lock {}: {e}", path.display())))?;
-        Ok(file)
+        Ok(Locked {
+            store: self,
+            _file: file,
+        })
     }
 
     fn read(&self) -> Result<Contents, CliError> {
@@ -132,7 +131,8 @@ impl CredentialStore {
             std::process::id(),
             temp_suffix()
         ));
-        let written = write_new_private(&temp, &bytes).and_then(|()| fs::rename(&temp, &path));
+        let written =
+            private_file::write_new_private(&temp, &bytes).and_then(|()| fs::rename(&temp, &path));
         if let Err(e) = written {
             let _ = fs::remove_file(&temp);
             return Err(CliError::other(format!(
@@ -145,6 +145,33 @@ impl CredentialStore {
             let _ = dir.sync_all();
         }
         Ok(())
+    }
+}
+
+/// The credentials while this process holds their lock (`CredentialStore::lock`).
+pub struct Locked<'a> {
+    store: &'a CredentialStore,
+    _file: fs::File,
+}
+
+impl Locked<'_> {
+    pub fn load(&self, server: &str) -> Result<Option<Login>, CliError> {
+        self.store.load(server)
+    }
+
+    pub fn save(&self, server: &str, login: Login) -> Result<(), CliError> {
+        let mut contents = self.store.read()?;
+        contents.servers.insert(server.to_owned(), login);
+        self.store.write(&contents)
+    }
+
+    pub fn remove(&self, server: &str) -> Result<bool, CliError> {
+        let mut contents = self.store.read()?;
+        let had = contents.servers.remove(server).is_some();
+        if had {
+            self.store.write(&contents)?;
+        }
+        Ok(had)
     }
 }
 
@@ -162,40 +189,10 @@ fn temp_suffix() -> String {
         .unwrap_or_default()
 }
 
-/// Created 0700; an existing folder open to others is tightened to 0700.
 fn ensure_private_dir(dir: &Path) -> Result<(), CliError> {
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder
-        .create(dir)
-        .map_err(|e| CliError::other(format!("cannot create {}: {e}", dir.display())))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = fs::metadata(dir)?.permissions().mode() & 0o777;
-        if mode & 0o077 != 0 {
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| {
-                CliError::other(format!(
-                    "{} is open to other users (mode {mode:o}) and cannot be made private: {e}",
-                    dir.display()
-                ))
-            })?;
-        }
-    }
-    Ok(())
-}
-
-/// A new file readable by its owner only (0600 from its creation), flushed to disk.
-fn write_new_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
+    private_file::ensure_private_dir(dir)
+        .map(|_| ())
+        .map_err(|e| CliError::other(format!("cannot use {}: {e}", dir.display())))
 }
 
 #[cfg(test)]
@@ -230,9 +227,13 @@ mod tests {
             assert_eq!(mode(&store.path()), 0o600);
             assert_eq!(mode(&dir.path().join("kms")), 0o700);
         }
-        // No temporary file is left behind.
-        let names: Vec<_> = fs::read_dir(dir.path().join("kms")).unwrap().collect();
-        assert_eq!(names.len(), 1);
+        // No temporary file is left behind: the credentials and the lock file only.
+        let mut names: Vec<String> = fs::read_dir(dir.path().join("kms"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, [LOCK_NAME, FILE_NAME]);
         assert!(!format!("{:?}", login("secret-token")).contains("secret-token"));
     }
 }

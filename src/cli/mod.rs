@@ -59,6 +59,10 @@ pub struct ClientOptions {
     /// PEM private key of --cert-file.
     #[arg(long, global = true, value_name = "PATH", requires = "cert_file")]
     pub key_file: Option<PathBuf>,
+    /// Allow an http:// server on another machine: passwords and tokens then cross the
+    /// network in clear (only for a trusted network, e.g. a mesh sidecar's mTLS).
+    #[arg(long, env = "KMS_ALLOW_PLAINTEXT", global = true)]
+    pub allow_plaintext: bool,
     /// Where credentials.json is kept [default: ~/.config/kms].
     #[arg(long, env = "KMS_CONFIG_DIR", global = true, value_name = "PATH")]
     pub config_dir: Option<PathBuf>,
@@ -127,7 +131,7 @@ pub fn main(command: ClientCommand) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             if !e.message.is_empty() {
-                output::note(&format!("kms: {}", e.message));
+                output::note(&format!("kms: {}", output::printable(&e.message)));
             }
             e.exit_code()
         }

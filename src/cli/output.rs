@@ -122,9 +122,11 @@ impl Output {
         }
     }
 
+    /// `text` with its control characters escaped (see `printable`), in colour.
     pub fn paint(&self, text: &str, style: Style) -> String {
+        let text = printable(text);
         let code = match style {
-            Style::Plain => return text.to_owned(),
+            Style::Plain => return text.into_owned(),
             Style::Bold => "1",
             Style::Good => "32",
             Style::Bad => "31",
@@ -133,7 +135,7 @@ impl Output {
         if self.color && !text.is_empty() {
             format!("\x1b[{code}m{text}\x1b[0m")
         } else {
-            text.to_owned()
+            text.into_owned()
         }
     }
 
@@ -161,7 +163,7 @@ impl Output {
         for row in rows {
             for (i, (cell, _)) in row.iter().enumerate() {
                 if let Some(w) = widths.get_mut(i) {
-                    *w = (*w).max(cell.chars().count());
+                    *w = (*w).max(printable(cell).chars().count());
                 }
             }
         }
@@ -180,7 +182,7 @@ impl Output {
                         .get(i)
                         .copied()
                         .unwrap_or(0)
-                        .saturating_sub(cell.chars().count());
+                        .saturating_sub(printable(cell).chars().count());
                     line.push_str(&" ".repeat(pad + 2));
                 }
             }
@@ -203,6 +205,27 @@ impl Output {
                 )
             })
             .collect()
+    }
+}
+
+/// Text from the server as it may go to a terminal: control characters (ESC, CR,
+/// a newline inside a value, ...) escaped as `\u{1b}`, `\r`, `\n`, so that a key's
+/// metadata or an error message cannot move the cursor, recolour or overwrite what the
+/// terminal shows.
+pub fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.chars().any(char::is_control) {
+        text.chars()
+            .map(|c| {
+                if c.is_control() {
+                    c.escape_default().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect::<String>()
+            .into()
+    } else {
+        text.into()
     }
 }
 
@@ -301,6 +324,23 @@ mod tests {
         to_json(&pb::RewrapSecretsResponse::default(), true).unwrap();
         to_json(&pb::RotateSigningKeyResponse::default(), true).unwrap();
         to_json(&pb::LogoutResponse::default(), true).unwrap();
+    }
+
+    #[test]
+    fn control_characters_never_reach_the_terminal() {
+        assert_eq!(printable("plain text: ü"), "plain text: ü");
+        assert_eq!(
+            printable("v\x1b[5mblink\rOVER\n"),
+            "v\\u{1b}[5mblink\\rOVER\\n"
+        );
+        let out = Output::new(OutputFormat::Text, ColorChoice::Never);
+        let table = out.table(&["K"], &[vec![("a\x1b]0;x\x07".into(), Style::Plain)]]);
+        assert!(
+            !table.chars().any(|c| c.is_control() && c != '\n'),
+            "{table:?}"
+        );
+        let fields = out.fields(&[("k", "a\rb".into(), Style::Plain)]);
+        assert!(!fields.contains('\r'));
     }
 
     #[test]

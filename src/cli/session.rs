@@ -99,7 +99,7 @@ impl Session {
             store,
             login,
         };
-        if session.login.access_expires_at - unix_now() < REFRESH_MARGIN_SECONDS {
+        if session.login.access_expires_at.saturating_sub(unix_now()) < REFRESH_MARGIN_SECONDS {
             session.refresh().await?;
         }
         Ok(session)
@@ -154,21 +154,20 @@ impl Session {
 
     /// New tokens for the stored refresh token, unless another `kms` already got them.
     async fn refresh(&mut self) -> Result<(), CliError> {
-        let _lock = self.store.lock()?;
+        let locked = self.store.lock()?;
         let now = unix_now();
         let ended = |why: &str| CliError::not_logged_in(&self.server, why);
-        let current = self
-            .store
+        let current = locked
             .load(&self.server)?
             .ok_or_else(|| ended(&format!("not logged in to {}", self.server)))?;
         if current.access_token != self.login.access_token
-            && current.access_expires_at - now >= REFRESH_MARGIN_SECONDS
+            && current.access_expires_at.saturating_sub(now) >= REFRESH_MARGIN_SECONDS
         {
             self.login = current;
             return Ok(());
         }
         if current.refresh_expires_at <= now {
-            self.store.remove(&self.server)?;
+            locked.remove(&self.server)?;
             return Err(ended(&format!("the login to {} has expired", self.server)));
         }
         let mut request = Request::new(pb::RefreshRequest {
@@ -178,12 +177,12 @@ impl Session {
         match AuthClient::new(self.channel.clone()).refresh(request).await {
             Ok(answer) => {
                 let login = login_from(&current.username, answer.into_inner());
-                self.store.save(&self.server, login.clone())?;
+                locked.save(&self.server, login.clone())?;
                 self.login = login;
                 Ok(())
             }
             Err(status) if status.code() == Code::Unauthenticated => {
-                self.store.remove(&self.server)?;
+                locked.remove(&self.server)?;
                 Err(ended(&format!(
                     "the login to {} has ended ({})",
                     self.server,

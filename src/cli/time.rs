@@ -76,7 +76,8 @@ pub fn parse_time(now: DateTime<Utc>, text: &str) -> Result<DateTime<Utc>, Strin
             "{text:?} is neither an RFC 3339 time (2026-12-01T10:00:00Z) nor a duration ago (2h)"
         )
     })?;
-    now.checked_sub_signed(chrono::Duration::seconds(seconds))
+    chrono::TimeDelta::try_seconds(seconds)
+        .and_then(|ago| now.checked_sub_signed(ago))
         .ok_or_else(|| format!("{text:?} is too far back"))
 }
 

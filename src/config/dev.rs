@@ -2,7 +2,7 @@
 //! private and generates, once, the secrets that nothing else gave: the master key,
 //! and the HS256 secret when HS256 signs. Later starts read the same files back.
 
-use std::{fs, io::Write, path::Path};
+use std::path::Path;
 
 use base64::{Engine, engine::general_purpose::STANDARD};
 
@@ -10,7 +10,10 @@ use super::{
     ConfigError, JwtSecret,
     secrets::{read_jwt_secret_file, read_master_key_file},
 };
-use crate::crypto::{random, sealing::MasterKey};
+use crate::{
+    crypto::{random, sealing::MasterKey},
+    private_file,
+};
 
 pub(super) const MASTER_KEY_FILE: &str = "master.key";
 pub(super) const JWT_SECRET_FILE: &str = "jwt.secret";
@@ -53,44 +56,20 @@ pub(super) fn fill_in_secrets(
 /// one that other users may read or enter is tightened to 0700, and refused when that
 /// fails (it belongs to someone else, a read-only mount): never used as it is.
 fn ensure_private_dir(dir: &Path) -> Result<(), ConfigError> {
-    let mut builder = fs::DirBuilder::new();
-    builder.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
-    builder
-        .create(dir)
-        .map_err(|e| ConfigError(format!("cannot create {}: {e}", dir.display())))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let mode = fs::metadata(dir)
-            .map_err(|e| ConfigError(format!("cannot read {}: {e}", dir.display())))?
-            .permissions()
-            .mode()
-            & 0o777;
-        if mode & 0o077 != 0 {
-            fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(|e| {
-                ConfigError(format!(
-                    "the data folder {} is open to other users (mode {mode:o}) and cannot be made private: {e}. Run `chmod 700` on it as its owner, or set KMS_DATA_DIR to a folder of your own",
-                    dir.display()
-                ))
-            })?;
+    match private_file::ensure_private_dir(dir) {
+        Ok(None) => Ok(()),
+        Ok(Some(mode)) => {
             tracing::warn!(path = %dir.display(), was = %format!("{mode:o}"), "the data folder was open to other users: made private (0700)");
+            Ok(())
         }
+        Err(e) => Err(ConfigError(format!(
+            "cannot use the data folder {}: {e}. Run `chmod 700` on it as its owner, or set KMS_DATA_DIR to a folder of your own",
+            dir.display()
+        ))),
     }
-    Ok(())
 }
 
-/// Creates a file readable by its owner only (0600) and fails if it exists.
 fn write_private_file(path: &Path, contents: &[u8]) -> Result<(), ConfigError> {
-    let mut options = fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options
-        .open(path)
-        .map_err(|e| ConfigError(format!("cannot create {}: {e}", path.display())))?;
-    file.write_all(contents)
-        .and_then(|()| file.sync_all())
-        .map_err(|e| ConfigError(format!("cannot write {}: {e}", path.display())))
+    private_file::write_new_private(path, contents)
+        .map_err(|e| ConfigError(format!("cannot create {}: {e}", path.display())))
 }

@@ -78,9 +78,7 @@ impl UserCreator {
     pub fn check(&self, new: NewUser) -> Result<CheckedUser> {
         validate::username(&new.username)?;
         validate::password("password", &new.password, self.password_min_bytes)?;
-        for role in &new.roles {
-            validate::role(role)?;
-        }
+        validate::roles(&new.roles)?;
         let roles = if new.roles.is_empty() {
             Roles::user()
         } else {
@@ -248,9 +246,7 @@ impl UserAdmin {
         if roles.is_empty() {
             return Err(Error::invalid("roles", "must name at least one role"));
         }
-        for role in roles {
-            validate::role(role)?;
-        }
+        validate::roles(roles)?;
         let roles = roles.iter().cloned().collect::<Roles>().to_vec();
         let record = audit::event(
             &caller.subject,

@@ -5,6 +5,8 @@ use super::error::{Error, Result};
 pub const SERVICE_NAME_MAX: usize = 64;
 pub const USERNAME_MAX: usize = 64;
 pub const ROLE_MAX: usize = 32;
+/// Roles per user: they travel in every access token (and the console's cookie).
+pub const ROLES_MAX: usize = 32;
 pub const PASSWORD_MAX_BYTES: usize = 1024;
 pub const DESCRIPTION_MAX: usize = 1024;
 pub const IMPORTED_KEY_MIN: usize = 32;
@@ -67,6 +69,17 @@ pub fn role(value: &str) -> Result<()> {
         |c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-'),
         "a-z 0-9 _ -",
     )
+}
+
+/// A user's role list: at most `ROLES_MAX`, each a valid role.
+pub fn roles(values: &[String]) -> Result<()> {
+    if values.len() > ROLES_MAX {
+        return Err(Error::invalid(
+            "roles",
+            format!("at most {ROLES_MAX} roles per user"),
+        ));
+    }
+    values.iter().try_for_each(|r| role(r))
 }
 
 /// Passwords are measured in bytes (what argon2 hashes), not characters.
@@ -194,6 +207,17 @@ mod tests {
         assert!(username("alice@example.com").is_ok());
         assert!(username("a+b").is_err());
         assert!(username(&"u".repeat(65)).is_err());
+    }
+
+    #[test]
+    fn a_user_has_at_most_32_roles() {
+        let many: Vec<String> = (0..33).map(|i| format!("r{i}")).collect();
+        assert!(roles(&many[..32]).is_ok());
+        assert!(matches!(
+            roles(&many),
+            Err(Error::InvalidArgument { field: "roles", .. })
+        ));
+        assert!(roles(&["Admin".to_owned()]).is_err());
     }
 
     #[test]

@@ -1,13 +1,20 @@
 //! `kms.v1.Audit`.
 
+use std::{sync::Arc, time::Duration};
+
 use chrono::DateTime;
+use tokio::sync::mpsc;
 use tonic::{Request, Response, Status};
+use zeroize::Zeroizing;
 
 use super::{auth_layer::caller, convert::timestamp};
 use crate::{
+    bearer,
     domain::{
         Error,
         audit::{AuditEvent, AuditLog},
+        require_admin,
+        sessions::Authenticator,
         validate,
     },
     proto::kms::v1::{self as pb, audit_server::Audit},
@@ -16,12 +23,62 @@ use crate::{
 
 pub struct AuditApi {
     service: AuditLog,
+    /// Checks a watch's token again while it streams.
+    authenticator: Arc<Authenticator>,
 }
 
 impl AuditApi {
-    pub fn new(service: AuditLog) -> Self {
-        Self { service }
+    pub fn new(service: AuditLog, authenticator: Arc<Authenticator>) -> Self {
+        Self {
+            service,
+            authenticator,
+        }
     }
+}
+
+/// How often an open watch checks its caller's token again.
+const WATCH_RECHECK: Duration = Duration::from_secs(1);
+
+/// The caller of a watch is checked when it opens and then every `WATCH_RECHECK`
+/// while it streams, as every unary call is: once the token expires, its login ends
+/// (logout, password or role change, the user deleted) or it stops being an admin's,
+/// the stream ends with UNAUTHENTICATED or PERMISSION_DENIED instead of carrying on
+/// with the rights it had when it opened. A SIEM shipper then watches again with a
+/// fresh token and `after_id`, and loses nothing.
+fn while_authorised(
+    mut events: mpsc::Receiver<Result<AuditEvent, Error>>,
+    authenticator: Arc<Authenticator>,
+    token: Zeroizing<String>,
+) -> mpsc::Receiver<Result<pb::AuditEvent, Status>> {
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        let mut recheck = tokio::time::interval(WATCH_RECHECK);
+        recheck.tick().await;
+        loop {
+            let item = tokio::select! {
+                () = tx.closed() => return,
+                item = events.recv() => match item {
+                    Some(item) => item.map(event).map_err(Status::from),
+                    None => return,
+                },
+                _ = recheck.tick() => {
+                    let verdict = bearer::verify(&authenticator, &token)
+                        .await
+                        .map_err(Error::from)
+                        .and_then(|caller| require_admin(&caller));
+                    match verdict {
+                        Ok(()) => continue,
+                        Err(e) => Err(Status::from(e)),
+                    }
+                }
+            };
+            let last = item.is_err();
+            if tx.send(item).await.is_err() || last {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 fn filter(field: &'static str, text: &str) -> Result<Option<String>, Error> {
@@ -84,11 +141,19 @@ impl Audit for AuditApi {
         &self,
         mut request: Request<pb::WatchAuditEventsRequest>,
     ) -> Result<Response<AuditStream>, Status> {
-        use tonic::codegen::tokio_stream::{StreamExt, wrappers::ReceiverStream};
+        use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
         let caller = caller(&mut request)?;
+        // The auth layer let the call in with exactly this token.
+        let token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(bearer::bearer_token)
+            .map(|t| Zeroizing::new(t.to_owned()))
+            .ok_or(Error::Unauthenticated(bearer::MISSING_TOKEN))?;
         let events = self.service.watch(&caller, request.get_ref().after_id)?;
-        let stream = ReceiverStream::new(events).map(|item| item.map(event).map_err(Status::from));
-        Ok(Response::new(Box::pin(stream)))
+        let events = while_authorised(events, self.authenticator.clone(), token);
+        Ok(Response::new(Box::pin(ReceiverStream::new(events))))
     }
 
     async fn list_audit_events(

@@ -14,6 +14,8 @@ mod keyring_service;
 mod keys_service;
 pub mod observe;
 mod status;
+
+pub use status::code_name;
 mod users_service;
 
 pub use audit_service::AuditApi;

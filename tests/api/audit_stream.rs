@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use kms::{
-    proto::kms::v1::{self as pb, audit_client::AuditClient},
+    proto::kms::v1::{self as pb, audit_client::AuditClient, users_client::UsersClient},
     store::{AuditRecord, Store, StoreOptions},
 };
 use tokio_stream::StreamExt;
@@ -71,7 +71,8 @@ async fn create_key(server: &TestServer, token: &str, name: &str) {
 both_backends!(
     replay_then_live_events_in_id_order,
     a_reader_that_stops_reading_is_ended_and_resumes_without_a_gap,
-    the_stream_is_for_admins
+    the_stream_is_for_admins,
+    a_watch_ends_when_its_login_or_admin_role_does
 );
 
 async fn replay_then_live_events_in_id_order(backend: Backend) {
@@ -255,4 +256,80 @@ async fn another_replicas_events_arrive_within_a_second() {
     assert!(took < Duration::from_secs(1), "{took:?}");
     b.stop().await;
     a.stop().await;
+}
+
+/// The end of a watch, within `limit`: the error it ends with (skipping events).
+async fn end_within(stream: &mut Streaming<pb::AuditEvent>, limit: Duration) -> tonic::Status {
+    let started = Instant::now();
+    loop {
+        let left = limit.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, stream.next()).await {
+            Err(_) => panic!("the watch was still open after {limit:?}"),
+            Ok(Some(Ok(_))) => continue,
+            Ok(Some(Err(status))) => return status,
+            Ok(None) => panic!("the watch ended without a status"),
+        }
+    }
+}
+
+/// A watch is authorised while it streams, not only when it opens: losing the admin
+/// role, logging out or the token expiring ends it within about a second, and nothing
+/// committed afterwards reaches it.
+async fn a_watch_ends_when_its_login_or_admin_role_does(backend: Backend) {
+    let server = TestServer::start(backend).await;
+    let admin = server.admin_token().await;
+    let password = "second-admin-password";
+    server
+        .auth()
+        .register(authed(
+            pb::RegisterRequest {
+                username: "ops".into(),
+                password: password.into(),
+                roles: vec!["admin".into()],
+            },
+            &admin,
+        ))
+        .await
+        .unwrap();
+
+    // Demoted while watching.
+    let ops = server.login("ops", password).await;
+    let mut stream = watch(&server.channel, &ops, 0).await;
+    until(&mut stream, "register", "ops", Duration::from_secs(3)).await;
+    UsersClient::new(server.channel.clone())
+        .set_roles(authed(
+            pb::SetRolesRequest {
+                username: "ops".into(),
+                roles: vec!["user".into()],
+            },
+            &admin,
+        ))
+        .await
+        .unwrap();
+    let ended = end_within(&mut stream, Duration::from_secs(3)).await;
+    assert!(
+        matches!(ended.code(), Code::Unauthenticated | Code::PermissionDenied),
+        "{ended:?}"
+    );
+    create_key(&server, &admin, "after-demotion").await;
+    assert!(stream.next().await.is_none(), "nothing after the end");
+
+    // Logged out while watching (an admin's own stream).
+    let second = server.admin_token().await;
+    let mut stream = watch(&server.channel, &second, 0).await;
+    until(
+        &mut stream,
+        "key_create",
+        "after-demotion",
+        Duration::from_secs(3),
+    )
+    .await;
+    server
+        .auth()
+        .logout(authed(pb::LogoutRequest {}, &second))
+        .await
+        .unwrap();
+    let ended = end_within(&mut stream, Duration::from_secs(3)).await;
+    assert_eq!(ended.code(), Code::Unauthenticated, "{ended:?}");
+    server.stop().await;
 }

@@ -472,3 +472,31 @@ async fn password_changes_invalidate_tokens(backend: Backend) {
     );
     server.stop().await;
 }
+
+/// Roles travel in every access token (and in the console's cookie): at most 32 per
+/// user, in Register and SetRoles alike, refused naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_has_at_most_32_roles() {
+    let server = TestServer::start(Backend::Sqlite).await;
+    let admin = server.admin_token().await;
+    let names: Vec<String> = (0..33).map(|i| format!("role-{i}")).collect();
+    let many: Vec<&str> = names.iter().map(String::as_str).collect();
+    register(&server, &admin, "thirty-two", &many[..32]).await;
+    let refused = server
+        .auth()
+        .register(authed(
+            pb::RegisterRequest {
+                username: "thirty-three".into(),
+                password: "thirty-three-password".into(),
+                roles: names.clone(),
+            },
+            &admin,
+        ))
+        .await;
+    assert_status(refused, Code::InvalidArgument, "roles");
+    let refused = users(&server)
+        .set_roles(authed(set_roles("thirty-two", &many), &admin))
+        .await;
+    assert_status(refused, Code::InvalidArgument, "roles");
+    server.stop().await;
+}

@@ -73,6 +73,33 @@ async fn help_completions_and_errors_without_a_server() {
         .run(&["login", "--username", "root"])
         .await
         .fails(1, &["--password-stdin"]);
+
+    // Plaintext to another machine would carry the password in clear: refused before
+    // anything is sent, unless asked for.
+    let remote = Client::new("http://192.0.2.1:50051");
+    remote
+        .run_with(&["login", "--username", "root", "--password-stdin"], "pw\n")
+        .await
+        .fails(1, &["in clear", "https://", "--allow-plaintext"]);
+    for local in ["http://localhost:1", "http://[::1]:1"] {
+        Client::new(local)
+            .run_with(&["login", "--username", "root", "--password-stdin"], "pw\n")
+            .await
+            .fails(7, &["UNAVAILABLE"]);
+    }
+
+    // A damaged or crafted credentials file is an error message, never a panic.
+    std::fs::create_dir_all(client.config_dir()).unwrap();
+    std::fs::write(
+        client.credentials_path(),
+        r#"{"servers":{"http://127.0.0.1:1":{"username":"root","access_token":"x",
+            "access_expires_at":-9223372036854775808,"refresh_token":"y",
+            "refresh_expires_at":9223372036854775807}}}"#,
+    )
+    .unwrap();
+    let crafted = client.run(&["keys", "list"]).await;
+    assert_ne!(crafted.code, 0, "{crafted:?}");
+    assert!(!crafted.stderr.contains("panicked"), "{crafted:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
