@@ -6,7 +6,7 @@ use tonic::Code;
 use super::{
     ClientOptions, PageArgs,
     error::CliError,
-    output::{Output, Style, note},
+    output::{Output, Style, note, printable},
     session::Session,
     time,
 };
@@ -130,7 +130,9 @@ async fn list(s: &mut Session, out: &Output, a: ListArgs) -> Result<(), CliError
 }
 
 /// Streams until Ctrl-C. A watch the server ends for falling behind
-/// (RESOURCE_EXHAUSTED) is started again after the last id printed: nothing is lost.
+/// (RESOURCE_EXHAUSTED), or because its access token expired (UNAUTHENTICATED: the
+/// login is renewed first), is started again after the last id printed: nothing is
+/// lost. A login that has ended cannot be renewed, and ends the command.
 async fn watch(s: &mut Session, out: &Output, after_id: i64) -> Result<(), CliError> {
     let mut last = after_id;
     let interrupted = tokio::signal::ctrl_c();
@@ -160,6 +162,13 @@ async fn watch(s: &mut Session, out: &Output, after_id: i64) -> Result<(), CliEr
                     ));
                     break;
                 }
+                Err(status) if status.code() == Code::Unauthenticated => {
+                    s.refresh().await?;
+                    note(&format!(
+                        "the access token was renewed: watching again after id {last}"
+                    ));
+                    break;
+                }
                 Err(status) => return Err(CliError::status(&status, &s.server)),
             }
         }
@@ -181,11 +190,11 @@ fn event_line(o: &Output, e: &pb::AuditEvent) -> String {
     let line = format!(
         "{}  {time}  {:<16} {} {:<24} {} {}{count}",
         o.paint(&format!("{:>6}", e.id), Style::Dim),
-        e.actor,
+        printable(&e.actor),
         o.paint(&format!("{:<20}", e.action), Style::Bold),
-        e.target,
+        printable(&e.target),
         o.paint(&e.outcome, outcome_style(&e.outcome)),
-        e.client_address,
+        printable(&e.client_address),
     );
     format!("{}\n", line.trim_end())
 }

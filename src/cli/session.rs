@@ -153,7 +153,7 @@ impl Session {
     }
 
     /// New tokens for the stored refresh token, unless another `kms` already got them.
-    async fn refresh(&mut self) -> Result<(), CliError> {
+    pub(super) async fn refresh(&mut self) -> Result<(), CliError> {
         let locked = self.store.lock()?;
         let now = unix_now();
         let ended = |why: &str| CliError::not_logged_in(&self.server, why);

@@ -43,6 +43,15 @@ async fn expired_access_tokens_are_refreshed_silently_and_logout_ends_the_login(
     a.ok();
     b.ok();
     admin.run(&["keys", "list"]).await.ok();
+
+    // A watch outlives its access token: the server ends the stream when the token
+    // expires, and `audit watch` renews the login and watches on from its last id.
+    let watch = admin.spawn(&["audit", "watch", "-o", "json"]);
+    watch.wait_for("\"login\"").await;
+    tokio::time::sleep(Duration::from_millis(3_200)).await;
+    admin.run(&["keys", "create", "after-renewal"]).await.ok();
+    watch.wait_for("after-renewal").await;
+    assert_eq!(watch.interrupt().await, 0);
     let third = admin.credentials();
 
     // Logout: the local copy is gone and the refresh token is dead on the server.
