@@ -41,11 +41,11 @@ pub struct ListArgs {
     #[arg(long)]
     pub target: Option<String>,
     /// Events at or after this time: RFC 3339, or a duration ago (2h, 7d).
-    #[arg(long)]
-    pub since: Option<String>,
+    #[arg(long, value_parser = time_arg)]
+    pub since: Option<prost_types::Timestamp>,
     /// Events before this time: RFC 3339, or a duration ago.
-    #[arg(long)]
-    pub until: Option<String>,
+    #[arg(long, value_parser = time_arg)]
+    pub until: Option<prost_types::Timestamp>,
     #[command(flatten)]
     pub page: PageArgs,
 }
@@ -65,15 +65,13 @@ pub async fn run(args: AuditArgs, out: &Output) -> Result<(), CliError> {
     }
 }
 
+/// A time flag, read when the command line is (a bad one is a usage error, exit 2).
+fn time_arg(text: &str) -> Result<prost_types::Timestamp, String> {
+    time::parse_time(chrono::Utc::now(), text).map(time::to_timestamp)
+}
+
 async fn list(s: &mut Session, out: &Output, a: ListArgs) -> Result<(), CliError> {
-    let now = chrono::Utc::now();
-    let at = |flag: &str, text: &Option<String>| {
-        text.as_deref()
-            .map(|t| time::parse_time(now, t).map(time::to_timestamp))
-            .transpose()
-            .map_err(|e| CliError::other(format!("--{flag}: {e}")))
-    };
-    let (since, until) = (at("since", &a.since)?, at("until", &a.until)?);
+    let (since, until) = (a.since, a.until);
     let mut all = pb::ListAuditEventsResponse::default();
     let mut token = a.page.page_token.clone();
     loop {

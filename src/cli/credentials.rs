@@ -106,6 +106,7 @@ impl CredentialStore {
 
     fn read(&self) -> Result<Contents, CliError> {
         let path = self.path();
+        tighten(&path);
         match fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
                 CliError::other(format!(
@@ -172,6 +173,29 @@ impl Locked<'_> {
             self.store.write(&contents)?;
         }
         Ok(had)
+    }
+}
+
+/// A credentials file others may read (copied in by hand, say) is made 0600 before it
+/// is used, with a word on stderr: its tokens may have been read meanwhile.
+fn tighten(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let Ok(meta) = fs::metadata(path) else { return };
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            let fixed = fs::set_permissions(path, fs::Permissions::from_mode(0o600));
+            super::output::note(&format!(
+                "kms: {} was readable by others (mode {mode:o}){}; consider `kms logout` and a new login",
+                path.display(),
+                if fixed.is_ok() {
+                    ", made it 0600"
+                } else {
+                    " and could not be made private"
+                }
+            ));
+        }
     }
 }
 

@@ -25,7 +25,7 @@ use crate::grpc::code_name;
 pub const EXIT_STATUS_HELP: &str = "\
 Exit status of client commands: 0 ok, 1 other failure, 2 usage error, 3 not logged in
 (UNAUTHENTICATED), 4 PERMISSION_DENIED, 5 NOT_FOUND, 6 input refused (INVALID_ARGUMENT,
-ALREADY_EXISTS, FAILED_PRECONDITION), 7 server unreachable or busy (UNAVAILABLE,
+ALREADY_EXISTS, FAILED_PRECONDITION, OUT_OF_RANGE), 7 server unreachable or busy (UNAVAILABLE,
 DEADLINE_EXCEEDED, RESOURCE_EXHAUSTED), 8 `keys verify` found the key not VALID,
 130 Ctrl-C at a password prompt.";
 
@@ -80,6 +80,15 @@ impl CliError {
                 format!("{name}: {message}: run `kms login --server {server}`")
             }
             Code::Unavailable => format!("{name}: {message} (server {server})"),
+            // What tonic makes of an answer that is not gRPC at all: the URL names
+            // some other port (the HTTP listener, say).
+            Code::Internal | Code::Unknown
+                if message.contains("protocol error") || message.contains("compression flag") =>
+            {
+                format!(
+                    "{name}: {message}: is {server} the server's gRPC address (KMS_GRPC_ADDR), not its HTTP one?"
+                )
+            }
             _ => format!("{name}: {message}"),
         };
         Self {

@@ -48,10 +48,11 @@ pub struct PolicyArgs {
     #[arg(long)]
     pub description: Option<String>,
     /// A scope the key grants (repeat for several; a trailing `*` grants every scope
-    /// with that start).
+    /// with that start). With `update`, the scopes given replace all the key had.
     #[arg(long = "scope", value_name = "SCOPE")]
     pub scopes: Vec<String>,
-    /// A metadata entry KEY=VALUE (repeat for several; stored in clear).
+    /// A metadata entry KEY=VALUE (repeat for several; stored in clear). With
+    /// `update`, the entries given replace all the key had.
     #[arg(long = "metadata", value_name = "KEY=VALUE", value_parser = parse_metadata)]
     pub metadata: Vec<(String, String)>,
     /// At most REQUESTS valid verifications per WINDOW (seconds, or 90s, 15m, 1h, 1d).
