@@ -106,7 +106,7 @@ fn set_cookie(response: &mut Response, state: &HttpState, payload: &Payload) {
 async fn load(state: &HttpState, headers: &http::HeaderMap, now: i64) -> Result<Loaded, Error> {
     let mut found = None;
     for value in session::cookie_values(headers) {
-        if let Some(payload) = session::open(&state.keyring, value).await {
+        if let Some(payload) = session::open(&state.keyring, value) {
             found = Some(payload);
             break;
         }

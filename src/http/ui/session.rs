@@ -27,6 +27,8 @@ pub const ABSOLUTE_SECONDS: i64 = 12 * 3600;
 pub const REFRESH_MARGIN_SECONDS: i64 = 120;
 /// Cookies larger than this are not even opened (browsers keep at most 4 KiB).
 const MAX_COOKIE_BYTES: usize = 4096;
+/// `kms_ui` cookies of one request that are tried; the rest are ignored.
+const MAX_SESSION_COOKIES: usize = 2;
 
 /// The login's tokens. Never logged: no `Debug`.
 #[derive(Clone, Serialize, Deserialize)]
@@ -106,16 +108,20 @@ pub fn seal(keyring: &Keyring, payload: &Payload) -> Option<String> {
 }
 
 /// Opens a cookie value; `None` for anything not sealed by this KMS as a session.
-pub async fn open(keyring: &Keyring, value: &str) -> Option<Payload> {
+/// Only data keys already in memory are tried (`Keyring::open_loaded`): the cookie
+/// comes from anyone, so it must not reach the master key or the database.
+pub fn open(keyring: &Keyring, value: &str) -> Option<Payload> {
     if value.len() > MAX_COOKIE_BYTES {
         return None;
     }
     let sealed = URL_SAFE_NO_PAD.decode(value).ok()?;
-    let plain = keyring.open(&sealed, AAD).await.ok()?;
+    let plain = keyring.open_loaded(&sealed, AAD).ok()?;
     serde_json::from_slice(&plain).ok()
 }
 
-/// The values of the `kms_ui` cookies of a request, in order.
+/// The values of the `kms_ui` cookies of a request, in order, at most
+/// `MAX_SESSION_COOKIES` of them: a browser sends one (two while an old path's
+/// cookie lingers), and each costs an AES-GCM open.
 pub fn cookie_values(headers: &http::HeaderMap) -> Vec<&str> {
     headers
         .get_all(http::header::COOKIE)
@@ -125,6 +131,7 @@ pub fn cookie_values(headers: &http::HeaderMap) -> Vec<&str> {
         .filter_map(|pair| pair.trim().split_once('='))
         .filter(|(name, _)| *name == COOKIE)
         .map(|(_, value)| value)
+        .take(MAX_SESSION_COOKIES)
         .collect()
 }
 
@@ -188,6 +195,8 @@ mod tests {
         h.append(http::header::COOKIE, "a=1; kms_ui=x; b=2".parse().unwrap());
         h.append(http::header::COOKIE, "kms_ui=y".parse().unwrap());
         assert_eq!(cookie_values(&h), vec!["x", "y"]);
+        h.append(http::header::COOKIE, "kms_ui=z".parse().unwrap());
+        assert_eq!(cookie_values(&h), vec!["x", "y"], "only the first two");
     }
 
     #[test]
