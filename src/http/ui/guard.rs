@@ -22,14 +22,23 @@ use crate::{
     http::HttpState,
 };
 
-/// The session as this request found it.
-#[derive(Clone, Debug)]
+/// The session as this request found it. Its `Debug` leaves out the CSRF token.
+#[derive(Clone)]
 pub struct Session {
     pub csrf: String,
     pub caller: Option<Caller>,
     /// A signed-in session ended (idle, expired, signed out elsewhere): the sign-in
     /// page says so.
     pub ended: bool,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("caller", &self.caller.as_ref().map(|c| &c.subject))
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Set on a response to sign in or out.
@@ -277,6 +286,16 @@ pub fn with_change(mut response: Response, change: SessionChange) -> Response {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn debug_shows_no_csrf_token() {
+        let session = super::Session {
+            csrf: "CSRFVALUE".into(),
+            caller: None,
+            ended: false,
+        };
+        assert!(!format!("{session:?}").contains("CSRFVALUE"));
+    }
+
     #[test]
     fn short_tokens_are_renewed_at_half_life() {
         assert_eq!(super::refresh_margin(3600), 120);
