@@ -54,11 +54,36 @@ struct Loaded {
     ended: bool,
 }
 
+/// Why no session could be loaded; `renewed` when a refresh succeeded before the
+/// failure: the answer must carry the new tokens all the same, or the browser keeps
+/// the spent refresh token and its next request looks like a reuse (which ends the
+/// login).
+struct Failed {
+    error: Error,
+    renewed: Option<Payload>,
+}
+
+impl From<Error> for Failed {
+    fn from(error: Error) -> Self {
+        Self {
+            error,
+            renewed: None,
+        }
+    }
+}
+
 pub async fn layer(State(state): State<HttpState>, request: Request, next: Next) -> Response {
     let now = Utc::now().timestamp();
     let loaded = match load(&state, request.headers(), now).await {
         Ok(loaded) => loaded,
-        Err(e) => return error_page::from_domain(e),
+        Err(Failed { error, renewed }) => {
+            let mut response = error_page::from_domain(error);
+            if let Some(mut payload) = renewed {
+                payload.seen = now;
+                set_cookie(&mut response, &state, &payload);
+            }
+            return response;
+        }
     };
     let Loaded {
         mut payload,
@@ -112,7 +137,7 @@ fn set_cookie(response: &mut Response, state: &HttpState, payload: &Payload) {
 }
 
 /// The session of the request's cookie, the login behind it checked.
-async fn load(state: &HttpState, headers: &http::HeaderMap, now: i64) -> Result<Loaded, Error> {
+async fn load(state: &HttpState, headers: &http::HeaderMap, now: i64) -> Result<Loaded, Failed> {
     let mut found = None;
     for value in session::cookie_values(headers) {
         if let Some(payload) = session::open(&state.keyring, value) {
@@ -120,9 +145,9 @@ async fn load(state: &HttpState, headers: &http::HeaderMap, now: i64) -> Result<
             break;
         }
     }
-    let visitor = |ended| -> Result<Loaded, Error> {
+    let visitor = |ended| -> Result<Loaded, Failed> {
         Ok(Loaded {
-            payload: Payload::visitor(now)?,
+            payload: Payload::visitor(now).map_err(Error::from)?,
             caller: None,
             ended,
         })
@@ -147,7 +172,7 @@ async fn load(state: &HttpState, headers: &http::HeaderMap, now: i64) -> Result<
     let current = match state.authenticator.authenticate(&tokens.access).await {
         Ok(claims) => Some(claims),
         Err(AuthFailure::Invalid) => None,
-        Err(AuthFailure::Unavailable) => return Err(Error::Unavailable),
+        Err(AuthFailure::Unavailable) => return Err(Error::Unavailable.into()),
     };
     if let Some(claims) = &current
         && claims.exp - now > refresh_margin(claims.exp - claims.iat)
@@ -169,12 +194,18 @@ async fn load(state: &HttpState, headers: &http::HeaderMap, now: i64) -> Result<
         .await
     {
         Ok(fresh) => {
-            let claims = match state.authenticator.authenticate(&fresh.access).await {
+            let access = fresh.access.clone();
+            payload.tokens = Some(fresh);
+            let claims = match state.authenticator.authenticate(&access).await {
                 Ok(claims) => claims,
-                Err(AuthFailure::Unavailable) => return Err(Error::Unavailable),
+                Err(AuthFailure::Unavailable) => {
+                    return Err(Failed {
+                        error: Error::Unavailable,
+                        renewed: Some(payload),
+                    });
+                }
                 Err(AuthFailure::Invalid) => return visitor(true),
             };
-            payload.tokens = Some(fresh);
             Ok(Loaded {
                 payload,
                 caller: Some(claims.caller()),
@@ -190,7 +221,7 @@ async fn load(state: &HttpState, headers: &http::HeaderMap, now: i64) -> Result<
             }),
             None => visitor(true),
         },
-        Err(other) => Err(other),
+        Err(other) => Err(other.into()),
     }
 }
 
