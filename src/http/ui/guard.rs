@@ -128,10 +128,24 @@ pub async fn layer(State(state): State<HttpState>, request: Request, next: Next)
     response
 }
 
+/// Re-issues the cookie; one grown too large for a browser to keep (a refresh
+/// brought a larger access token) is cleared instead, which ends the session, rather
+/// than leave the browser the previous one with a spent refresh token.
 fn set_cookie(response: &mut Response, state: &HttpState, payload: &Payload) {
-    let value = session::seal(&state.keyring, payload)
-        .and_then(|v| HeaderValue::from_str(&session::set_cookie(&v, state.ui.secure_cookie)).ok());
-    if let Some(value) = value {
+    let secure = state.ui.secure_cookie;
+    let Some(sealed) = session::seal(&state.keyring, payload) else {
+        return;
+    };
+    let cookie = if session::fits(&sealed) {
+        session::set_cookie(&sealed, secure)
+    } else {
+        tracing::warn!(
+            bytes = sealed.len(),
+            "a console session no longer fits in a cookie (its access token is too large: many or long roles); the session ends"
+        );
+        session::clear_cookie(secure)
+    };
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
 }
@@ -232,9 +246,9 @@ fn refresh_margin(lifetime: i64) -> i64 {
     REFRESH_MARGIN_SECONDS.min(lifetime / 2)
 }
 
-/// Best effort: the login of a session that timed out is ended, so its refresh token
-/// (sealed in a cookie the browser may still hold) is worth nothing.
-async fn end_login(state: &HttpState, access: &str) {
+/// Best effort: the login of a session that timed out (or could not be kept in a
+/// cookie) is ended, so its refresh token is worth nothing.
+pub async fn end_login(state: &HttpState, access: &str) {
     if let Ok(claims) = state.authenticator.authenticate(access).await
         && let Err(e) = state.auth.logout(&claims.caller()).await
     {

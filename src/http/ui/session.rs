@@ -107,6 +107,21 @@ pub fn seal(keyring: &Keyring, payload: &Payload) -> Option<String> {
     }
 }
 
+/// Whether a sealed value fits in a cookie: browsers drop cookies whose name and
+/// value pass 4 KiB, silently, and keep sending the previous one.
+pub fn fits(sealed: &str) -> bool {
+    COOKIE.len() + 1 + sealed.len() <= MAX_COOKIE_BYTES
+}
+
+/// Whether a session signed in with `tokens` fits in a cookie (a user with many
+/// long roles has a large access token).
+pub fn signed_in_fits(keyring: &Keyring, tokens: &Tokens, now: i64) -> bool {
+    Payload::signed_in(tokens.clone(), now)
+        .ok()
+        .and_then(|p| seal(keyring, &p))
+        .is_some_and(|sealed| fits(&sealed))
+}
+
 /// Opens a cookie value; `None` for anything not sealed by this KMS as a session.
 /// Only data keys already in memory are tried (`Keyring::open_loaded`): the cookie
 /// comes from anyone, so it must not reach the master key or the database.
@@ -174,6 +189,12 @@ mod tests {
         // From the future, or seen before it was made: forged or broken.
         assert!(!payload(t, t + 3600).is_live(t));
         assert!(!payload(t, t - 10).is_live(t));
+    }
+
+    #[test]
+    fn four_kib_cookies_fit() {
+        assert!(fits(&"a".repeat(MAX_COOKIE_BYTES - COOKIE.len() - 1)));
+        assert!(!fits(&"a".repeat(MAX_COOKIE_BYTES - COOKIE.len())));
     }
 
     #[test]

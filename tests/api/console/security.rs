@@ -112,7 +112,41 @@ fn location(reply: &Reply) -> &str {
 crate::both_backends!(
     session_cookies_open_only_under_loaded_data_keys,
     forged_cookies_are_a_visitor,
+    a_session_too_large_for_a_cookie_is_refused_clearly,
 );
+
+/// A user whose roles make the access token too large for a 4 KiB cookie gets a
+/// clear error on the sign-in page, not a silent bounce back to it.
+async fn a_session_too_large_for_a_cookie_is_refused_clearly(backend: Backend) {
+    use kms::proto::kms::v1 as pb;
+    let server = TestServer::start(backend).await;
+    let roles = (0..100).map(|i| format!("role-{i:03}-{}", "x".repeat(22)));
+    server
+        .auth()
+        .register(crate::common::authed(
+            pb::RegisterRequest {
+                username: "many-roles".into(),
+                password: "many-roles-password".into(),
+                roles: roles.collect(),
+            },
+            &server.admin_token().await,
+        ))
+        .await
+        .unwrap();
+    let mut s = Session::visitor(&server).await;
+    let login = [
+        ("username", "many-roles"),
+        ("password", "many-roles-password"),
+    ];
+    let reply = s.post("/ui/login", &login, true).await;
+    assert_eq!(reply.status, 500, "{}", body(&reply));
+    assert!(
+        body(&reply).contains("too large for a browser"),
+        "{}",
+        body(&reply)
+    );
+    assert!(session_cookie(&reply).is_some_and(|c| c.len() <= 4096));
+}
 
 /// The AAD the console seals its session cookie with.
 const SESSION_AAD: &[u8] = b"kms web console session v1";
