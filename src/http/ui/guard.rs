@@ -169,7 +169,7 @@ async fn load(state: &HttpState, headers: &http::HeaderMap, now: i64) -> Result<
     let Some(mut payload) = found else {
         return visitor(false);
     };
-    if !payload.is_live(now) {
+    if !payload.is_live(now, state.auth.session_max_lifetime_seconds()) {
         if let Some(tokens) = &payload.tokens {
             end_login(state, &tokens.access).await;
             return visitor(true);

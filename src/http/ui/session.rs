@@ -7,7 +7,8 @@
 //!
 //! The cookie is re-issued on every answer with `seen` moved on: idle for
 //! `IDLE_SECONDS` it is refused (and the browser drops it, `Max-Age`), and it never
-//! outlives `ABSOLUTE_SECONDS` from sign-in. The times are inside the seal, so a client
+//! outlives `ABSOLUTE_SECONDS` from sign-in (nor the login's own maximum lifetime,
+//! `KMS_SESSION_MAX_LIFETIME_SECONDS`, when that is shorter). The times are inside the seal, so a client
 //! cannot extend them.
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
@@ -21,7 +22,8 @@ pub const COOKIE: &str = "kms_ui";
 const AAD: &[u8] = b"kms web console session v1";
 /// Idle timeout: a session unused this long is over.
 pub const IDLE_SECONDS: i64 = 15 * 60;
-/// Absolute cap from sign-in, whatever the activity.
+/// Absolute cap from sign-in, whatever the activity (or the login's maximum
+/// lifetime, if shorter: `Payload::is_live`).
 pub const ABSOLUTE_SECONDS: i64 = 12 * 3600;
 /// The access token is renewed (Refresh) when it has less than this left.
 pub const REFRESH_MARGIN_SECONDS: i64 = 120;
@@ -81,11 +83,12 @@ impl Payload {
     }
 
     /// Whether the session may still be used at `now`: not idle too long, not past
-    /// its absolute cap, and not from the future (beyond a minute of clock skew
-    /// between replicas).
-    pub fn is_live(&self, now: i64) -> bool {
+    /// its absolute cap (`ABSOLUTE_SECONDS`, or the login's `max_lifetime` in seconds
+    /// if shorter), and not from the future (beyond a minute of clock skew between
+    /// replicas).
+    pub fn is_live(&self, now: i64, max_lifetime: i64) -> bool {
         now - self.seen <= IDLE_SECONDS
-            && now - self.created <= ABSOLUTE_SECONDS
+            && now - self.created <= ABSOLUTE_SECONDS.min(max_lifetime)
             && self.seen <= now + 60
             && self.created <= self.seen
     }
@@ -180,15 +183,18 @@ mod tests {
     #[test]
     fn idle_and_absolute_limits() {
         let t = 1_000_000;
-        assert!(payload(t, t).is_live(t));
-        assert!(payload(t, t).is_live(t + IDLE_SECONDS));
-        assert!(!payload(t, t).is_live(t + IDLE_SECONDS + 1));
+        assert!(payload(t, t).is_live(t, i64::MAX));
+        assert!(payload(t, t).is_live(t + IDLE_SECONDS, i64::MAX));
+        assert!(!payload(t, t).is_live(t + IDLE_SECONDS + 1, i64::MAX));
         // Active all along, but past the absolute cap.
         let late = t + ABSOLUTE_SECONDS + 1;
-        assert!(!payload(t, late - 10).is_live(late));
+        assert!(!payload(t, late - 10).is_live(late, i64::MAX));
         // From the future, or seen before it was made: forged or broken.
-        assert!(!payload(t, t + 3600).is_live(t));
-        assert!(!payload(t, t - 10).is_live(t));
+        assert!(!payload(t, t + 3600).is_live(t, i64::MAX));
+        assert!(!payload(t, t - 10).is_live(t, i64::MAX));
+        // A login that may live only an hour: so does the session.
+        assert!(payload(t, t + 3000).is_live(t + 3600, 3600));
+        assert!(!payload(t, t + 3000).is_live(t + 3601, 3600));
     }
 
     #[test]
