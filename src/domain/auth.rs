@@ -89,6 +89,11 @@ impl AuthService {
         }
     }
 
+    /// How long after Login its refresh chain ends (`KMS_SESSION_MAX_LIFETIME_SECONDS`).
+    pub fn session_max_lifetime_seconds(&self) -> i64 {
+        self.settings.session_max_lifetime_seconds
+    }
+
     pub fn signing_keys(&self) -> Option<&SigningKeys> {
         self.signing.as_ref()
     }

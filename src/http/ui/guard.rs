@@ -22,14 +22,23 @@ use crate::{
     http::HttpState,
 };
 
-/// The session as this request found it.
-#[derive(Clone, Debug)]
+/// The session as this request found it. Its `Debug` leaves out the CSRF token.
+#[derive(Clone)]
 pub struct Session {
     pub csrf: String,
     pub caller: Option<Caller>,
     /// A signed-in session ended (idle, expired, signed out elsewhere): the sign-in
     /// page says so.
     pub ended: bool,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("caller", &self.caller.as_ref().map(|c| &c.subject))
+            .field("ended", &self.ended)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Set on a response to sign in or out.
@@ -45,11 +54,36 @@ struct Loaded {
     ended: bool,
 }
 
+/// Why no session could be loaded; `renewed` when a refresh succeeded before the
+/// failure: the answer must carry the new tokens all the same, or the browser keeps
+/// the spent refresh token and its next request looks like a reuse (which ends the
+/// login).
+struct Failed {
+    error: Error,
+    renewed: Option<Payload>,
+}
+
+impl From<Error> for Failed {
+    fn from(error: Error) -> Self {
+        Self {
+            error,
+            renewed: None,
+        }
+    }
+}
+
 pub async fn layer(State(state): State<HttpState>, request: Request, next: Next) -> Response {
     let now = Utc::now().timestamp();
     let loaded = match load(&state, request.headers(), now).await {
         Ok(loaded) => loaded,
-        Err(e) => return error_page::from_domain(e),
+        Err(Failed { error, renewed }) => {
+            let mut response = error_page::from_domain(error);
+            if let Some(mut payload) = renewed {
+                payload.seen = now;
+                set_cookie(&mut response, &state, &payload);
+            }
+            return response;
+        }
     };
     let Loaded {
         mut payload,
@@ -94,26 +128,40 @@ pub async fn layer(State(state): State<HttpState>, request: Request, next: Next)
     response
 }
 
+/// Re-issues the cookie; one grown too large for a browser to keep (a refresh
+/// brought a larger access token) is cleared instead, which ends the session, rather
+/// than leave the browser the previous one with a spent refresh token.
 fn set_cookie(response: &mut Response, state: &HttpState, payload: &Payload) {
-    let value = session::seal(&state.keyring, payload)
-        .and_then(|v| HeaderValue::from_str(&session::set_cookie(&v, state.ui.secure_cookie)).ok());
-    if let Some(value) = value {
+    let secure = state.ui.secure_cookie;
+    let Some(sealed) = session::seal(&state.keyring, payload) else {
+        return;
+    };
+    let cookie = if session::fits(&sealed) {
+        session::set_cookie(&sealed, secure)
+    } else {
+        tracing::warn!(
+            bytes = sealed.len(),
+            "a console session no longer fits in a cookie (its access token is too large: many or long roles); the session ends"
+        );
+        session::clear_cookie(secure)
+    };
+    if let Ok(value) = HeaderValue::from_str(&cookie) {
         response.headers_mut().insert(header::SET_COOKIE, value);
     }
 }
 
 /// The session of the request's cookie, the login behind it checked.
-async fn load(state: &HttpState, headers: &http::HeaderMap, now: i64) -> Result<Loaded, Error> {
+async fn load(state: &HttpState, headers: &http::HeaderMap, now: i64) -> Result<Loaded, Failed> {
     let mut found = None;
     for value in session::cookie_values(headers) {
-        if let Some(payload) = session::open(&state.keyring, value).await {
+        if let Some(payload) = session::open(&state.keyring, value) {
             found = Some(payload);
             break;
         }
     }
-    let visitor = |ended| -> Result<Loaded, Error> {
+    let visitor = |ended| -> Result<Loaded, Failed> {
         Ok(Loaded {
-            payload: Payload::visitor(now)?,
+            payload: Payload::visitor(now).map_err(Error::from)?,
             caller: None,
             ended,
         })
@@ -121,7 +169,7 @@ async fn load(state: &HttpState, headers: &http::HeaderMap, now: i64) -> Result<
     let Some(mut payload) = found else {
         return visitor(false);
     };
-    if !payload.is_live(now) {
+    if !payload.is_live(now, state.auth.session_max_lifetime_seconds()) {
         if let Some(tokens) = &payload.tokens {
             end_login(state, &tokens.access).await;
             return visitor(true);
@@ -138,7 +186,7 @@ async fn load(state: &HttpState, headers: &http::HeaderMap, now: i64) -> Result<
     let current = match state.authenticator.authenticate(&tokens.access).await {
         Ok(claims) => Some(claims),
         Err(AuthFailure::Invalid) => None,
-        Err(AuthFailure::Unavailable) => return Err(Error::Unavailable),
+        Err(AuthFailure::Unavailable) => return Err(Error::Unavailable.into()),
     };
     if let Some(claims) = &current
         && claims.exp - now > refresh_margin(claims.exp - claims.iat)
@@ -160,12 +208,18 @@ async fn load(state: &HttpState, headers: &http::HeaderMap, now: i64) -> Result<
         .await
     {
         Ok(fresh) => {
-            let claims = match state.authenticator.authenticate(&fresh.access).await {
+            let access = fresh.access.clone();
+            payload.tokens = Some(fresh);
+            let claims = match state.authenticator.authenticate(&access).await {
                 Ok(claims) => claims,
-                Err(AuthFailure::Unavailable) => return Err(Error::Unavailable),
+                Err(AuthFailure::Unavailable) => {
+                    return Err(Failed {
+                        error: Error::Unavailable,
+                        renewed: Some(payload),
+                    });
+                }
                 Err(AuthFailure::Invalid) => return visitor(true),
             };
-            payload.tokens = Some(fresh);
             Ok(Loaded {
                 payload,
                 caller: Some(claims.caller()),
@@ -181,7 +235,7 @@ async fn load(state: &HttpState, headers: &http::HeaderMap, now: i64) -> Result<
             }),
             None => visitor(true),
         },
-        Err(other) => Err(other),
+        Err(other) => Err(other.into()),
     }
 }
 
@@ -192,9 +246,9 @@ fn refresh_margin(lifetime: i64) -> i64 {
     REFRESH_MARGIN_SECONDS.min(lifetime / 2)
 }
 
-/// Best effort: the login of a session that timed out is ended, so its refresh token
-/// (sealed in a cookie the browser may still hold) is worth nothing.
-async fn end_login(state: &HttpState, access: &str) {
+/// Best effort: the login of a session that timed out (or could not be kept in a
+/// cookie) is ended, so its refresh token is worth nothing.
+pub async fn end_login(state: &HttpState, access: &str) {
     if let Ok(claims) = state.authenticator.authenticate(access).await
         && let Err(e) = state.auth.logout(&claims.caller()).await
     {
@@ -277,6 +331,16 @@ pub fn with_change(mut response: Response, change: SessionChange) -> Response {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn debug_shows_no_csrf_token() {
+        let session = super::Session {
+            csrf: "CSRFVALUE".into(),
+            caller: None,
+            ended: false,
+        };
+        assert!(!format!("{session:?}").contains("CSRFVALUE"));
+    }
+
     #[test]
     fn short_tokens_are_renewed_at_half_life() {
         assert_eq!(super::refresh_margin(3600), 120);

@@ -7,7 +7,8 @@
 //!
 //! The cookie is re-issued on every answer with `seen` moved on: idle for
 //! `IDLE_SECONDS` it is refused (and the browser drops it, `Max-Age`), and it never
-//! outlives `ABSOLUTE_SECONDS` from sign-in. The times are inside the seal, so a client
+//! outlives `ABSOLUTE_SECONDS` from sign-in (nor the login's own maximum lifetime,
+//! `KMS_SESSION_MAX_LIFETIME_SECONDS`, when that is shorter). The times are inside the seal, so a client
 //! cannot extend them.
 
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
@@ -21,12 +22,15 @@ pub const COOKIE: &str = "kms_ui";
 const AAD: &[u8] = b"kms web console session v1";
 /// Idle timeout: a session unused this long is over.
 pub const IDLE_SECONDS: i64 = 15 * 60;
-/// Absolute cap from sign-in, whatever the activity.
+/// Absolute cap from sign-in, whatever the activity (or the login's maximum
+/// lifetime, if shorter: `Payload::is_live`).
 pub const ABSOLUTE_SECONDS: i64 = 12 * 3600;
 /// The access token is renewed (Refresh) when it has less than this left.
 pub const REFRESH_MARGIN_SECONDS: i64 = 120;
 /// Cookies larger than this are not even opened (browsers keep at most 4 KiB).
 const MAX_COOKIE_BYTES: usize = 4096;
+/// `kms_ui` cookies of one request that are tried; the rest are ignored.
+const MAX_SESSION_COOKIES: usize = 2;
 
 /// The login's tokens. Never logged: no `Debug`.
 #[derive(Clone, Serialize, Deserialize)]
@@ -79,11 +83,12 @@ impl Payload {
     }
 
     /// Whether the session may still be used at `now`: not idle too long, not past
-    /// its absolute cap, and not from the future (beyond a minute of clock skew
-    /// between replicas).
-    pub fn is_live(&self, now: i64) -> bool {
+    /// its absolute cap (`ABSOLUTE_SECONDS`, or the login's `max_lifetime` in seconds
+    /// if shorter), and not from the future (beyond a minute of clock skew between
+    /// replicas).
+    pub fn is_live(&self, now: i64, max_lifetime: i64) -> bool {
         now - self.seen <= IDLE_SECONDS
-            && now - self.created <= ABSOLUTE_SECONDS
+            && now - self.created <= ABSOLUTE_SECONDS.min(max_lifetime)
             && self.seen <= now + 60
             && self.created <= self.seen
     }
@@ -105,17 +110,36 @@ pub fn seal(keyring: &Keyring, payload: &Payload) -> Option<String> {
     }
 }
 
+/// Whether a sealed value fits in a cookie: browsers drop cookies whose name and
+/// value pass 4 KiB, silently, and keep sending the previous one.
+pub fn fits(sealed: &str) -> bool {
+    COOKIE.len() + 1 + sealed.len() <= MAX_COOKIE_BYTES
+}
+
+/// Whether a session signed in with `tokens` fits in a cookie (a user with many
+/// long roles has a large access token).
+pub fn signed_in_fits(keyring: &Keyring, tokens: &Tokens, now: i64) -> bool {
+    Payload::signed_in(tokens.clone(), now)
+        .ok()
+        .and_then(|p| seal(keyring, &p))
+        .is_some_and(|sealed| fits(&sealed))
+}
+
 /// Opens a cookie value; `None` for anything not sealed by this KMS as a session.
-pub async fn open(keyring: &Keyring, value: &str) -> Option<Payload> {
+/// Only data keys already in memory are tried (`Keyring::open_loaded`): the cookie
+/// comes from anyone, so it must not reach the master key or the database.
+pub fn open(keyring: &Keyring, value: &str) -> Option<Payload> {
     if value.len() > MAX_COOKIE_BYTES {
         return None;
     }
     let sealed = URL_SAFE_NO_PAD.decode(value).ok()?;
-    let plain = keyring.open(&sealed, AAD).await.ok()?;
+    let plain = keyring.open_loaded(&sealed, AAD).ok()?;
     serde_json::from_slice(&plain).ok()
 }
 
-/// The values of the `kms_ui` cookies of a request, in order.
+/// The values of the `kms_ui` cookies of a request, in order, at most
+/// `MAX_SESSION_COOKIES` of them: a browser sends one (two while an old path's
+/// cookie lingers), and each costs an AES-GCM open.
 pub fn cookie_values(headers: &http::HeaderMap) -> Vec<&str> {
     headers
         .get_all(http::header::COOKIE)
@@ -125,6 +149,7 @@ pub fn cookie_values(headers: &http::HeaderMap) -> Vec<&str> {
         .filter_map(|pair| pair.trim().split_once('='))
         .filter(|(name, _)| *name == COOKIE)
         .map(|(_, value)| value)
+        .take(MAX_SESSION_COOKIES)
         .collect()
 }
 
@@ -158,15 +183,24 @@ mod tests {
     #[test]
     fn idle_and_absolute_limits() {
         let t = 1_000_000;
-        assert!(payload(t, t).is_live(t));
-        assert!(payload(t, t).is_live(t + IDLE_SECONDS));
-        assert!(!payload(t, t).is_live(t + IDLE_SECONDS + 1));
+        assert!(payload(t, t).is_live(t, i64::MAX));
+        assert!(payload(t, t).is_live(t + IDLE_SECONDS, i64::MAX));
+        assert!(!payload(t, t).is_live(t + IDLE_SECONDS + 1, i64::MAX));
         // Active all along, but past the absolute cap.
         let late = t + ABSOLUTE_SECONDS + 1;
-        assert!(!payload(t, late - 10).is_live(late));
+        assert!(!payload(t, late - 10).is_live(late, i64::MAX));
         // From the future, or seen before it was made: forged or broken.
-        assert!(!payload(t, t + 3600).is_live(t));
-        assert!(!payload(t, t - 10).is_live(t));
+        assert!(!payload(t, t + 3600).is_live(t, i64::MAX));
+        assert!(!payload(t, t - 10).is_live(t, i64::MAX));
+        // A login that may live only an hour: so does the session.
+        assert!(payload(t, t + 3000).is_live(t + 3600, 3600));
+        assert!(!payload(t, t + 3000).is_live(t + 3601, 3600));
+    }
+
+    #[test]
+    fn four_kib_cookies_fit() {
+        assert!(fits(&"a".repeat(MAX_COOKIE_BYTES - COOKIE.len() - 1)));
+        assert!(!fits(&"a".repeat(MAX_COOKIE_BYTES - COOKIE.len())));
     }
 
     #[test]
@@ -188,6 +222,8 @@ mod tests {
         h.append(http::header::COOKIE, "a=1; kms_ui=x; b=2".parse().unwrap());
         h.append(http::header::COOKIE, "kms_ui=y".parse().unwrap());
         assert_eq!(cookie_values(&h), vec!["x", "y"]);
+        h.append(http::header::COOKIE, "kms_ui=z".parse().unwrap());
+        assert_eq!(cookie_values(&h), vec!["x", "y"], "only the first two");
     }
 
     #[test]

@@ -110,6 +110,131 @@ fn location(reply: &Reply) -> &str {
 }
 
 crate::both_backends!(
+    session_cookies_open_only_under_loaded_data_keys,
+    forged_cookies_are_a_visitor,
+    a_session_too_large_for_a_cookie_is_refused_clearly,
+);
+
+/// A user whose roles make the access token too large for a 4 KiB cookie gets a
+/// clear error on the sign-in page, not a silent bounce back to it.
+async fn a_session_too_large_for_a_cookie_is_refused_clearly(backend: Backend) {
+    use kms::proto::kms::v1 as pb;
+    let server = TestServer::start(backend).await;
+    let roles = (0..100).map(|i| format!("role-{i:03}-{}", "x".repeat(22)));
+    server
+        .auth()
+        .register(crate::common::authed(
+            pb::RegisterRequest {
+                username: "many-roles".into(),
+                password: "many-roles-password".into(),
+                roles: roles.collect(),
+            },
+            &server.admin_token().await,
+        ))
+        .await
+        .unwrap();
+    let mut s = Session::visitor(&server).await;
+    let login = [
+        ("username", "many-roles"),
+        ("password", "many-roles-password"),
+    ];
+    let reply = s.post("/ui/login", &login, true).await;
+    assert_eq!(reply.status, 500, "{}", body(&reply));
+    assert!(
+        body(&reply).contains("too large for a browser"),
+        "{}",
+        body(&reply)
+    );
+    assert!(session_cookie(&reply).is_some_and(|c| c.len() <= 4096));
+}
+
+/// The AAD the console seals its session cookie with.
+const SESSION_AAD: &[u8] = b"kms web console session v1";
+
+/// `Keyring::open_loaded`, which opens session cookies: a value under a data key this
+/// replica has not loaded, or under the master key, is refused without loading or
+/// trying the master key, though `open` opens both.
+async fn session_cookies_open_only_under_loaded_data_keys(backend: Backend) {
+    use kms::{
+        domain::keyring::Keyring,
+        store::{Store, StoreOptions},
+    };
+    let server = TestServer::start(backend).await;
+    let store = Store::connect(&StoreOptions {
+        url: server.db_url().to_owned(),
+        max_connections: 2,
+    })
+    .await
+    .unwrap();
+    let budget = std::time::Duration::from_secs(5);
+    let master = server.config().open_master_key().unwrap();
+    let here = Keyring::unlock(store.clone(), master, budget)
+        .await
+        .unwrap();
+    let under_loaded = here.seal(b"session", SESSION_AAD).unwrap();
+    assert_eq!(
+        *here.open_loaded(&under_loaded.bytes, SESSION_AAD).unwrap(),
+        b"session"
+    );
+    // Another replica rotates: `here` has not loaded the new data key.
+    crate::keyring::rotate(&server.channel, &server.admin_token().await).await;
+    let master = server.config().open_master_key().unwrap();
+    let there = Keyring::unlock(store, master, budget).await.unwrap();
+    let under_new = there.seal(b"session", SESSION_AAD).unwrap();
+    assert_ne!(under_new.data_key_id, under_loaded.data_key_id);
+    // Refused, and not loaded by trying (a load would have opened it).
+    assert!(here.open_loaded(&under_new.bytes, SESSION_AAD).is_err());
+    assert!(here.open_loaded(&under_new.bytes, SESSION_AAD).is_err());
+    // The master key's layout: refused, though the master key would open it.
+    let legacy = server
+        .config()
+        .open_master_key()
+        .unwrap()
+        .seal(b"session", SESSION_AAD)
+        .unwrap();
+    assert!(here.open_loaded(&legacy, SESSION_AAD).is_err());
+    assert_eq!(*here.open(&legacy, SESSION_AAD).await.unwrap(), b"session");
+    // `open` loads the new key; from then on `open_loaded` opens under it too.
+    assert!(here.open(&under_new.bytes, SESSION_AAD).await.is_ok());
+    assert!(here.open_loaded(&under_new.bytes, SESSION_AAD).is_ok());
+    // Junk: refused.
+    for junk in [&b""[..], &[2, 0, 0, 0, 99, 1, 2, 3][..], &[9; 64][..]] {
+        assert!(here.open_loaded(junk, SESSION_AAD).is_err());
+    }
+}
+
+/// Fifty forged `kms_ui` cookies (junk, the master key's layout, data key ids the
+/// keyring does not have) and a genuine one after them: only the first two are
+/// tried, none opens, and the request is a visitor's.
+async fn forged_cookies_are_a_visitor(backend: Backend) {
+    use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+    let server = TestServer::start(backend).await;
+    let mut s = Session::sign_in(&server, ADMIN, ADMIN_PASSWORD).await;
+    assert_eq!(s.get("/ui/account").await.status, 200);
+    let mut forged = Vec::new();
+    for i in 0..50_u8 {
+        let mut sealed = match i % 3 {
+            0 => vec![1],                // sealed under the master key
+            1 => vec![2, 0, 0, 0x7f, i], // an unknown data key
+            _ => vec![i],                // no known layout
+        };
+        sealed.extend(std::iter::repeat_n(i, 60));
+        forged.push(format!("kms_ui={}", URL_SAFE_NO_PAD.encode(&sealed)));
+    }
+    forged.push(s.cookie.clone());
+    let reply = s
+        .http
+        .get("/ui/account")
+        .header("cookie", &forged.join("; "))
+        .send()
+        .await;
+    assert_eq!(reply.status, 303);
+    assert_eq!(location(&reply), "/ui/login");
+    // The genuine cookie alone still works: nothing above ended the session.
+    assert_eq!(s.get("/ui/account").await.status, 200);
+}
+
+crate::both_backends!(
     every_answer_carries_the_security_headers,
     posts_without_the_csrf_token_are_refused,
     sign_out_ends_the_session,

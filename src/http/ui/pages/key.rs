@@ -136,6 +136,7 @@ async fn show(
 fn detail_body(csrf: &str, key: &ApiKeyView, secret: Option<&str>) -> Markup {
     let name = key.service_name.as_str();
     let toggle_to = if key.enabled { "false" } else { "true" };
+    let shown = KeyForm::of(key);
     html! {
         p { a href="/ui/keys" { "← All keys" } }
         @if let Some(secret) = secret { (secret_box(secret)) }
@@ -177,7 +178,8 @@ fn detail_body(csrf: &str, key: &ApiKeyView, secret: Option<&str>) -> Markup {
             form method="post" action="/ui/key/update" {
                 (csrf_field(csrf))
                 input type="hidden" name="service_name" value=(name);
-                (policy_fields(&KeyForm::of(key), true))
+                input type="hidden" name="shown" value=(shown.shown_json());
+                (policy_fields(&shown, true))
                 div.field {
                     label for="f-enabled" { "Enabled" }
                     select #f-enabled name="enabled" {
@@ -300,18 +302,16 @@ pub async fn set_enabled(
     }
 }
 
-/// UpdateKey with a mask of the fields whose value the form changed: an unchanged
-/// credit count is not written back (it may have been spent meanwhile).
+/// UpdateKey with a mask of the fields the user changed: each field is compared
+/// with the value the form showed (its `shown` field), not with the key now, so a
+/// credit count spent meanwhile is not written back (a refill), nor a value the
+/// form cannot carry unchanged (metadata with line breaks) rewritten.
 pub async fn update(
     State(state): State<HttpState>,
     Admin(who): Admin,
     Form(form): Form<KeyForm>,
 ) -> Response {
-    let current = match find(&state, &who.caller, &form.service_name).await {
-        Ok(key) => key,
-        Err(e) => return failed(&state, &who, &form.service_name, e).await,
-    };
-    let update = match changes(&current, &form) {
+    let update = match KeyForm::from_shown(&form.shown).and_then(|shown| changes(&shown, &form)) {
         Ok(update) => update,
         Err(e) => return failed(&state, &who, &form.service_name, e).await,
     };
@@ -327,34 +327,44 @@ pub async fn update(
     }
 }
 
-fn changes(current: &ApiKeyView, form: &KeyForm) -> Result<UpdateKey> {
+/// The update of the fields whose submitted value differs from the one `shown`.
+fn changes(shown: &KeyForm, form: &KeyForm) -> Result<UpdateKey> {
     let mut update = UpdateKey {
-        service_name: current.service_name.clone(),
-        description: form.description.clone(),
-        scopes: form.scopes(),
-        metadata: form.metadata()?,
-        enabled: form.enabled()?,
-        rate_limit: form.rate_limit()?,
-        remaining: form.remaining()?,
+        service_name: form.service_name.clone(),
         ..UpdateKey::default()
     };
     let mut paths = Vec::new();
-    if update.description != current.description {
+    // A text input drops line breaks; a textarea sends them as CRLF and drops a
+    // leading one: the text as shown counts as unchanged.
+    if form.description != one_line(&shown.description) {
+        update.description = form.description.clone();
         paths.push("description");
     }
-    if update.scopes != current.scopes {
+    let scopes = form.scopes();
+    if scopes != shown.scopes() {
+        update.scopes = scopes;
         paths.push("scopes");
     }
-    if update.metadata != current.metadata {
-        paths.push("metadata");
+    if lines(&form.metadata) != lines(&shown.metadata) {
+        let metadata = form.metadata()?;
+        if shown.metadata().ok().as_ref() != Some(&metadata) {
+            update.metadata = metadata;
+            paths.push("metadata");
+        }
     }
-    if update.enabled != current.enabled {
+    let enabled = form.enabled()?;
+    if shown.enabled().ok() != Some(enabled) {
+        update.enabled = enabled;
         paths.push("enabled");
     }
-    if update.rate_limit != current.rate_limit {
+    let rate_limit = form.rate_limit()?;
+    if shown.rate_limit().ok() != Some(rate_limit) {
+        update.rate_limit = rate_limit;
         paths.push("rate_limit");
     }
-    if update.remaining != current.remaining {
+    let remaining = form.remaining()?;
+    if shown.remaining().ok() != Some(remaining) {
+        update.remaining = remaining;
         paths.push("remaining");
     }
     if let Some(ttl) = form.ttl_seconds()? {
@@ -363,6 +373,14 @@ fn changes(current: &ApiKeyView, form: &KeyForm) -> Result<UpdateKey> {
     }
     update.paths = paths.into_iter().map(str::to_owned).collect();
     Ok(update)
+}
+
+fn one_line(text: &str) -> String {
+    text.replace(['\r', '\n'], "")
+}
+
+fn lines(text: &str) -> String {
+    text.replace("\r\n", "\n").trim_matches('\n').to_owned()
 }
 
 /// The key's page again, with what went wrong.
@@ -377,4 +395,45 @@ async fn failed(state: &HttpState, who: &SignedIn, service_name: &str, e: Error)
         status,
     )
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shown() -> KeyForm {
+        KeyForm {
+            service_name: "svc".into(),
+            description: "two\nlines".into(),
+            scopes: "a b".into(),
+            metadata: "note=x\ny\nteam=core".into(),
+            remaining: "10".into(),
+            enabled: "true".into(),
+            ..KeyForm::default()
+        }
+    }
+
+    #[test]
+    fn only_what_the_user_changed_is_written() {
+        let shown = KeyForm::from_shown(&shown().shown_json()).unwrap();
+        // As a browser sends the form back untouched.
+        let mut form = KeyForm {
+            service_name: "svc".into(),
+            description: "twolines".into(),
+            scopes: "b a".into(),
+            metadata: "note=x\r\ny\r\nteam=core".into(),
+            remaining: "10".into(),
+            enabled: "true".into(),
+            ..KeyForm::default()
+        };
+        assert!(changes(&shown, &form).unwrap().paths.is_empty());
+        form.description = "new".into();
+        let update = changes(&shown, &form).unwrap();
+        assert_eq!(update.paths, vec!["description"]);
+        form.remaining = "50".into();
+        let update = changes(&shown, &form).unwrap();
+        assert_eq!(update.paths, vec!["description", "remaining"]);
+        assert_eq!(update.remaining, Some(50));
+        assert!(KeyForm::from_shown("").is_err());
+    }
 }

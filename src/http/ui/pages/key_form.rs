@@ -5,18 +5,19 @@
 use std::collections::BTreeMap;
 
 use maud::{Markup, html};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::super::layout::{field, when_or};
 use crate::domain::{Error, Result, keys::ApiKeyView, policy::RateLimit};
 
-/// Every field of the create and update forms; empty means "not given".
-#[derive(Deserialize, Default, Clone)]
+/// Every field of the create and update forms; empty means "not given". Serialized
+/// (without the secret and the service name) as the update form's `shown` field.
+#[derive(Deserialize, Serialize, Default, Clone)]
 pub struct KeyForm {
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     pub service_name: String,
     /// Create only: a secret to import.
-    #[serde(default)]
+    #[serde(default, skip_serializing)]
     pub api_key: String,
     #[serde(default)]
     pub description: String,
@@ -34,6 +35,10 @@ pub struct KeyForm {
     pub ttl_seconds: String,
     #[serde(default)]
     pub enabled: String,
+    /// Update only: the form as it was drawn (JSON of `KeyForm::of`), so that only
+    /// what the user changed is written, not what changed on the key meanwhile.
+    #[serde(default, skip_serializing)]
+    pub shown: String,
 }
 
 impl KeyForm {
@@ -61,7 +66,19 @@ impl KeyForm {
             remaining: key.remaining.map(|r| r.to_string()).unwrap_or_default(),
             ttl_seconds: String::new(),
             enabled: key.enabled.to_string(),
+            shown: String::new(),
         }
+    }
+
+    /// The `shown` field of the update form: this form's values as JSON.
+    pub fn shown_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The form the `shown` field describes.
+    pub fn from_shown(json: &str) -> Result<Self> {
+        serde_json::from_str(json)
+            .map_err(|_| Error::invalid("shown", "the form is out of date: reload the page"))
     }
 
     /// Scopes separated by spaces, commas or lines; sorted, without duplicates.

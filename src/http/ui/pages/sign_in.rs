@@ -13,13 +13,17 @@ use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use super::super::{
-    guard::{SessionChange, SignedIn, Visitor, see_other, with_change},
+    guard::{SessionChange, SignedIn, Visitor, end_login, see_other, with_change},
     layout::{Notice, Viewer, csrf_field, page, render},
+    session,
 };
 use super::error_page::status_of;
 use crate::{domain::Error, http::HttpState, net::ClientAddr, telemetry::metrics::login_outcome};
 
 const BAD_LOGIN: &str = "Incorrect username or password.";
+const TOO_LARGE: &str = "Your account's roles make its session too large for a browser \
+     cookie (4 KiB), so the console cannot keep you signed in. Use the API or the kms \
+     command line, or ask an admin to give this account fewer or shorter roles.";
 
 #[derive(Deserialize, Default)]
 pub struct SignInQuery {
@@ -103,10 +107,23 @@ pub async fn submit(
         Ok(tokens) => {
             state.metrics.token_issued("access");
             state.metrics.token_issued("refresh");
-            let tokens = super::super::session::Tokens {
+            let tokens = session::Tokens {
                 access: tokens.access.token,
                 refresh: tokens.refresh_token,
             };
+            if !session::signed_in_fits(&state.keyring, &tokens, chrono::Utc::now().timestamp()) {
+                // Without this the browser drops the cookie and the sign-in page comes
+                // back without a word.
+                tracing::warn!(
+                    user = %form.username,
+                    "console sign-in refused: the session would not fit in a cookie (many or long roles)"
+                );
+                end_login(&state, &tokens.access).await;
+                return render(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    sign_in_page(&session.csrf, &form.username, Notice::error(TOO_LARGE)),
+                );
+            }
             with_change(see_other("/ui/"), SessionChange::SignIn(tokens))
         }
         Err(e) => {
