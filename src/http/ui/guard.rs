@@ -32,11 +32,15 @@ pub struct Session {
     pub ended: bool,
 }
 
-/// Set on a response to sign in or out.
+/// Set on a response to sign in or out, or to say the request was not the user's.
 #[derive(Clone)]
 pub enum SessionChange {
     SignIn(Tokens),
     SignOut,
+    /// The page's own background request (the live audit stream reconnecting): the
+    /// session is checked as for any request, but the idle clock keeps running, so
+    /// an open page does not keep an unattended session alive.
+    Background,
 }
 
 struct Loaded {
@@ -88,6 +92,7 @@ pub async fn layer(State(state): State<HttpState>, request: Request, next: Next)
             Ok(p) => payload = p,
             Err(e) => return error_page::from_domain(e.into()),
         },
+        Some(SessionChange::Background) => {}
         None => payload.seen = now,
     }
     set_cookie(&mut response, &state, &payload);
