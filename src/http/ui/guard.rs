@@ -81,22 +81,33 @@ pub async fn layer(State(state): State<HttpState>, request: Request, next: Next)
         ended,
     });
     let mut response = next.run(request).await;
-    match response.extensions_mut().remove::<SessionChange>() {
-        Some(SessionChange::SignOut) => {
+    let change = response.extensions_mut().remove::<SessionChange>();
+    match after_answer(payload, change, now) {
+        Ok(Some(payload)) => set_cookie(&mut response, &state, &payload),
+        Ok(None) => {
             if let Ok(v) = HeaderValue::from_str(&session::clear_cookie(secure)) {
                 response.headers_mut().insert(header::SET_COOKIE, v);
             }
-            return response;
         }
-        Some(SessionChange::SignIn(tokens)) => match Payload::signed_in(tokens, now) {
-            Ok(p) => payload = p,
-            Err(e) => return error_page::from_domain(e.into()),
-        },
+        Err(e) => return error_page::from_domain(e.into()),
+    }
+    response
+}
+
+/// The session the answer leaves: `None` once signed out. Only the user's own
+/// requests move the idle clock.
+fn after_answer(
+    mut payload: Payload,
+    change: Option<SessionChange>,
+    now: i64,
+) -> Result<Option<Payload>, crate::crypto::CryptoError> {
+    match change {
+        Some(SessionChange::SignOut) => return Ok(None),
+        Some(SessionChange::SignIn(tokens)) => payload = Payload::signed_in(tokens, now)?,
         Some(SessionChange::Background) => {}
         None => payload.seen = now,
     }
-    set_cookie(&mut response, &state, &payload);
-    response
+    Ok(Some(payload))
 }
 
 fn set_cookie(response: &mut Response, state: &HttpState, payload: &Payload) {
@@ -282,6 +293,29 @@ pub fn with_change(mut response: Response, change: SessionChange) -> Response {
 
 #[cfg(test)]
 mod tests {
+    use super::{Payload, SessionChange, after_answer};
+
+    #[test]
+    fn only_the_users_requests_move_the_idle_clock() {
+        let mut payload = Payload::visitor(1_000).unwrap();
+        payload.seen = 1_000;
+        let later = 1_600;
+        let moved = after_answer(payload.clone(), None, later).unwrap().unwrap();
+        assert_eq!(moved.seen, later);
+        let kept = after_answer(payload.clone(), Some(SessionChange::Background), later)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            kept.seen, 1_000,
+            "the live page's reconnects are not activity"
+        );
+        assert!(
+            after_answer(payload, Some(SessionChange::SignOut), later)
+                .unwrap()
+                .is_none()
+        );
+    }
+
     #[test]
     fn short_tokens_are_renewed_at_half_life() {
         assert_eq!(super::refresh_margin(3600), 120);
