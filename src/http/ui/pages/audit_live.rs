@@ -56,20 +56,24 @@ pub async fn page_view(State(state): State<HttpState>, Admin(who): Admin) -> Res
         caller: Some(&who.caller),
         csrf: &who.csrf,
     };
-    let (status, notice, events) = match state
+    let (status, notice, events, stream) = match state
         .audit
         .list(&who.caller, AuditFilter::default(), NEWEST, "")
         .await
     {
-        Ok((events, _)) => (StatusCode::OK, None, events),
+        Ok((events, _)) => {
+            // Newest first: the stream starts after the newest shown (all of an
+            // empty log).
+            let after = events.first().map_or(0, |e| e.id);
+            let stream = format!("{STREAM_PATH}?after={after}");
+            (StatusCode::OK, None, events, Some(stream))
+        }
+        // No stream either: from nothing it would replay the whole log.
         Err(e) => {
             let (status, message) = status_of(e);
-            (status, Notice::error(message), Vec::new())
+            (status, Notice::error(message), Vec::new(), None)
         }
     };
-    // Newest first: the stream starts after the newest shown.
-    let after = events.first().map_or(0, |e| e.id);
-    let stream = format!("{STREAM_PATH}?after={after}");
     let body = html! {
         p {
             span #live-status data-testid="live-status" role="status" { "Showing the newest events." }
@@ -78,7 +82,7 @@ pub async fn page_view(State(state): State<HttpState>, Admin(who): Admin) -> Res
             " · "
             a href="/ui/audit" { "Search the audit log" }
         }
-        (events_table(&events, Some(&stream)))
+        (events_table(&events, stream.as_deref()))
     };
     render(status, page("Audit log, live", viewer, notice, body))
 }
