@@ -77,6 +77,14 @@ pub async fn verify(authenticator: &Authenticator, token: &str) -> Result<Caller
     }
 }
 
+/// Whether `token` is still an admin's: signature, expiry, login and role, checked as
+/// for a new call. For streams that outlive the check made when they opened (the audit
+/// watch, over gRPC and in the console), which end when this fails.
+pub async fn still_admin(authenticator: &Authenticator, token: &str) -> Result<(), Error> {
+    let caller = verify(authenticator, token).await?;
+    crate::domain::require_admin(&caller)
+}
+
 /// The caller named by the request's bearer token. `Ok(None)`: no token was sent,
 /// which each transport decides about (see `required`). A token that is sent must
 /// verify, signature and login both: an expired, forged or logged-out one is an

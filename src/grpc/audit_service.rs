@@ -13,7 +13,6 @@ use crate::{
     domain::{
         Error,
         audit::{AuditEvent, AuditLog},
-        require_admin,
         sessions::Authenticator,
         validate,
     },
@@ -62,11 +61,7 @@ fn while_authorised(
                     None => return,
                 },
                 _ = recheck.tick() => {
-                    let verdict = bearer::verify(&authenticator, &token)
-                        .await
-                        .map_err(Error::from)
-                        .and_then(|caller| require_admin(&caller));
-                    match verdict {
+                    match bearer::still_admin(&authenticator, &token).await {
                         Ok(()) => continue,
                         Err(e) => Err(Status::from(e)),
                     }

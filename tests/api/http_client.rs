@@ -100,6 +100,19 @@ impl Call {
     }
 
     pub async fn send(self) -> Reply {
+        let response = self.open().await;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        Reply {
+            status,
+            headers,
+            body: body.to_vec(),
+        }
+    }
+
+    /// The response with its body unread: for streams.
+    pub async fn open(self) -> http::Response<hyper::body::Incoming> {
         let stream = tokio::net::TcpStream::connect(self.addr).await.unwrap();
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
@@ -115,15 +128,7 @@ impl Call {
         let request = request
             .body(Full::new(bytes::Bytes::from(self.body)))
             .unwrap();
-        let response = sender.send_request(request).await.unwrap();
-        let status = response.status().as_u16();
-        let headers = response.headers().clone();
-        let body = response.into_body().collect().await.unwrap().to_bytes();
-        Reply {
-            status,
-            headers,
-            body: body.to_vec(),
-        }
+        sender.send_request(request).await.unwrap()
     }
 }
 

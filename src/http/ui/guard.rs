@@ -10,7 +10,10 @@ use axum::{
     middleware::Next,
     response::{IntoResponse, Redirect, Response},
 };
+use std::sync::Arc;
+
 use chrono::Utc;
+use zeroize::Zeroizing;
 
 use super::{
     csrf,
@@ -27,6 +30,9 @@ use crate::{
 pub struct Session {
     pub csrf: String,
     pub caller: Option<Caller>,
+    /// The access token `caller` came from, for a stream to check it again while it
+    /// lasts (the live audit view).
+    pub access_token: Option<Arc<Zeroizing<String>>>,
     /// A signed-in session ended (idle, expired, signed out elsewhere): the sign-in
     /// page says so.
     pub ended: bool,
@@ -41,11 +47,15 @@ impl std::fmt::Debug for Session {
     }
 }
 
-/// Set on a response to sign in or out.
+/// Set on a response to sign in or out, or to say the request was not the user's.
 #[derive(Clone)]
 pub enum SessionChange {
     SignIn(Tokens),
     SignOut,
+    /// The page's own background request (the live audit stream reconnecting): the
+    /// session is checked as for any request, but the idle clock keeps running, so
+    /// an open page does not keep an unattended session alive.
+    Background,
 }
 
 struct Loaded {
@@ -105,27 +115,44 @@ pub async fn layer(State(state): State<HttpState>, request: Request, next: Next)
         }
     };
     let mut request = request;
+    let access_token = caller
+        .as_ref()
+        .and(payload.tokens.as_ref())
+        .map(|t| Arc::new(Zeroizing::new(t.access.clone())));
     request.extensions_mut().insert(Session {
         csrf: payload.csrf.clone(),
         caller,
+        access_token,
         ended,
     });
     let mut response = next.run(request).await;
-    match response.extensions_mut().remove::<SessionChange>() {
-        Some(SessionChange::SignOut) => {
+    let change = response.extensions_mut().remove::<SessionChange>();
+    match after_answer(payload, change, now) {
+        Ok(Some(payload)) => set_cookie(&mut response, &state, &payload),
+        Ok(None) => {
             if let Ok(v) = HeaderValue::from_str(&session::clear_cookie(secure)) {
                 response.headers_mut().insert(header::SET_COOKIE, v);
             }
-            return response;
         }
-        Some(SessionChange::SignIn(tokens)) => match Payload::signed_in(tokens, now) {
-            Ok(p) => payload = p,
-            Err(e) => return error_page::from_domain(e.into()),
-        },
+        Err(e) => return error_page::from_domain(e.into()),
+    }
+    response
+}
+
+/// The session the answer leaves: `None` once signed out. Only the user's own
+/// requests move the idle clock.
+fn after_answer(
+    mut payload: Payload,
+    change: Option<SessionChange>,
+    now: i64,
+) -> Result<Option<Payload>, crate::crypto::CryptoError> {
+    match change {
+        Some(SessionChange::SignOut) => return Ok(None),
+        Some(SessionChange::SignIn(tokens)) => payload = Payload::signed_in(tokens, now)?,
+        Some(SessionChange::Background) => {}
         None => payload.seen = now,
     }
-    set_cookie(&mut response, &state, &payload);
-    response
+    Ok(Some(payload))
 }
 
 /// Re-issues the cookie; one grown too large for a browser to keep (a refresh
@@ -265,6 +292,7 @@ fn session(parts: &Parts) -> Session {
         .unwrap_or(Session {
             csrf: String::new(),
             caller: None,
+            access_token: None,
             ended: false,
         })
 }
@@ -331,14 +359,39 @@ pub fn with_change(mut response: Response, change: SessionChange) -> Response {
 
 #[cfg(test)]
 mod tests {
+    use super::{Payload, SessionChange, after_answer};
+
+    #[test]
+    fn only_the_users_requests_move_the_idle_clock() {
+        let mut payload = Payload::visitor(1_000).unwrap();
+        payload.seen = 1_000;
+        let later = 1_600;
+        let moved = after_answer(payload.clone(), None, later).unwrap().unwrap();
+        assert_eq!(moved.seen, later);
+        let kept = after_answer(payload.clone(), Some(SessionChange::Background), later)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            kept.seen, 1_000,
+            "the live page's reconnects are not activity"
+        );
+        assert!(
+            after_answer(payload, Some(SessionChange::SignOut), later)
+                .unwrap()
+                .is_none()
+        );
+    }
+
     #[test]
     fn debug_shows_no_csrf_token() {
         let session = super::Session {
             csrf: "CSRFVALUE".into(),
             caller: None,
+            access_token: Some(std::sync::Arc::new("TOKENVALUE".to_owned().into())),
             ended: false,
         };
-        assert!(!format!("{session:?}").contains("CSRFVALUE"));
+        let shown = format!("{session:?}");
+        assert!(!shown.contains("CSRFVALUE") && !shown.contains("TOKENVALUE"));
     }
 
     #[test]

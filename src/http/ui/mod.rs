@@ -27,7 +27,7 @@ use axum::{
 use super::HttpState;
 use guard::Visitor;
 use layout::Viewer;
-use pages::{account, audit, error_page, key, keyring, keys, sign_in, users};
+use pages::{account, audit, audit_live, error_page, key, keyring, keys, sign_in, users};
 
 /// The console's settings and state.
 #[derive(Debug, Clone)]
@@ -75,6 +75,8 @@ pub fn router(state: &HttpState) -> Router<HttpState> {
         .route("/ui/user/roles", post(users::set_roles))
         .route("/ui/user/delete", post(users::delete))
         .route("/ui/audit", get(audit::list))
+        .route("/ui/audit/live", get(audit_live::page_view))
+        .route(audit_live::STREAM_PATH, get(audit_live::stream))
         .route("/ui/keyring", get(keyring::show))
         .route("/ui/keyring/rotate", post(keyring::rotate))
         .route("/ui/keyring/rewrap", post(keyring::rewrap))

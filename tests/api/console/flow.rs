@@ -1,7 +1,7 @@
 //! The console's main flow in a real browser, serial steps in one session: sign in
 //! (a wrong password first), create a key (its secret shown once), list, reveal,
 //! rotate with a grace period, revoke with the typed confirmation, users, the
-//! keyring, the audit log, sign out. With KMS_UI_SCREENSHOTS_DIR set, it saves the pages' screenshots.
+//! keyring, the audit log and its live view, sign out. With KMS_UI_SCREENSHOTS_DIR set, it saves the pages' screenshots.
 
 use kms::proto::kms::v1 as pb;
 
@@ -24,6 +24,21 @@ async fn verifies(server: &TestServer, token: &str, key: &str) -> bool {
         .unwrap()
         .into_inner()
         .valid
+}
+
+/// Waits up to 5 s for `check` to hold on the page shown.
+async fn wait_for<F: std::future::Future<Output = bool>>(
+    b: &Browser,
+    what: &str,
+    check: impl Fn() -> F,
+) {
+    for _ in 0..50 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("{what}: not within 5 s on {}", b.path().await);
 }
 
 async fn main_flow(backend: Backend) {
@@ -169,6 +184,34 @@ async fn main_flow(backend: Backend) {
         b.text("main").await.contains("billing"),
         "the reveal is audited"
     );
+
+    // Live: a failed login through gRPC appears without a reload.
+    b.goto("/ui/audit").await;
+    b.click("[data-testid=audit-live-link]").await;
+    assert_eq!(b.path().await, "/ui/audit/live");
+    let page = b.find("html").await;
+    wait_for(&b, "the stream opens", || async {
+        b.text("[data-testid=live-status]")
+            .await
+            .starts_with("Live")
+    })
+    .await;
+    server
+        .auth()
+        .login(pb::LoginRequest {
+            username: "mallory".into(),
+            password: "not-the-password".into(),
+        })
+        .await
+        .unwrap_err();
+    wait_for(&b, "the failed login appears", || async {
+        b.text("#audit-rows tr:first-child")
+            .await
+            .contains("mallory")
+    })
+    .await;
+    assert!(page.tag_name().await.is_ok(), "the same page, not reloaded");
+    b.screenshot("audit-live").await;
 
     // Sign out: back to the sign-in page, and the pages need a sign-in again.
     b.click(".who button").await;

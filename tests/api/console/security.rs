@@ -280,7 +280,13 @@ async fn every_answer_carries_the_security_headers(backend: Backend) {
         http.get("/ui/static/app.css").send().await,
         http.get("/ui/nothing-here").send().await,
     ];
-    for path in ["/ui/keys", "/ui/keys/new", "/ui/account", "/ui/users"] {
+    for path in [
+        "/ui/keys",
+        "/ui/keys/new",
+        "/ui/account",
+        "/ui/users",
+        "/ui/audit/live",
+    ] {
         replies.push(s.get(path).await);
     }
     for reply in &replies {
@@ -385,6 +391,8 @@ async fn users_without_admin_get_403_on_admin_pages(backend: Backend) {
         "/ui/key?service_name=x",
         "/ui/users",
         "/ui/audit",
+        "/ui/audit/live",
+        "/ui/audit/live/events?after=0",
         "/ui/keyring",
     ] {
         let reply = s.get(path).await;

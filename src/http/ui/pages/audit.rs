@@ -161,34 +161,49 @@ fn audit_body(query: &AuditQuery, events: &[AuditEvent], next: &str) -> Markup {
             button.primary type="submit" { "Filter" }
             a.button href="/ui/audit" { "Clear" }
         }
+        p { a href="/ui/audit/live" data-testid="audit-live-link" { "Live view →" } }
         @if events.is_empty() {
             p.muted { "No events." }
         } @else {
-            table {
-                thead { tr {
-                    th { "Time" } th { "Actor" } th { "Action" } th { "Target" }
-                    th { "Outcome" } th { "Client" } th { "Request" } th { "Count" }
-                } }
-                tbody {
-                    @for e in events {
-                        tr data-testid="audit-row" {
-                            td { (when(e.at)) }
-                            td { (e.actor) }
-                            td { code { (e.action) } }
-                            td { (e.target) }
-                            td {
-                                @let class = match e.outcome.as_str() { "success" => "good", "failure" => "bad", _ => "warn" };
-                                span class={"badge " (class)} { (e.outcome) }
-                            }
-                            td { (e.client_addr) }
-                            td { code { (e.request_id) } }
-                            td { (e.count) }
-                        }
+            (events_table(events, None))
+        }
+        @if let Some(next) = next { p { a href=(next) rel="next" { "Older events →" } } }
+    }
+}
+
+/// The events, newest first. `live`: the address of the event stream that app.js
+/// adds new rows from (`audit_live`).
+pub fn events_table(events: &[AuditEvent], live: Option<&str>) -> Markup {
+    html! {
+        table {
+            thead { tr {
+                th { "Time" } th { "Actor" } th { "Action" } th { "Target" }
+                th { "Outcome" } th { "Client" } th { "Request" } th { "Count" }
+            } }
+            tbody #audit-rows data-live=[live] {
+                @for e in events {
+                    tr data-testid="audit-row" data-id=(e.id) {
+                        td { (when(e.at)) }
+                        td { (e.actor) }
+                        td { code { (e.action) } }
+                        td { (e.target) }
+                        td { span class={"badge " (outcome_class(&e.outcome))} { (e.outcome) } }
+                        td { (e.client_addr) }
+                        td { code { (e.request_id) } }
+                        td { (e.count) }
                     }
                 }
             }
         }
-        @if let Some(next) = next { p { a href=(next) rel="next" { "Older events →" } } }
+    }
+}
+
+/// The badge colour of an outcome (app.js has the same three).
+fn outcome_class(outcome: &str) -> &'static str {
+    match outcome {
+        "success" => "good",
+        "failure" => "bad",
+        _ => "warn",
     }
 }
 

@@ -2,6 +2,7 @@
 
 pub mod account;
 pub mod audit;
+pub mod audit_live;
 pub mod error_page;
 pub mod key;
 pub mod key_form;
