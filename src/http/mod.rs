@@ -76,7 +76,13 @@ pub fn router(state: HttpState) -> Router {
         .merge(rest::router(state.max_request_bytes))
         .merge(ui::router(&state).layer(middleware::from_fn(rest::log_request)))
         .fallback(|| async { ApiError::unknown_path() })
-        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .method_not_allowed_fallback(|uri: axum::http::Uri| async move {
+            if ui::is_console_path(uri.path()) {
+                ui::method_not_allowed()
+            } else {
+                ApiError::method_not_allowed().into_response()
+            }
+        })
         .layer(middleware::from_fn(move |req: Request, next: Next| {
             budget::within(deadline, req, next)
         }))

@@ -114,6 +114,29 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
 /// On every answer under `/ui`, pages, assets and errors alike.
 async fn security_headers(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
+    with_security_headers(&mut response);
+    response
+}
+
+/// Whether `path` is the console's: answers there carry its headers, whatever made them.
+pub fn is_console_path(path: &str) -> bool {
+    path == "/ui" || path.starts_with("/ui/")
+}
+
+/// A method a console path does not take (answered by the HTTP router's fallback,
+/// outside the console's layers), with the console's security headers all the same.
+pub fn method_not_allowed() -> Response {
+    let mut response = (
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "Method not allowed",
+    )
+        .into_response();
+    with_security_headers(&mut response);
+    response
+}
+
+fn with_security_headers(response: &mut Response) {
     let headers = response.headers_mut();
     for (name, value) in [
         (header::CONTENT_SECURITY_POLICY, CSP),
@@ -128,5 +151,4 @@ async fn security_headers(request: Request, next: Next) -> Response {
         HeaderName::from_static("cross-origin-opener-policy"),
         HeaderValue::from_static("same-origin"),
     );
-    response
 }

@@ -289,6 +289,10 @@ async fn every_answer_carries_the_security_headers(backend: Backend) {
     ] {
         replies.push(s.get(path).await);
     }
+    // A method a console path does not take: 405, with the headers all the same.
+    let wrong_method = http.get("/ui/logout").send().await;
+    assert_eq!(wrong_method.status, 405, "{wrong_method:?}");
+    replies.push(wrong_method);
     for reply in &replies {
         let h = &reply.headers;
         assert_eq!(h["content-security-policy"], CSP, "{reply:?}");
