@@ -80,6 +80,29 @@ pub mod action {
     pub const DATA_KEY_ROTATE: &str = "data_key_rotate";
     pub const SECRETS_REWRAP: &str = "secrets_rewrap";
     pub const MASTER_KEY_REWRAP: &str = "master_key_rewrap";
+
+    /// Every action, for filters that offer them (the console's audit page).
+    pub const ALL: &[&str] = &[
+        LOGIN,
+        LOGIN_THROTTLED,
+        REGISTER,
+        TOKEN_REFRESH,
+        TOKEN_REUSE,
+        LOGOUT,
+        KEY_CREATE,
+        KEY_GET,
+        KEY_ROTATE,
+        KEY_REVOKE,
+        KEY_UPDATE,
+        KEY_VERIFY,
+        ROLES_SET,
+        USER_DELETE,
+        PASSWORD_CHANGE,
+        SIGNING_KEY_ROTATE,
+        DATA_KEY_ROTATE,
+        SECRETS_REWRAP,
+        MASTER_KEY_REWRAP,
+    ];
 }
 
 pub mod outcome {

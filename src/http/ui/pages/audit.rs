@@ -30,28 +30,6 @@ use crate::{
 const PAGE_SIZE: i32 = 50;
 
 /// Offered in the action field's suggestions.
-const ACTIONS: &[&str] = &[
-    action::LOGIN,
-    action::LOGIN_THROTTLED,
-    action::REGISTER,
-    action::TOKEN_REFRESH,
-    action::TOKEN_REUSE,
-    action::LOGOUT,
-    action::KEY_CREATE,
-    action::KEY_GET,
-    action::KEY_ROTATE,
-    action::KEY_REVOKE,
-    action::KEY_UPDATE,
-    action::KEY_VERIFY,
-    action::ROLES_SET,
-    action::USER_DELETE,
-    action::PASSWORD_CHANGE,
-    action::SIGNING_KEY_ROTATE,
-    action::DATA_KEY_ROTATE,
-    action::SECRETS_REWRAP,
-    action::MASTER_KEY_REWRAP,
-];
-
 #[derive(Deserialize, Serialize, Default, Clone)]
 pub struct AuditQuery {
     #[serde(default)]
@@ -153,7 +131,7 @@ fn audit_body(query: &AuditQuery, events: &[AuditEvent], next: &str) -> Markup {
             div.field {
                 label for="f-action" { "Action" }
                 input #f-action name="action" type="text" list="actions" value=(query.action);
-                datalist #actions { @for a in ACTIONS { option value=(a) {} } }
+                datalist #actions { @for a in action::ALL { option value=(a) {} } }
             }
             div.field { label for="f-target" { "Target" } input #f-target name="target" type="text" value=(query.target); }
             div.field { label for="f-since" { "Since (UTC)" } input #f-since name="since" type="datetime-local" value=(query.since); }
