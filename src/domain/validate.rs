@@ -71,9 +71,11 @@ pub fn role(value: &str) -> Result<()> {
     )
 }
 
-/// A user's role list: at most `ROLES_MAX`, each a valid role.
+/// A user's role list: at most `ROLES_MAX` distinct roles (repeats are one role, as
+/// the set stored), each a valid role.
 pub fn roles(values: &[String]) -> Result<()> {
-    if values.len() > ROLES_MAX {
+    let distinct: std::collections::BTreeSet<&str> = values.iter().map(String::as_str).collect();
+    if distinct.len() > ROLES_MAX {
         return Err(Error::invalid(
             "roles",
             format!("at most {ROLES_MAX} roles per user"),
@@ -218,6 +220,8 @@ mod tests {
             Err(Error::InvalidArgument { field: "roles", .. })
         ));
         assert!(roles(&["Admin".to_owned()]).is_err());
+        // Repeats are one role: ten thousand "user" are the set {user}.
+        assert!(roles(&vec!["user".to_owned(); 10_000]).is_ok());
     }
 
     #[test]

@@ -15,7 +15,7 @@ use crate::{
         users::NewUser,
     },
     proto::kms::v1::{self as pb, auth_server::Auth},
-    telemetry::{Metrics, metrics::login_outcome},
+    telemetry::Metrics,
 };
 
 fn login_response(issued: LoginTokens) -> pb::LoginResponse {
@@ -76,11 +76,8 @@ impl Auth for AuthApi {
             .service
             .login(&req.username, Zeroizing::new(req.password), client)
             .await;
-        self.metrics.login(login_outcome(&result));
-        let issued = result?;
-        self.metrics.token_issued("access");
-        self.metrics.token_issued("refresh");
-        Ok(Response::new(login_response(issued)))
+        self.metrics.login_answered(&result, true);
+        Ok(Response::new(login_response(result?)))
     }
 
     async fn validate_token(
@@ -108,8 +105,7 @@ impl Auth for AuthApi {
             .service
             .refresh(&request.get_ref().refresh_token)
             .await?;
-        self.metrics.token_issued("access");
-        self.metrics.token_issued("refresh");
+        self.metrics.tokens_renewed();
         Ok(Response::new(login_response(issued)))
     }
 

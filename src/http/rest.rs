@@ -30,7 +30,7 @@ use crate::{
         users::NewUser,
     },
     net::ClientAddr,
-    telemetry::{metrics::login_outcome, traces},
+    telemetry::traces,
 };
 
 /// The original service's wording, which its clients compare.
@@ -199,7 +199,7 @@ pub(super) async fn login(
         .auth
         .login_access_only(&username, password, client)
         .await;
-    state.metrics.login(login_outcome(&result));
+    state.metrics.login_answered(&result, false);
     let issued = result.map_err(|e| match e {
         // The original service refused every bad login alike; a username or password
         // that could never be valid is just another wrong one.
@@ -208,7 +208,6 @@ pub(super) async fn login(
         }
         other => other.into(),
     })?;
-    state.metrics.token_issued("access");
     Ok(Json(TokenResponse {
         access_token: issued.token,
         token_type: TOKEN_TYPE.to_owned(),

@@ -149,6 +149,24 @@ impl Metrics {
         self.tokens_issued.with_label_values(&[kind]).inc();
     }
 
+    /// A login's answer, on any transport: its outcome, and on success the tokens it
+    /// issued (`with_refresh`: a refresh token besides the access token).
+    pub fn login_answered<T>(&self, result: &Result<T, crate::domain::Error>, with_refresh: bool) {
+        self.login(login_outcome(result));
+        if result.is_ok() {
+            self.token_issued("access");
+            if with_refresh {
+                self.token_issued("refresh");
+            }
+        }
+    }
+
+    /// A refresh's new pair of tokens, on any transport (the console's renewals too).
+    pub fn tokens_renewed(&self) {
+        self.token_issued("access");
+        self.token_issued("refresh");
+    }
+
     /// Adds one sweep batch's deletions (every table, zeros included, so that each
     /// series exists from the first pass).
     pub fn swept(&self, deleted: &crate::store::SweptRows) {

@@ -231,7 +231,7 @@ async fn load(state: &HttpState, headers: &http::HeaderMap, now: i64) -> Result<
     match state
         .ui
         .renewals
-        .refresh(&state.auth, &tokens.refresh)
+        .refresh(&state.auth, &state.metrics, &tokens.refresh)
         .await
     {
         Ok(fresh) => {

@@ -16,6 +16,7 @@ use super::session::Tokens;
 use crate::{
     crypto::digest,
     domain::{Result, auth::AuthService},
+    telemetry::Metrics,
 };
 
 /// How long the result of a refresh is handed to requests that present the same
@@ -39,7 +40,12 @@ impl std::fmt::Debug for Renewals {
 }
 
 impl Renewals {
-    pub async fn refresh(&self, auth: &AuthService, presented: &str) -> Result<Tokens> {
+    pub async fn refresh(
+        &self,
+        auth: &AuthService,
+        metrics: &Metrics,
+        presented: &str,
+    ) -> Result<Tokens> {
         let key = digest::sha256(presented.as_bytes());
         let mut recent = self.recent.lock().await;
         recent.retain(|_, (at, _)| at.elapsed() < SHARED_FOR);
@@ -47,6 +53,7 @@ impl Renewals {
             return Ok(tokens.clone());
         }
         let fresh = auth.refresh(presented).await?;
+        metrics.tokens_renewed();
         let tokens = Tokens {
             access: fresh.access.token,
             refresh: fresh.refresh_token,

@@ -18,7 +18,7 @@ use super::super::{
     session,
 };
 use super::error_page::status_of;
-use crate::{domain::Error, http::HttpState, net::ClientAddr, telemetry::metrics::login_outcome};
+use crate::{domain::Error, http::HttpState, net::ClientAddr};
 
 const BAD_LOGIN: &str = "Incorrect username or password.";
 const TOO_LARGE: &str = "Your account's roles make its session too large for a browser \
@@ -102,11 +102,9 @@ pub async fn submit(
         .auth
         .login(&form.username, Zeroizing::new(form.password), client)
         .await;
-    state.metrics.login(login_outcome(&result));
+    state.metrics.login_answered(&result, true);
     match result {
         Ok(tokens) => {
-            state.metrics.token_issued("access");
-            state.metrics.token_issued("refresh");
             let tokens = session::Tokens {
                 access: tokens.access.token,
                 refresh: tokens.refresh_token,
