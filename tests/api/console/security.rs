@@ -549,3 +549,35 @@ async fn two_requests_renewing_at_once_keep_the_session(backend: Backend) {
         assert_eq!(get(cookie).await.status, 200);
     }
 }
+
+/// Sign-in goes through the login throttle of Auth.Login: past the allowed failures
+/// the page answers 429 with `Retry-After`, the right password included, as gRPC
+/// answers RESOURCE_EXHAUSTED with `retry-after`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sign_in_is_throttled_like_login() {
+    let server = TestServer::start_with(Backend::Sqlite, |c| {
+        c.login_throttle = kms::domain::throttle::ThrottleSettings {
+            max_failures: 2,
+            lockout_base: std::time::Duration::from_secs(30),
+            ..Default::default()
+        };
+    })
+    .await;
+    let mut s = Session::visitor(&server).await;
+    let wrong = [("username", ADMIN), ("password", "not-the-password")];
+    for _ in 0..2 {
+        let reply = s.post("/ui/login", &wrong, true).await;
+        assert_eq!(reply.status, 401, "{}", body(&reply));
+    }
+    let right = [("username", ADMIN), ("password", ADMIN_PASSWORD)];
+    let reply = s.post("/ui/login", &right, true).await;
+    assert_eq!(reply.status, 429, "{}", body(&reply));
+    let retry: u64 = reply.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry >= 1, "{retry}");
+    assert!(body(&reply).contains("Too many failed sign-ins"));
+    server.stop().await;
+}

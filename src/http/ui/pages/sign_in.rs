@@ -125,6 +125,11 @@ pub async fn submit(
             with_change(see_other("/ui/"), SessionChange::SignIn(tokens))
         }
         Err(e) => {
+            // As the REST API and gRPC (`retry-after` metadata) say it.
+            let retry_after = match &e {
+                Error::Throttled { retry_after_secs } => Some(*retry_after_secs),
+                _ => None,
+            };
             let (status, message) = match e {
                 // A username that could never exist is just another wrong login.
                 Error::Unauthenticated(_) | Error::InvalidArgument { .. } => {
@@ -136,10 +141,16 @@ pub async fn submit(
                 ),
                 other => status_of(other),
             };
-            render(
+            let mut response = render(
                 status,
                 sign_in_page(&session.csrf, &form.username, Notice::error(message)),
-            )
+            );
+            if let Some(seconds) = retry_after {
+                response
+                    .headers_mut()
+                    .insert(axum::http::header::RETRY_AFTER, seconds.into());
+            }
+            response
         }
     }
 }
