@@ -72,28 +72,28 @@ fn time_arg(text: &str) -> Result<prost_types::Timestamp, String> {
 
 async fn list(s: &mut Session, out: &Output, a: ListArgs) -> Result<(), CliError> {
     let (since, until) = (a.since, a.until);
-    let mut all = pb::ListAuditEventsResponse::default();
-    let mut token = a.page.page_token.clone();
-    loop {
-        let request = pb::ListAuditEventsRequest {
-            actor: a.actor.clone().unwrap_or_default(),
-            action: a.action.clone().unwrap_or_default(),
-            target: a.target.clone().unwrap_or_default(),
-            since,
-            until,
-            page_size: a.page.page_size,
-            page_token: token,
-        };
-        let answer = s
-            .call(async |mut c| c.audit.list_audit_events(request.clone()).await)
-            .await?;
-        all.events.extend(answer.events);
-        token = answer.next_page_token;
-        if !a.page.all || token.is_empty() {
-            break;
-        }
-    }
-    all.next_page_token = token;
+    let (events, next_page_token) = a
+        .page
+        .fetch(s, async |s, page_size, page_token| {
+            let request = pb::ListAuditEventsRequest {
+                actor: a.actor.clone().unwrap_or_default(),
+                action: a.action.clone().unwrap_or_default(),
+                target: a.target.clone().unwrap_or_default(),
+                since,
+                until,
+                page_size,
+                page_token,
+            };
+            let answer = s
+                .call(async |mut c| c.audit.list_audit_events(request.clone()).await)
+                .await?;
+            Ok((answer.events, answer.next_page_token))
+        })
+        .await?;
+    let all = pb::ListAuditEventsResponse {
+        events,
+        next_page_token,
+    };
     out.emit(&all, |o| {
         let rows: Vec<Vec<(String, Style)>> = all
             .events
@@ -118,12 +118,7 @@ async fn list(s: &mut Session, out: &Output, a: ListArgs) -> Result<(), CliError
             &rows,
         )
     })?;
-    if !all.next_page_token.is_empty() && !out.json() {
-        note(&format!(
-            "more events: --page-token {} (or --all)",
-            all.next_page_token
-        ));
-    }
+    super::note_more(out, "events", &all.next_page_token);
     Ok(())
 }
 

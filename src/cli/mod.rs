@@ -88,6 +88,41 @@ pub struct PageArgs {
     pub all: bool,
 }
 
+impl PageArgs {
+    /// The page asked for, or with `--all` every page from it on: the items and the
+    /// next page's token (empty after the last). `fetch` makes one call for a page
+    /// size and token.
+    pub async fn fetch<T>(
+        &self,
+        s: &mut session::Session,
+        mut fetch: impl AsyncFnMut(
+            &mut session::Session,
+            i32,
+            String,
+        ) -> Result<(Vec<T>, String), CliError>,
+    ) -> Result<(Vec<T>, String), CliError> {
+        let mut items = Vec::new();
+        let mut token = self.page_token.clone();
+        loop {
+            let (page, next) = fetch(s, self.page_size, token).await?;
+            items.extend(page);
+            token = next;
+            if !self.all || token.is_empty() {
+                return Ok((items, token));
+            }
+        }
+    }
+}
+
+/// After a list in text: how to get the rest, when there is more.
+pub fn note_more(out: &output::Output, what: &str, next_page_token: &str) {
+    if !next_page_token.is_empty() && !out.json() {
+        output::note(&format!(
+            "more {what}: --page-token {next_page_token} (or --all)"
+        ));
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ClientCommand {
     /// Log in to a server and keep the tokens in credentials.json.

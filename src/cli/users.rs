@@ -138,23 +138,22 @@ pub async fn run(args: UsersArgs, out: &Output) -> Result<(), CliError> {
 }
 
 async fn list(s: &mut Session, out: &Output, page: PageArgs) -> Result<(), CliError> {
-    let mut all = pb::ListUsersResponse::default();
-    let mut token = page.page_token;
-    loop {
-        let request = pb::ListUsersRequest {
-            page_size: page.page_size,
-            page_token: token,
-        };
-        let answer = s
-            .call(async |mut c| c.users.list_users(request.clone()).await)
-            .await?;
-        all.users.extend(answer.users);
-        token = answer.next_page_token;
-        if !page.all || token.is_empty() {
-            break;
-        }
-    }
-    all.next_page_token = token;
+    let (users, next_page_token) = page
+        .fetch(s, async |s, page_size, page_token| {
+            let request = pb::ListUsersRequest {
+                page_size,
+                page_token,
+            };
+            let answer = s
+                .call(async |mut c| c.users.list_users(request.clone()).await)
+                .await?;
+            Ok((answer.users, answer.next_page_token))
+        })
+        .await?;
+    let all = pb::ListUsersResponse {
+        users,
+        next_page_token,
+    };
     out.emit(&all, |o| {
         let rows: Vec<Vec<(String, Style)>> = all
             .users
@@ -170,12 +169,7 @@ async fn list(s: &mut Session, out: &Output, page: PageArgs) -> Result<(), CliEr
             .collect();
         o.table(&["USERNAME", "ROLES", "CREATED", "UPDATED"], &rows)
     })?;
-    if !all.next_page_token.is_empty() && !out.json() {
-        note(&format!(
-            "more users: --page-token {} (or --all)",
-            all.next_page_token
-        ));
-    }
+    super::note_more(out, "users", &all.next_page_token);
     Ok(())
 }
 

@@ -76,23 +76,22 @@ pub async fn run(args: KeysArgs, out: &Output) -> Result<(), CliError> {
 }
 
 async fn list(s: &mut Session, out: &Output, page: PageArgs) -> Result<(), CliError> {
-    let mut all = pb::ListKeysResponse::default();
-    let mut token = page.page_token;
-    loop {
-        let request = pb::ListKeysRequest {
-            page_size: page.page_size,
-            page_token: token,
-        };
-        let answer = s
-            .call(async |mut c| c.keys.list_keys(request.clone()).await)
-            .await?;
-        all.keys.extend(answer.keys);
-        token = answer.next_page_token;
-        if !page.all || token.is_empty() {
-            break;
-        }
-    }
-    all.next_page_token = token;
+    let (keys, next_page_token) = page
+        .fetch(s, async |s, page_size, page_token| {
+            let request = pb::ListKeysRequest {
+                page_size,
+                page_token,
+            };
+            let answer = s
+                .call(async |mut c| c.keys.list_keys(request.clone()).await)
+                .await?;
+            Ok((answer.keys, answer.next_page_token))
+        })
+        .await?;
+    let all = pb::ListKeysResponse {
+        keys,
+        next_page_token,
+    };
     out.emit(&all, |o| {
         let rows: Vec<Vec<(String, Style)>> = all
             .keys
@@ -124,12 +123,7 @@ async fn list(s: &mut Session, out: &Output, page: PageArgs) -> Result<(), CliEr
             &rows,
         )
     })?;
-    if !all.next_page_token.is_empty() && !out.json() {
-        note(&format!(
-            "more keys: --page-token {} (or --all)",
-            all.next_page_token
-        ));
-    }
+    super::note_more(out, "keys", &all.next_page_token);
     Ok(())
 }
 
