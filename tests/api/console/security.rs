@@ -461,8 +461,11 @@ async fn an_expiring_access_token_is_renewed(backend: Backend) {
     assert_ne!(s.cookie, first);
     tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
     assert_eq!(s.get("/ui/keys").await.status, 200);
+    // At least the two renewals above; on a slow machine the audit page's own request
+    // may come past the 2 s token's half-life and renew once more.
     let reply = s.get("/ui/audit?action=token_refresh").await;
-    assert_eq!(body(&reply).matches("data-testid=\"audit-row\"").count(), 2);
+    let renewals = body(&reply).matches("data-testid=\"audit-row\"").count();
+    assert!((2..=3).contains(&renewals), "{renewals} renewals");
     // Signing out ends the renewed login as well.
     let renewed = s.cookie.clone();
     assert_eq!(s.post("/ui/logout", &[], true).await.status, 303);
