@@ -326,6 +326,22 @@ impl TestServer {
         KeysClient::new(self.channel.clone())
     }
 
+    /// Whether VerifyKey, called with `token`, finds `key` valid.
+    pub async fn key_verifies(&self, token: &str, key: &str) -> bool {
+        self.keys()
+            .verify_key(authed(
+                pb::VerifyKeyRequest {
+                    api_key: key.into(),
+                    ..Default::default()
+                },
+                token,
+            ))
+            .await
+            .unwrap()
+            .into_inner()
+            .valid
+    }
+
     pub async fn login(&self, username: &str, password: &str) -> String {
         self.auth()
             .login(pb::LoginRequest {

@@ -24,16 +24,6 @@ fn verify(key: &str) -> pb::VerifyKeyRequest {
     }
 }
 
-async fn valid(server: &TestServer, token: &str, key: &str) -> bool {
-    server
-        .keys()
-        .verify_key(authed(verify(key), token))
-        .await
-        .unwrap()
-        .into_inner()
-        .valid
-}
-
 const LIMIT: Duration = Duration::from_secs(1);
 
 /// Polls until `server` refuses the key (or, with `key` None, the token itself); the
@@ -142,8 +132,8 @@ async fn propagation(backend: Backend) {
         .into_inner();
     // Verified and read on both, so both may hold it in their caches.
     for _ in 0..3 {
-        assert!(valid(&a, &admin, &created.api_key).await);
-        assert!(valid(&b, &admin, &created.api_key).await);
+        assert!(a.key_verifies(&admin, &created.api_key).await);
+        assert!(b.key_verifies(&admin, &created.api_key).await);
         assert_eq!(
             current(&a, &admin).await.as_deref(),
             Some(&*created.api_key)
@@ -167,10 +157,13 @@ async fn propagation(backend: Backend) {
         .await
         .unwrap()
         .into_inner();
-    assert!(!valid(&b, &admin, &created.api_key).await, "at once on B");
+    assert!(
+        !b.key_verifies(&admin, &created.api_key).await,
+        "at once on B"
+    );
     let took = until_refused(&a, &admin, Some(&created.api_key), "rotation on A").await;
     eprintln!("rotation reached the other replica in {took:?}");
-    assert!(valid(&a, &admin, &rotated.api_key).await);
+    assert!(a.key_verifies(&admin, &rotated.api_key).await);
     let took = until(
         &a,
         &admin,
@@ -182,7 +175,7 @@ async fn propagation(backend: Backend) {
 
     // Revocation on A: B refuses the current secret.
     for _ in 0..3 {
-        assert!(valid(&b, &admin, &rotated.api_key).await);
+        assert!(b.key_verifies(&admin, &rotated.api_key).await);
         assert_eq!(
             current(&b, &admin).await.as_deref(),
             Some(&*rotated.api_key)
@@ -204,7 +197,7 @@ async fn propagation(backend: Backend) {
     // Logout on B: A refuses the token it has been accepting.
     let user = a.user_token("replicated").await;
     for _ in 0..3 {
-        assert!(!valid(&a, &user, &rotated.api_key).await);
+        assert!(!a.key_verifies(&user, &rotated.api_key).await);
     }
     b.auth()
         .logout(authed(pb::LogoutRequest {}, &user))
@@ -243,7 +236,7 @@ async fn a_replica_that_loses_its_listener_still_honours_changes_within_a_second
         .unwrap()
         .into_inner();
     for _ in 0..3 {
-        assert!(valid(&b, &admin, &created.api_key).await);
+        assert!(b.key_verifies(&admin, &created.api_key).await);
     }
     // Every replica's listening connection, ours included, is killed by the database.
     let db = sea_orm::Database::connect(a.db_url()).await.unwrap();

@@ -85,22 +85,6 @@ fn import(name: &str, secret: &str) -> pb::CreateKeyRequest {
     }
 }
 
-async fn valid(server: &TestServer, token: &str, key: &str) -> bool {
-    server
-        .keys()
-        .verify_key(authed(
-            pb::VerifyKeyRequest {
-                api_key: key.into(),
-                ..Default::default()
-            },
-            token,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .valid
-}
-
 async fn audit_actions(server: &TestServer, token: &str, target: &str) -> Vec<String> {
     AuditClient::new(server.channel.clone())
         .list_audit_events(authed(
@@ -201,7 +185,7 @@ async fn swept_secrets_stay_burned(backend: Backend) {
         .into_inner()
         .api_key;
     // In its grace: two secrets of "turning".
-    assert!(valid(&server, &admin, rotated).await);
+    assert!(server.key_verifies(&admin, rotated).await);
     assert_eq!(secret_rows(&db).await, 2);
     eventually(
         Duration::from_secs(10),
@@ -224,10 +208,10 @@ async fn swept_secrets_stay_burned(backend: Backend) {
             Code::AlreadyExists,
             "issued before",
         );
-        assert!(!valid(&server, &admin, secret).await);
+        assert!(!server.key_verifies(&admin, secret).await);
     }
     // The live key is untouched.
-    assert!(valid(&server, &admin, &current).await);
+    assert!(server.key_verifies(&admin, &current).await);
     let got = keys
         .get_key(authed(
             pb::GetKeyRequest {
@@ -611,7 +595,11 @@ async fn growth_stays_flat_once_retention_is_reached(backend: Backend) {
             ))
             .await
             .unwrap();
-            assert!(!valid(&server, &admin, "kms_not_a_key_at_all_0123456789").await);
+            assert!(
+                !server
+                    .key_verifies(&admin, "kms_not_a_key_at_all_0123456789")
+                    .await
+            );
             keys.revoke_key(authed(pb::RevokeKeyRequest { service_name: name }, &admin))
                 .await
                 .unwrap();

@@ -6,25 +6,9 @@
 use kms::proto::kms::v1 as pb;
 
 use super::browser::Browser;
-use crate::common::{ADMIN, ADMIN_PASSWORD, Backend, TestServer, authed};
+use crate::common::{ADMIN, ADMIN_PASSWORD, Backend, TestServer};
 
 crate::both_backends!(main_flow);
-
-async fn verifies(server: &TestServer, token: &str, key: &str) -> bool {
-    server
-        .keys()
-        .verify_key(authed(
-            pb::VerifyKeyRequest {
-                api_key: key.into(),
-                ..Default::default()
-            },
-            token,
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .valid
-}
 
 /// Waits up to 5 s for `check` to hold on the page shown.
 async fn wait_for<F: std::future::Future<Output = bool>>(
@@ -76,7 +60,7 @@ async fn main_flow(backend: Backend) {
     assert!(secret.starts_with("kms_"), "{secret}");
     assert!(!b.path().await.contains(&secret));
     b.screenshot("create").await;
-    assert!(verifies(&server, &admin, &secret).await);
+    assert!(server.key_verifies(&admin, &secret).await);
     b.click("a[href='/ui/key?service_name=billing']").await;
     assert_eq!(b.path().await, "/ui/key?service_name=billing");
     assert!(
@@ -119,9 +103,9 @@ async fn main_flow(backend: Backend) {
     b.click("[data-testid=rotate]").await;
     let rotated = b.text("[data-testid=secret]").await;
     assert!(rotated.starts_with("kms_") && rotated != secret);
-    assert!(verifies(&server, &admin, &rotated).await);
+    assert!(server.key_verifies(&admin, &rotated).await);
     assert!(
-        verifies(&server, &admin, &secret).await,
+        server.key_verifies(&admin, &secret).await,
         "in its grace period"
     );
 
@@ -143,7 +127,7 @@ async fn main_flow(backend: Backend) {
     b.find("p.notice.ok").await;
     assert_eq!(b.path().await, "/ui/keys?done=revoked");
     assert_eq!(b.find_all("[data-testid=key-row]").await.len(), 1);
-    assert!(!verifies(&server, &admin, &rotated).await);
+    assert!(!server.key_verifies(&admin, &rotated).await);
 
     // Users: register, set roles, delete.
     b.goto("/ui/users").await;
