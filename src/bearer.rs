@@ -5,6 +5,8 @@
 //! refusal into its answer through its single error map (`grpc/status.rs`,
 //! `http/error.rs`), so the two cannot drift apart.
 
+use std::sync::Arc;
+
 use http::{HeaderMap, header::AUTHORIZATION};
 
 use crate::domain::{
@@ -69,9 +71,12 @@ impl From<BearerError> for Error {
 }
 
 /// The caller a token names, signature and login both checked.
-pub async fn verify(authenticator: &Authenticator, token: &str) -> Result<Caller, BearerError> {
-    match authenticator.authenticate(token).await {
-        Ok(claims) => Ok(claims.caller()),
+pub async fn verify(
+    authenticator: &Authenticator,
+    token: &str,
+) -> Result<Arc<Caller>, BearerError> {
+    match authenticator.caller(token).await {
+        Ok(caller) => Ok(caller),
         Err(AuthFailure::Invalid) => Err(BearerError::Rejected(INVALID_TOKEN)),
         Err(AuthFailure::Unavailable) => Err(BearerError::Unavailable),
     }
@@ -92,7 +97,7 @@ pub async fn still_admin(authenticator: &Authenticator, token: &str) -> Result<(
 pub async fn caller(
     authenticator: &Authenticator,
     headers: &HeaderMap,
-) -> Result<Option<Caller>, BearerError> {
+) -> Result<Option<Arc<Caller>>, BearerError> {
     match from_headers(headers).map_err(BearerError::Rejected)? {
         Some(token) => verify(authenticator, token).await.map(Some),
         None => Ok(None),
@@ -100,7 +105,7 @@ pub async fn caller(
 }
 
 /// For a call that needs a caller: none is a refusal, never a pass.
-pub fn required(caller: Option<Caller>) -> Result<Caller, Error> {
+pub fn required<C>(caller: Option<C>) -> Result<C, Error> {
     caller.ok_or(Error::Unauthenticated(MISSING_TOKEN))
 }
 
@@ -134,7 +139,7 @@ mod tests {
             Error::Unavailable
         ));
         assert!(matches!(
-            required(None),
+            required::<Caller>(None),
             Err(Error::Unauthenticated(MISSING_TOKEN))
         ));
     }

@@ -24,6 +24,9 @@ pub struct Row {
     pub p999_ms: f64,
     /// The server's largest RSS while the scenario ran.
     pub peak_rss_kib: Option<u64>,
+    /// The server process's CPU time per call (every thread, user and system): what
+    /// a call costs the server, whatever the load generator beside it costs.
+    pub server_us_per_call: Option<f64>,
     pub outcomes: BTreeMap<Label, u64>,
     /// A flood beyond the server's bounds: RESOURCE_EXHAUSTED is the expected refusal.
     pub sheds: bool,
@@ -55,8 +58,17 @@ impl Row {
             p99_ms: m.quantile_ms(0.99),
             p999_ms: m.quantile_ms(0.999),
             peak_rss_kib,
+            server_us_per_call: None,
             outcomes: m.outcomes.clone(),
             sheds: false,
+        }
+    }
+
+    /// With the server's CPU time per call, when it was measured.
+    pub fn with_server_cpu(self, us_per_call: Option<f64>) -> Self {
+        Self {
+            server_us_per_call: us_per_call,
+            ..self
         }
     }
 
@@ -179,13 +191,14 @@ pub fn fmt_mib(kib: Option<u64>) -> String {
     kib.map_or_else(|| "-".into(), |k| format!("{:.1}", k as f64 / 1024.0))
 }
 
-const HEADERS: [&str; 11] = [
+const HEADERS: [&str; 12] = [
     "scenario",
     "setting",
     "in flight",
     "calls/s",
     "baseline",
     "vs baseline",
+    "server CPU us/call",
     "p50 ms",
     "p99 ms",
     "p99.9 ms",
@@ -193,7 +206,7 @@ const HEADERS: [&str; 11] = [
     "statuses",
 ];
 
-fn cells(row: &Row) -> [String; 11] {
+fn cells(row: &Row) -> [String; 12] {
     [
         row.scenario.clone(),
         row.setting.clone(),
@@ -201,6 +214,8 @@ fn cells(row: &Row) -> [String; 11] {
         fmt_count(row.calls_per_s),
         row.baseline.clone(),
         fmt_ratio_spread(row.ratio, row.spread),
+        row.server_us_per_call
+            .map_or_else(|| "-".into(), |us| format!("{us:.1}")),
         fmt_ms(row.p50_ms),
         fmt_ms(row.p99_ms),
         fmt_ms(row.p999_ms),
@@ -211,12 +226,12 @@ fn cells(row: &Row) -> [String; 11] {
 
 /// Columns of figures, aligned right.
 fn is_number(column: usize) -> bool {
-    (2..=9).contains(&column) && column != 4
+    (2..=10).contains(&column) && column != 4
 }
 
 /// An aligned plain-text table for the terminal.
 pub fn text_table(rows: &[Row]) -> String {
-    let all: Vec<[String; 11]> = rows.iter().map(cells).collect();
+    let all: Vec<[String; 12]> = rows.iter().map(cells).collect();
     let mut widths = HEADERS.map(str::len);
     for r in &all {
         for (w, c) in widths.iter_mut().zip(r.iter()) {
@@ -329,6 +344,7 @@ mod tests {
             p99_ms: 12.3456,
             p999_ms: 123.456,
             peak_rss_kib: Some(20480),
+            server_us_per_call: Some(24.44),
             outcomes: BTreeMap::from([("UNAVAILABLE", 3), (OK, 123456)]),
             sheds: false,
         }
@@ -392,7 +408,7 @@ mod tests {
         let md = markdown_table(&[row()]);
         assert!(md.starts_with("| scenario | setting |"), "{md}");
         assert!(
-            md.contains("| verify | 1,000 keys | 64 | 12,346 | bare+auth | 72% | 1.235 | 12.35 | 123.5 | 20.0 | OK=123456 UNAVAILABLE=3 |"),
+            md.contains("| verify | 1,000 keys | 64 | 12,346 | bare+auth | 72% | 24.4 | 1.235 | 12.35 | 123.5 | 20.0 | OK=123456 UNAVAILABLE=3 |"),
             "{md}"
         );
         let text = text_table(&[row()]);

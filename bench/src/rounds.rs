@@ -71,12 +71,15 @@ pub async fn measure_row(
         &m.measurement,
         baseline,
         m.peak_rss_kib,
-    );
+    )
+    .with_server_cpu(m.server_us_per_call);
     eprintln!(
-        "           {} calls/s ({} of {}), p50 {} ms, p99 {} ms, {}",
+        "           {} calls/s ({} of {}), server {} us/call, p50 {} ms, p99 {} ms, {}",
         fmt_count(row.calls_per_s),
         report::fmt_ratio(row.ratio),
         row.baseline,
+        row.server_us_per_call
+            .map_or_else(|| "-".into(), |us| format!("{us:.1}")),
         fmt_ms(row.p50_ms),
         fmt_ms(row.p99_ms),
         report::fmt_outcomes(&row.outcomes)

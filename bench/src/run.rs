@@ -183,6 +183,19 @@ pub async fn run(args: RunArgs) -> Result<bool, String> {
                 Some(rel >= 0.9),
             ));
         }
+        // What a call costs the server itself, beside the bare server's cost for the
+        // call of the same shape: the per-call tax in microseconds of CPU, which does
+        // not depend on what the load generator costs on the same cores.
+        for row in per_call.iter().filter(|r| !r.scenario.starts_with("bare")) {
+            if let (Some(us), Some(base)) = (row.server_us_per_call, find(&per_call, &row.baseline).and_then(|b| b.server_us_per_call)) {
+                checks.push(Check::new(
+                    &format!("{} server CPU per call vs {}", row.scenario, row.baseline),
+                    "reported",
+                    format!("{us:.1} vs {base:.1} us (+{:.1} us, {:.0}% of the bare server's rate per core)", us - base, 100.0 * base / us.max(1e-9)),
+                    None,
+                ));
+            }
+        }
         if let Some(v) = find(&tail_rows, "verify") {
             checks.push(Check::new(
                 &format!("verify p99 at {TAIL_LEVEL} in flight"),

@@ -384,6 +384,21 @@ pub fn read_memory(pid: u32) -> Option<Memory> {
     })
 }
 
+/// The CPU time (user and system, every thread) a process has used so far, from
+/// /proc/PID/stat, in the kernel's USER_HZ ticks (100 a second on Linux).
+pub fn cpu_time(pid: u32) -> Option<Duration> {
+    const USER_HZ: u64 = 100;
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The fields after the command name, which is in parentheses and may hold spaces:
+    // the third field (state) first, so utime (14th) is the 12th of these.
+    let mut fields = stat.rsplit_once(')')?.1.split_ascii_whitespace();
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(Duration::from_millis(
+        utime.saturating_add(stime).saturating_mul(1000 / USER_HZ),
+    ))
+}
+
 /// Samples a process's RSS every 100 ms until stopped; `finish` gives the peak.
 pub struct RssSampler {
     stop: tokio::sync::watch::Sender<bool>,
@@ -465,6 +480,17 @@ impl Drop for RunningServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_cpu_time_is_readable_and_grows() {
+        let before = cpu_time(std::process::id()).unwrap();
+        let began = Instant::now();
+        let mut x = 0u64;
+        while began.elapsed() < Duration::from_millis(60) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        assert!(cpu_time(std::process::id()).unwrap() > before);
+    }
 
     #[test]
     fn own_memory_is_readable() {

@@ -86,6 +86,8 @@ pub struct Session {
 pub struct Measured {
     pub measurement: Measurement,
     pub peak_rss_kib: Option<u64>,
+    /// The server's CPU time (every thread) per call while it was measured.
+    pub server_us_per_call: Option<f64>,
 }
 
 async fn login(channel: Channel, username: &str, password: &str) -> Result<String, String> {
@@ -447,14 +449,23 @@ impl Session {
             driver::drive(channels, concurrency, warmup, Stop::Drain, call.clone()).await?;
         }
         let sampler = pid.map(RssSampler::start);
+        let cpu_before = pid.and_then(server::cpu_time);
         let measurement = driver::drive(channels, concurrency, duration, Stop::Drain, call).await?;
+        let cpu_after = pid.and_then(server::cpu_time);
         let peak_rss_kib = match sampler {
             Some(s) => Some(s.finish().await),
             None => None,
         };
+        let server_us_per_call = match (cpu_before, cpu_after) {
+            (Some(before), Some(after)) if measurement.calls > 0 => {
+                Some(after.saturating_sub(before).as_secs_f64() * 1e6 / measurement.calls as f64)
+            }
+            _ => None,
+        };
         Ok(Measured {
             measurement,
             peak_rss_kib,
+            server_us_per_call,
         })
     }
 

@@ -125,24 +125,27 @@ impl<K: Hash + Eq + Clone, V: Clone> TtlCache<K, V> {
     }
 
     /// A read through the cache: answered from it when `trusted`; otherwise `fetch`
-    /// is awaited and its value kept (when `trusted` and `keep` likes it), unless an
-    /// invalidation happened while it was being fetched.
-    pub async fn get_or_fetch<Q, E>(
+    /// is called and awaited and its value kept (when `trusted` and `keep` likes it),
+    /// unless an invalidation happened while it was being fetched. The fetch's future
+    /// (a database query, kilobytes of state) is made and boxed only on a miss, so a
+    /// hit neither builds nor moves it.
+    pub async fn get_or_fetch<Q, E, F>(
         &self,
         trusted: bool,
         key: &Q,
-        fetch: impl Future<Output = Result<V, E>>,
+        fetch: impl FnOnce() -> F,
         keep: impl FnOnce(&V) -> bool,
     ) -> Result<V, E>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+        F: Future<Output = Result<V, E>>,
     {
         if trusted && let Some(hit) = self.get(key) {
             return Ok(hit);
         }
         let seen = self.generation();
-        let value = fetch.await?;
+        let value = Box::pin(fetch()).await?;
         if trusted && keep(&value) {
             self.insert(key.to_owned(), value.clone(), seen);
         }
@@ -151,22 +154,23 @@ impl<K: Hash + Eq + Clone, V: Clone> TtlCache<K, V> {
 
     /// `get_or_fetch` for a cache of found things only: `fetch` may find nothing,
     /// which is never kept.
-    pub async fn get_or_fetch_found<Q, E>(
+    pub async fn get_or_fetch_found<Q, E, F>(
         &self,
         trusted: bool,
         key: &Q,
-        fetch: impl Future<Output = Result<Option<V>, E>>,
+        fetch: impl FnOnce() -> F,
         keep: impl FnOnce(&V) -> bool,
     ) -> Result<Option<V>, E>
     where
         K: Borrow<Q>,
         Q: Hash + Eq + ToOwned<Owned = K> + ?Sized,
+        F: Future<Output = Result<Option<V>, E>>,
     {
         if trusted && let Some(hit) = self.get(key) {
             return Ok(Some(hit));
         }
         let seen = self.generation();
-        let found = fetch.await?;
+        let found = Box::pin(fetch()).await?;
         if trusted
             && let Some(value) = &found
             && keep(value)
@@ -236,32 +240,40 @@ mod tests {
         let fetched = |v| async move { Ok::<_, ()>(v) };
         let keep = |v: &Option<u32>| v.is_some();
         assert_eq!(
-            cache.get_or_fetch(true, "a", fetched(None), keep).await,
+            cache.get_or_fetch(true, "a", || fetched(None), keep).await,
             Ok(None)
         );
         assert_eq!(cache.get("a"), None, "disliked: not kept");
         assert_eq!(
-            cache.get_or_fetch(false, "a", fetched(Some(1)), keep).await,
+            cache
+                .get_or_fetch(false, "a", || fetched(Some(1)), keep)
+                .await,
             Ok(Some(1))
         );
         assert_eq!(cache.get("a"), None, "untrusted: not kept");
         assert_eq!(
-            cache.get_or_fetch(true, "a", fetched(Some(2)), keep).await,
+            cache
+                .get_or_fetch(true, "a", || fetched(Some(2)), keep)
+                .await,
             Ok(Some(2))
         );
         assert_eq!(
-            cache.get_or_fetch(true, "a", fetched(Some(3)), keep).await,
+            cache
+                .get_or_fetch(true, "a", || fetched(Some(3)), keep)
+                .await,
             Ok(Some(2)),
             "a hit"
         );
         assert_eq!(
-            cache.get_or_fetch(false, "a", fetched(Some(3)), keep).await,
+            cache
+                .get_or_fetch(false, "a", || fetched(Some(3)), keep)
+                .await,
             Ok(Some(3)),
             "untrusted: no hit"
         );
         let failed = async { Err::<Option<u32>, _>("down") };
         assert_eq!(
-            cache.get_or_fetch(true, "b", failed, keep).await,
+            cache.get_or_fetch(true, "b", || failed, keep).await,
             Err("down")
         );
     }
@@ -273,40 +285,40 @@ mod tests {
         let odd = |v: &u32| v % 2 == 1;
         assert_eq!(
             cache
-                .get_or_fetch_found(true, "a", fetched(None), odd)
+                .get_or_fetch_found(true, "a", || fetched(None), odd)
                 .await,
             Ok(None)
         );
         assert_eq!(
             cache
-                .get_or_fetch_found(true, "a", fetched(Some(2)), odd)
+                .get_or_fetch_found(true, "a", || fetched(Some(2)), odd)
                 .await,
             Ok(Some(2))
         );
         assert_eq!(cache.get("a"), None, "disliked: not kept");
         assert_eq!(
             cache
-                .get_or_fetch_found(false, "a", fetched(Some(1)), odd)
+                .get_or_fetch_found(false, "a", || fetched(Some(1)), odd)
                 .await,
             Ok(Some(1))
         );
         assert_eq!(cache.get("a"), None, "untrusted: not kept");
         assert_eq!(
             cache
-                .get_or_fetch_found(true, "a", fetched(Some(3)), odd)
+                .get_or_fetch_found(true, "a", || fetched(Some(3)), odd)
                 .await,
             Ok(Some(3))
         );
         assert_eq!(
             cache
-                .get_or_fetch_found(true, "a", fetched(None), odd)
+                .get_or_fetch_found(true, "a", || fetched(None), odd)
                 .await,
             Ok(Some(3)),
             "a hit"
         );
         assert_eq!(
             cache
-                .get_or_fetch_found(false, "a", fetched(None), odd)
+                .get_or_fetch_found(false, "a", || fetched(None), odd)
                 .await,
             Ok(None),
             "untrusted: no hit"

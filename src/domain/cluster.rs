@@ -45,7 +45,13 @@ const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
 
 /// Entry lifetimes: a bound on staleness for changes made outside any KMS process
 /// (hand-edited rows), not the mechanism replicas rely on.
-const KEY_TTL: Duration = Duration::from_secs(10);
+///
+/// Keys are kept longer than sessions: every KMS change to a key invalidates it at
+/// once (here, or within TRUST_WINDOW on the other replicas), and each entry that runs
+/// out is read again, so with N keys in use the database sees N / KEY_TTL reads a
+/// second (10 s made 1,000 a second for 10,000 keys in use, a third of the server's
+/// CPU in the 1,000,000-key bench).
+const KEY_TTL: Duration = Duration::from_secs(60);
 const SESSION_TTL: Duration = Duration::from_secs(10);
 const KEYS_MAX: usize = 200_000;
 /// GetKey reads by admins: far fewer names than verified secrets.
@@ -101,7 +107,7 @@ pub struct Caches {
     /// GetKey. Only found keys are kept: creating a key needs no invalidation.
     current: TtlCache<String, Option<Arc<KeyWithSecret>>>,
     /// Login state by session id (`None`: no such session).
-    sessions: TtlCache<String, Option<SessionState>>,
+    sessions: TtlCache<String, Option<Arc<SessionState>>>,
     trust: Trust,
     replica: String,
 }
@@ -174,23 +180,29 @@ impl Caches {
 
     /// A verified secret by digest: from the cache when trusted, else `fetch`ed. What
     /// `fetch` finds is kept (when trusted) only if `keep` likes it.
-    pub async fn key_by_digest<E>(
+    pub async fn key_by_digest<E, F>(
         &self,
         digest: &[u8; 32],
-        fetch: impl Future<Output = Result<Option<CachedKey>, E>>,
+        fetch: impl FnOnce() -> F,
         keep: impl FnOnce(&CachedKey) -> bool,
-    ) -> Result<Option<CachedKey>, E> {
+    ) -> Result<Option<CachedKey>, E>
+    where
+        F: Future<Output = Result<Option<CachedKey>, E>>,
+    {
         self.keys
             .get_or_fetch_found(self.trusted(), digest, fetch, keep)
             .await
     }
 
     /// The live key of that name with its current secret; only found keys are kept.
-    pub async fn current_key<E>(
+    pub async fn current_key<E, F>(
         &self,
         service_name: &str,
-        fetch: impl Future<Output = Result<Option<Arc<KeyWithSecret>>, E>>,
-    ) -> Result<Option<Arc<KeyWithSecret>>, E> {
+        fetch: impl FnOnce() -> F,
+    ) -> Result<Option<Arc<KeyWithSecret>>, E>
+    where
+        F: Future<Output = Result<Option<Arc<KeyWithSecret>>, E>>,
+    {
         self.current
             .get_or_fetch(self.trusted(), service_name, fetch, Option::is_some)
             .await
@@ -198,11 +210,14 @@ impl Caches {
 
     /// The login state of a session; "no such session" is kept too (session ids are
     /// never reused).
-    pub async fn session<E>(
+    pub async fn session<E, F>(
         &self,
         sid: &str,
-        fetch: impl Future<Output = Result<Option<SessionState>, E>>,
-    ) -> Result<Option<SessionState>, E> {
+        fetch: impl FnOnce() -> F,
+    ) -> Result<Option<Arc<SessionState>>, E>
+    where
+        F: Future<Output = Result<Option<Arc<SessionState>>, E>>,
+    {
         self.sessions
             .get_or_fetch(self.trusted(), sid, fetch, |_| true)
             .await
@@ -446,11 +461,11 @@ mod tests {
         assert!(caches.keys.get(&[2; 32]).is_some());
 
         let state = |user: &str| {
-            Some(SessionState {
+            Some(Arc::new(SessionState {
                 username: user.into(),
                 token_version: 1,
                 revoked: false,
-            })
+            }))
         };
         for (sid, user) in [("s1", "alice"), ("s2", "alice"), ("s3", "bob")] {
             let seen = caches.sessions.generation();

@@ -225,7 +225,7 @@ impl KeyService {
         validate::service_name(service_name)?;
         let found = self
             .caches
-            .current_key(service_name, async {
+            .current_key(service_name, || async {
                 Ok::<_, Error>(self.store.current_key(service_name).await?.map(Arc::new))
             })
             .await?

@@ -9,6 +9,7 @@ use std::{
 };
 
 use super::{
+    Caller,
     cache::TtlCache,
     cluster::Caches,
     signing::SigningKeys,
@@ -26,6 +27,14 @@ const VERIFIED_TOKEN_TTL: Duration = Duration::from_secs(60);
 /// The least time between two reloads of the signing keys for an unknown `kid`.
 const KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
+/// A token whose signature and claims checked out, with the caller it names, made
+/// once per token rather than on every call that presents it.
+#[derive(Debug)]
+struct Verified {
+    claims: Arc<Claims>,
+    caller: Arc<Caller>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthFailure {
     /// Bad, expired, revoked or outdated: the caller must log in again.
@@ -38,7 +47,7 @@ pub struct Authenticator {
     tokens: Arc<TokenAuthority>,
     store: Store,
     caches: Arc<Caches>,
-    verified: TtlCache<String, Arc<Claims>>,
+    verified: TtlCache<String, Arc<Verified>>,
     /// Asymmetric signing keys, reloaded when a token names an unknown one.
     signing: Option<SigningKeys>,
     last_reload: Mutex<Option<Instant>>,
@@ -72,11 +81,22 @@ impl Authenticator {
     }
 
     pub async fn authenticate(&self, token: &str) -> Result<Arc<Claims>, AuthFailure> {
-        let claims = self.verify_token(token).await?;
+        self.check(token).await.map(|v| v.claims.clone())
+    }
+
+    /// The caller a token names, checked as `authenticate` checks it (one shared
+    /// `Caller` per token: the hot path builds none).
+    pub async fn caller(&self, token: &str) -> Result<Arc<Caller>, AuthFailure> {
+        self.check(token).await.map(|v| v.caller.clone())
+    }
+
+    async fn check(&self, token: &str) -> Result<Arc<Verified>, AuthFailure> {
+        let verified = self.verify_token(token).await?;
+        let claims = &verified.claims;
         let state = self.session(&claims.sid).await?;
         match state {
             Some(s) if !s.revoked && s.token_version == claims.ver && s.username == claims.sub => {
-                Ok(claims)
+                Ok(verified)
             }
             _ => Err(AuthFailure::Invalid),
         }
@@ -84,11 +104,11 @@ impl Authenticator {
 
     /// The signature and claims, from the cache of verified tokens when this exact
     /// token checked out before.
-    async fn verify_token(&self, token: &str) -> Result<Arc<Claims>, AuthFailure> {
+    async fn verify_token(&self, token: &str) -> Result<Arc<Verified>, AuthFailure> {
         let now = chrono::Utc::now().timestamp();
-        if let Some(claims) = self.verified.get(token) {
-            return if claims.exp > now {
-                Ok(claims)
+        if let Some(verified) = self.verified.get(token) {
+            return if verified.claims.exp > now {
+                Ok(verified)
             } else {
                 Err(AuthFailure::Invalid)
             };
@@ -102,14 +122,19 @@ impl Authenticator {
                 .map_err(|_| AuthFailure::Invalid)?,
             Err(_) => return Err(AuthFailure::Invalid),
         };
-        let claims = Arc::new(claims);
-        self.verified.insert(token.to_owned(), claims.clone(), seen);
-        Ok(claims)
+        let verified = Arc::new(Verified {
+            caller: Arc::new(claims.caller()),
+            claims: Arc::new(claims),
+        });
+        self.verified
+            .insert(token.to_owned(), verified.clone(), seen);
+        Ok(verified)
     }
 
-    async fn session(&self, sid: &str) -> Result<Option<SessionState>, AuthFailure> {
-        let fetch = async {
-            self.store.session_state(sid).await.map_err(|e| match e {
+    async fn session(&self, sid: &str) -> Result<Option<Arc<SessionState>>, AuthFailure> {
+        let fetch = || async {
+            let state = self.store.session_state(sid).await;
+            state.map(|s| s.map(Arc::new)).map_err(|e| match e {
                 StoreError::Unavailable(_) => AuthFailure::Unavailable,
                 other => {
                     tracing::error!(error = %other, "session lookup failed");

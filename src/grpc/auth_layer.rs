@@ -189,8 +189,14 @@ where
 /// The caller a handler acts for, taken out of the request (no copy of its name and
 /// roles on every call). Missing means the layer did not authenticate this method,
 /// which for a handler that needs a caller is a denial, never a pass.
-pub fn caller<T>(req: &mut tonic::Request<T>) -> Result<Caller, Status> {
-    Ok(bearer::required(req.extensions_mut().remove::<Caller>())?)
+pub fn caller<T>(req: &mut tonic::Request<T>) -> Result<Arc<Caller>, Status> {
+    Ok(bearer::required(optional_caller(req))?)
+}
+
+/// The caller of a method whose token is optional (Register): `None` when no token
+/// was sent. The one place that knows how the layer stores the caller.
+pub fn optional_caller<T>(req: &mut tonic::Request<T>) -> Option<Arc<Caller>> {
+    req.extensions_mut().remove::<Arc<Caller>>()
 }
 
 #[cfg(test)]

@@ -4,12 +4,12 @@ use tonic::{Request, Response, Status};
 use zeroize::Zeroizing;
 
 use super::{
-    auth_layer::caller,
+    auth_layer::{caller, optional_caller},
     convert::{self, timestamp},
 };
 use crate::{
     domain::{
-        Caller, Error as DomainError,
+        Error as DomainError,
         auth::{AuthService, LoginTokens},
         token::TOKEN_TYPE,
         users::NewUser,
@@ -43,14 +43,14 @@ impl AuthApi {
 impl Auth for AuthApi {
     async fn register(
         &self,
-        request: Request<pb::RegisterRequest>,
+        mut request: Request<pb::RegisterRequest>,
     ) -> Result<Response<pb::RegisterResponse>, Status> {
-        let caller = request.extensions().get::<Caller>().cloned();
+        let caller = optional_caller(&mut request);
         let req = request.into_inner();
         let user = self
             .service
             .register(
-                caller.as_ref(),
+                caller.as_deref(),
                 NewUser {
                     username: req.username,
                     password: Zeroizing::new(req.password),

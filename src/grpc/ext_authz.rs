@@ -23,20 +23,22 @@ use std::{
     task::{Context, Poll},
 };
 
-use envoy_types::{
-    ext_authz::v3::{
-        CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
-        pb::{Authorization, CheckRequest, CheckResponse, HeaderAppendAction, HttpStatusCode},
-    },
-    pb::envoy::service::auth::v3::attribute_context::HttpRequest,
+use envoy_types::ext_authz::v3::{
+    CheckResponseExt, DeniedHttpResponseBuilder, OkHttpResponseBuilder,
+    pb::{CheckResponse, HeaderAppendAction, HttpStatusCode},
 };
 use tonic::{
     Request, Response, Status,
+    codec::{BufferSettings, Codec, DecodeBuf, Decoder},
     codegen::{BoxFuture, StdError},
     server::{NamedService, UnaryService},
 };
+use tonic_prost::ProstEncoder;
 
-use super::ext_authz_route::{Route, rate_limit_headers, seconds_until};
+use super::{
+    ext_authz_request::{CheckView, Header, HttpHeaders},
+    ext_authz_route::{Route, rate_limit_headers, seconds_until},
+};
 use crate::{
     bearer::{self, BearerError, bearer_token},
     domain::{
@@ -56,7 +58,6 @@ pub const SERVICE_HEADER: &str = "x-kms-service";
 /// The allowed key's scopes, space-separated.
 pub const SCOPES_HEADER: &str = "x-kms-scopes";
 
-const AUTHORIZATION_HEADER: &str = "authorization";
 const API_KEY_HEADER: &str = "x-api-key";
 const WWW_AUTHENTICATE: &str = "www-authenticate";
 const OVERWRITE: Option<HeaderAppendAction> = Some(HeaderAppendAction::OverwriteIfExistsOrAdd);
@@ -64,7 +65,7 @@ const OVERWRITE: Option<HeaderAppendAction> = Some(HeaderAppendAction::Overwrite
 /// Who an allowed request is from.
 #[derive(Debug, PartialEq, Eq)]
 enum Principal {
-    User(Caller),
+    User(Arc<Caller>),
     Service {
         service_name: String,
         scopes: Vec<String>,
@@ -176,58 +177,22 @@ enum Credential<'a> {
     ApiKey(&'a str),
 }
 
-/// The one value of header `name` (matched case-insensitively). Envoy sends either the
-/// `headers` map (lower-case keys, repeats joined with ',') or, with
-/// `encode_raw_headers`, `header_map` (one entry per occurrence, bytes in `raw_value`).
-fn header<'a>(http: &'a HttpRequest, name: &str) -> Result<Option<&'a str>, Denial> {
-    let mut found = None;
-    match http.header_map.as_ref().filter(|m| !m.headers.is_empty()) {
-        Some(map) => {
-            for h in map
-                .headers
-                .iter()
-                .filter(|h| h.key.eq_ignore_ascii_case(name))
-            {
-                let value = if h.raw_value.is_empty() {
-                    h.value.as_str()
-                } else {
-                    std::str::from_utf8(&h.raw_value).map_err(|_| Denial::Ambiguous)?
-                };
-                if found.replace(value).is_some() {
-                    return Err(Denial::Ambiguous);
-                }
-            }
-        }
-        None => {
-            for (_, value) in http
-                .headers
-                .iter()
-                .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-            {
-                if found.replace(value.as_str()).is_some() {
-                    return Err(Denial::Ambiguous);
-                }
-            }
-        }
-    }
-    Ok(found)
-}
-
 /// Picks the credential to check. An `authorization` header, when sent, decides alone:
 /// a bad one is refused even beside a good API key (a credential that fails must not
 /// silently downgrade the request to another identity, the rule Register follows for
 /// its optional token), and a good one makes an API key beside it irrelevant: the key
 /// is not looked up, only stripped. So exactly one identity reaches the upstream.
-fn credential(http: Option<&HttpRequest>) -> Result<Credential<'_>, Denial> {
+fn credential(http: Option<&HttpHeaders>) -> Result<Credential<'_>, Denial> {
     let Some(http) = http else {
         return Err(Denial::Missing);
     };
-    if let Some(value) = header(http, AUTHORIZATION_HEADER)? {
+    let one = |header| http.one(header).map_err(|_| Denial::Ambiguous);
+    if let Some(value) = one(Header::Authorization)? {
         return bearer_token(value)
             .map(Credential::Bearer)
             .ok_or(Denial::Malformed);
     }
-    match header(http, API_KEY_HEADER)? {
+    match one(Header::ApiKey)? {
         Some(key) => Ok(Credential::ApiKey(key)),
         None => Err(Denial::Missing),
     }
@@ -327,7 +292,7 @@ impl ExtAuthz {
     /// `Err` only when the check could not be made; every bad credential is a refusal.
     async fn decide(
         &self,
-        http: Option<&HttpRequest>,
+        http: Option<&HttpHeaders>,
         route: &Route,
     ) -> Result<Result<Principal, Refusal>, Status> {
         let credential = match credential(http) {
@@ -383,26 +348,14 @@ impl ExtAuthz {
             }
         })
     }
-}
 
-#[tonic::async_trait]
-impl Authorization for ExtAuthz {
-    async fn check(
-        &self,
-        request: Request<CheckRequest>,
-    ) -> Result<Response<CheckResponse>, Status> {
+    async fn check(&self, request: Request<CheckView>) -> Result<Response<CheckResponse>, Status> {
         let check = request.into_inner();
-        let http = check
-            .attributes
-            .as_ref()
-            .and_then(|a| a.request.as_ref())
-            .and_then(|r| r.http.as_ref());
-        let route = check
-            .attributes
-            .as_ref()
-            .map(|a| Route::of(&a.context_extensions))
-            .unwrap_or_default();
-        let response = match self.decide(http, &route).await? {
+        let route = Route::of(
+            check.required_scopes.as_deref(),
+            check.required_roles.as_deref(),
+        );
+        let response = match self.decide(check.http.as_ref(), &route).await? {
             Ok(principal) => {
                 tracing::debug!(?principal, "ext_authz: allowed");
                 allow(&principal)
@@ -449,11 +402,11 @@ impl NamedService for ExtAuthzServer {
 
 struct CheckMethod(Arc<ExtAuthz>);
 
-impl UnaryService<CheckRequest> for CheckMethod {
+impl UnaryService<CheckView> for CheckMethod {
     type Response = CheckResponse;
     type Future = BoxFuture<Response<CheckResponse>, Status>;
 
-    fn call(&mut self, request: Request<CheckRequest>) -> Self::Future {
+    fn call(&mut self, request: Request<CheckView>) -> Self::Future {
         let inner = self.0.clone();
         Box::pin(async move { inner.check(request).await })
     }
@@ -479,71 +432,66 @@ where
         let method = CheckMethod(self.inner.clone());
         let max_decoding = self.max_decoding_message_size;
         Box::pin(async move {
-            let mut grpc = tonic::server::Grpc::new(super::codec::ProstCodec::<
-                CheckResponse,
-                CheckRequest,
-            >::default())
-            .apply_max_message_size_config(max_decoding, None);
+            let mut grpc = tonic::server::Grpc::new(CheckCodec)
+                .apply_max_message_size_config(max_decoding, None);
             Ok(grpc.unary(method, req).await)
         })
     }
 }
 
+/// Answers are prost's `CheckResponse`; requests are read as a [`CheckView`].
+struct CheckCodec;
+
+impl Codec for CheckCodec {
+    type Encode = CheckResponse;
+    type Decode = CheckView;
+    type Encoder = ProstEncoder<CheckResponse>;
+    type Decoder = CheckDecoder;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        ProstEncoder::default()
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        CheckDecoder
+    }
+}
+
+struct CheckDecoder;
+
+impl Decoder for CheckDecoder {
+    type Item = CheckView;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<CheckView>, Status> {
+        use bytes::Buf;
+        let len = buf.remaining();
+        // The message is one contiguous buffer in tonic; copy only if it ever is not.
+        let view = if buf.chunk().len() == len {
+            CheckView::decode(buf.chunk())
+        } else {
+            CheckView::decode(&buf.copy_to_bytes(len))
+        };
+        if buf.remaining() == len {
+            buf.advance(len);
+        }
+        view.map(Some)
+    }
+
+    fn buffer_settings(&self) -> BufferSettings {
+        BufferSettings::default()
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use envoy_types::{
-        ext_authz::v3::pb::{HeaderValue, HttpResponse},
-        pb::envoy::config::core::v3::HeaderMap,
-    };
+    use envoy_types::ext_authz::v3::pb::HttpResponse;
 
     use super::*;
-    use crate::domain::Roles;
-
-    fn http(headers: &[(&str, &str)]) -> HttpRequest {
-        HttpRequest {
-            headers: headers
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .collect(),
-            ..Default::default()
-        }
-    }
-
-    fn raw(headers: &[(&str, &[u8])]) -> HttpRequest {
-        HttpRequest {
-            header_map: Some(HeaderMap {
-                headers: headers
-                    .iter()
-                    .map(|(k, v)| HeaderValue {
-                        key: (*k).to_owned(),
-                        value: String::new(),
-                        raw_value: v.to_vec(),
-                    })
-                    .collect(),
-            }),
-            ..Default::default()
-        }
-    }
-
-    #[test]
-    fn headers_come_from_the_map_or_the_raw_list() {
-        let map = http(&[("authorization", "Bearer t"), ("x-api-key", "k")]);
-        assert_eq!(header(&map, "authorization"), Ok(Some("Bearer t")));
-        assert_eq!(header(&map, "X-Api-Key"), Ok(Some("k")));
-        assert_eq!(header(&map, "cookie"), Ok(None));
-        let list = raw(&[("Authorization", b"Bearer t")]);
-        assert_eq!(header(&list, "authorization"), Ok(Some("Bearer t")));
-    }
-
-    #[test]
-    fn repeated_or_non_utf8_credentials_are_ambiguous() {
-        let twice = raw(&[("x-api-key", b"a"), ("x-api-key", b"b")]);
-        assert_eq!(header(&twice, "x-api-key"), Err(Denial::Ambiguous));
-        let cases = http(&[("authorization", "Bearer a"), ("Authorization", "Bearer b")]);
-        assert_eq!(header(&cases, "authorization"), Err(Denial::Ambiguous));
-        let binary = raw(&[("x-api-key", b"\xff\xfe")]);
-        assert_eq!(header(&binary, "x-api-key"), Err(Denial::Ambiguous));
-    }
+    use crate::{
+        domain::Roles,
+        grpc::ext_authz_request::testing::{http, raw},
+    };
 
     #[test]
     fn the_authorization_header_decides_when_present() {
@@ -578,11 +526,11 @@ mod tests {
     #[test]
     fn allow_sets_or_strips_every_identity_header() {
         let overwrite = HeaderAppendAction::OverwriteIfExistsOrAdd as i32;
-        let user = Principal::User(Caller {
+        let user = Principal::User(Arc::new(Caller {
             subject: "alice".into(),
             roles: Roles::from_iter(["user".to_owned(), "admin".to_owned()]),
             session_id: String::new(),
-        });
+        }));
         let (set, removed) = ok_parts(&allow(&user));
         assert_eq!(
             set,
@@ -593,11 +541,11 @@ mod tests {
         );
         assert_eq!(removed, vec!["x-kms-service", "x-kms-scopes", "x-api-key"]);
 
-        let no_roles = Principal::User(Caller {
+        let no_roles = Principal::User(Arc::new(Caller {
             subject: "bob".into(),
             roles: Roles::default(),
             session_id: String::new(),
-        });
+        }));
         let (set, removed) = ok_parts(&allow(&no_roles));
         assert_eq!(set.len(), 1);
         assert_eq!(

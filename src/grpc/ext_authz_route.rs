@@ -1,8 +1,6 @@
 //! What an Envoy route asks of ext_authz (`context_extensions`), and the rate-limit
 //! headers of its answers.
 
-use std::collections::HashMap;
-
 use crate::domain::keys::RateLimitStatus;
 
 /// `context_extensions` a route may set.
@@ -18,15 +16,14 @@ pub(super) struct Route {
 }
 
 impl Route {
-    pub(super) fn of(extensions: &HashMap<String, String>) -> Self {
-        let list = |name: &str| {
-            extensions
-                .get(name)
-                .map(|v| v.split_ascii_whitespace().map(str::to_owned).collect())
+    /// From the values of `kms_required_scopes` and `kms_required_roles`, when set.
+    pub(super) fn of(scopes: Option<&str>, roles: Option<&str>) -> Self {
+        let list = |value: Option<&str>| {
+            value.map(|v| v.split_ascii_whitespace().map(str::to_owned).collect())
         };
         Self {
-            scopes: list(REQUIRED_SCOPES),
-            roles: list(REQUIRED_ROLES),
+            scopes: list(scopes),
+            roles: list(roles),
         }
     }
 
@@ -65,12 +62,8 @@ mod tests {
     #[test]
     fn a_route_naming_one_kind_refuses_the_other() {
         let ext = |pairs: &[(&str, &str)]| {
-            Route::of(
-                &pairs
-                    .iter()
-                    .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                    .collect(),
-            )
+            let value = |name| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| *v);
+            Route::of(value(REQUIRED_SCOPES), value(REQUIRED_ROLES))
         };
         let open = ext(&[]);
         assert!(open.takes_keys() && open.takes_tokens());

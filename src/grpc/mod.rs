@@ -9,6 +9,7 @@ pub mod budget;
 pub mod codec;
 mod convert;
 mod ext_authz;
+mod ext_authz_request;
 mod ext_authz_route;
 mod keyring_service;
 mod keys_service;

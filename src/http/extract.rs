@@ -2,6 +2,8 @@
 //! `{service_name}` path segment, and JSON bodies whose errors name the field without
 //! echoing what was sent.
 
+use std::sync::Arc;
+
 use axum::{
     body::Bytes,
     extract::{FromRequest, FromRequestParts, Path, Request},
@@ -17,13 +19,13 @@ use crate::{
 };
 
 /// The verified caller; without a token the request is answered 401.
-pub struct Authenticated(pub Caller);
+pub struct Authenticated(pub Arc<Caller>);
 
 /// The verified caller when a token is sent (Register: an admin token grants roles).
 /// A token that is sent must verify: an expired one is 401, not an anonymous call.
-pub struct MaybeAuthenticated(pub Option<Caller>);
+pub struct MaybeAuthenticated(pub Option<Arc<Caller>>);
 
-async fn caller(parts: &Parts, state: &HttpState) -> Result<Option<Caller>, ApiError> {
+async fn caller(parts: &Parts, state: &HttpState) -> Result<Option<Arc<Caller>>, ApiError> {
     bearer::caller(&state.authenticator, &parts.headers)
         .await
         .map_err(|e| Error::from(e).into())

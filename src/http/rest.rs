@@ -145,7 +145,7 @@ pub(super) async fn register(
     };
     state
         .auth
-        .register(caller.as_ref(), new)
+        .register(caller.as_deref(), new)
         .await
         .map_err(|e| match e {
             Error::AlreadyExists(_) => ApiError::from(e).with_detail(USERNAME_TAKEN),

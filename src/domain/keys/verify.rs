@@ -278,7 +278,7 @@ impl KeyService {
             return Ok(None);
         }
         let presented_digest = digest::sha256(presented.as_bytes());
-        let fetch = async {
+        let fetch = || async {
             let Some(found) = self.store.find_secret(&presented_digest).await? else {
                 return Ok(None);
             };
