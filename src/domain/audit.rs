@@ -20,7 +20,8 @@ tokio::task_local! {
 #[derive(Debug, Clone, Default)]
 pub struct RequestMeta {
     pub request_id: String,
-    pub client_addr: Option<String>,
+    /// Formatted only when an audit row is written, not on every call.
+    pub client_addr: Option<std::net::IpAddr>,
 }
 
 /// Runs `f` with `meta` as the current call's metadata.
@@ -129,7 +130,7 @@ pub fn event(
         action,
         target: target.to_owned(),
         outcome,
-        client_addr: meta.client_addr,
+        client_addr: meta.client_addr.map(|ip| ip.to_string()),
         request_id: meta.request_id,
     }
 }

@@ -240,7 +240,7 @@ fn request_meta<B>(req: &Request<B>, client: Option<std::net::IpAddr>) -> Reques
     let sent = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok());
     RequestMeta {
         request_id: audit::request_id(sent),
-        client_addr: client.map(|ip| ip.to_string()),
+        client_addr: client,
     }
 }
 

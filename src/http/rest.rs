@@ -343,7 +343,7 @@ pub(super) async fn log_request(
                 .get("x-request-id")
                 .and_then(|v| v.to_str().ok()),
         ),
-        client_addr: crate::net::client_addr(&request).map(|ip| ip.to_string()),
+        client_addr: crate::net::client_addr(&request),
     };
     let request_id = axum::http::HeaderValue::from_str(&meta.request_id).ok();
     let route = route.as_ref().map_or("unknown", MatchedPath::as_str);
