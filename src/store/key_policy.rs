@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, Utc};
 use sea_orm::{
     ColumnTrait, EntityTrait, QueryFilter, QuerySelect, TransactionTrait,
-    sea_query::{Expr, ExprTrait, SimpleExpr},
+    sea_query::{CaseStatement, Expr, ExprTrait, SimpleExpr},
 };
 
 use super::{
@@ -200,16 +200,34 @@ impl Store {
         })
     }
 
-    /// Records when keys were last used (one statement per key, in one transaction).
+    /// Records when keys were last used, in one transaction: one UPDATE per
+    /// `TOUCH_CHUNK` keys, each key's time picked by a CASE on its id. (One statement
+    /// per key made a minute's batch of 10,000 keys in use 10,000 statements, holding
+    /// SQLite's one write lock meanwhile.)
     pub async fn touch_keys(&self, used: &[(i64, DateTime<Utc>)]) -> Result<(), StoreError> {
+        /// Three bound values a key: well inside SQLite's and PostgreSQL's limits.
+        const TOUCH_CHUNK: usize = 500;
         if used.is_empty() {
             return Ok(());
         }
         let txn = self.db.begin().await?;
-        for (id, at) in used {
+        for chunk in used.chunks(TOUCH_CHUNK) {
+            let mut times: Option<CaseStatement> = None;
+            for (id, at) in chunk {
+                let when = api_key::Column::Id.eq(*id);
+                let at = Expr::value(Some(*at));
+                times = Some(match times {
+                    None => Expr::case(when, at),
+                    Some(times) => times.case(when, at),
+                });
+            }
+            let Some(times) = times else { continue };
             api_key::Entity::update_many()
-                .col_expr(api_key::Column::LastUsedAt, Expr::value(Some(*at)))
-                .filter(api_key::Column::Id.eq(*id))
+                .col_expr(
+                    api_key::Column::LastUsedAt,
+                    times.finally(Expr::col(api_key::Column::LastUsedAt)).into(),
+                )
+                .filter(api_key::Column::Id.is_in(chunk.iter().map(|(id, _)| *id)))
                 .exec(&txn)
                 .await?;
         }

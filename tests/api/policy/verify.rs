@@ -276,30 +276,46 @@ async fn last_used_at_is_written_in_batches(backend: Backend) {
     let admin = server.admin_token().await;
     let ch = &server.channel;
     let key = create_key(&server, &admin, create("svc")).await.unwrap();
-    let listed = || async {
-        server
-            .keys()
-            .list_keys(authed(pb::ListKeysRequest::default(), &admin))
-            .await
-            .unwrap()
-            .into_inner()
-            .keys
-            .remove(0)
+    // Several keys in one batch: each gets its own time, an unused one none.
+    let other = create_key(&server, &admin, create("svc2")).await.unwrap();
+    create_key(&server, &admin, create("svc3")).await.unwrap();
+    let listed = |name: &'static str| {
+        let keys = server.keys();
+        let admin = admin.clone();
+        async move {
+            keys.clone()
+                .list_keys(authed(pb::ListKeysRequest::default(), &admin))
+                .await
+                .unwrap()
+                .into_inner()
+                .keys
+                .into_iter()
+                .find(|k| k.service_name == name)
+                .expect("listed")
+        }
     };
     // A refused call is not a use.
     verify_with(ch, &admin, &key.api_key, &["nope"], None).await;
     tokio::time::sleep(Duration::from_millis(2200)).await;
-    assert!(listed().await.last_used_at.is_none());
+    assert!(listed("svc").await.last_used_at.is_none());
     let before = crate::common::now();
     for _ in 0..20 {
         assert!(verify_with(ch, &admin, &key.api_key, &[], None).await.valid);
     }
+    assert!(
+        verify_with(ch, &admin, &other.api_key, &[], None)
+            .await
+            .valid
+    );
     tokio::time::sleep(Duration::from_millis(2200)).await;
-    let used = listed()
-        .await
-        .last_used_at
-        .expect("written within the resolution");
-    assert!((before - 1..=crate::common::now()).contains(&used.seconds));
+    for name in ["svc", "svc2"] {
+        let used = listed(name)
+            .await
+            .last_used_at
+            .expect("written within the resolution");
+        assert!((before - 1..=crate::common::now()).contains(&used.seconds));
+    }
+    assert!(listed("svc3").await.last_used_at.is_none(), "never used");
     let got = server
         .keys()
         .get_key(authed(
