@@ -75,11 +75,13 @@ pub async fn verify(
     authenticator: &Authenticator,
     token: &str,
 ) -> Result<Arc<Caller>, BearerError> {
-    match authenticator.caller(token).await {
-        Ok(caller) => Ok(caller),
-        Err(AuthFailure::Invalid) => Err(BearerError::Rejected(INVALID_TOKEN)),
-        Err(AuthFailure::Unavailable) => Err(BearerError::Unavailable),
-    }
+    authenticator
+        .caller(token)
+        .await
+        .map_err(|failure| match failure {
+            AuthFailure::Invalid => BearerError::Rejected(INVALID_TOKEN),
+            AuthFailure::Unavailable => BearerError::Unavailable,
+        })
 }
 
 /// Whether `token` is still an admin's: signature, expiry, login and role, checked as
