@@ -173,8 +173,8 @@ where
             };
             match caller {
                 Ok(Some(caller)) => {
-                    // The observe layer's span for this call shows who made it.
-                    tracing::Span::current().record("subject", caller.subject.as_str());
+                    // The call's log lines show who made it.
+                    crate::telemetry::call::record_subject(&caller.subject);
                     req.extensions_mut().insert(caller);
                 }
                 Ok(None) => {}

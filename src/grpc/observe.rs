@@ -1,9 +1,11 @@
-//! The outermost layer: every call gets a tracing span (method, subject), the
+//! The outermost layer: every call gets its log context (method, request id, subject:
+//! `telemetry::call`; a tracing span too when traces are exported), the
 //! go-grpc-prometheus metrics, a server-side deadline, and a slot in its budget
 //! (`budget.rs`). Over a budget a call is answered RESOURCE_EXHAUSTED at once instead
 //! of queueing without bound. A reflection stream whose client falls silent is ended.
 
 use std::{
+    borrow::Cow,
     future::Future,
     pin::Pin,
     sync::{Arc, OnceLock},
@@ -22,7 +24,11 @@ use tracing::{Instrument, Span, field::Empty};
 use super::budget::{self, Budgets, Class, Slot};
 use crate::{
     domain::audit::{self, RequestMeta},
-    telemetry::{Metrics, traces},
+    telemetry::{
+        Metrics,
+        call::{self, CallLog},
+        traces,
+    },
 };
 
 /// Methods whose names are used as metric labels as they are; any other path is
@@ -278,7 +284,9 @@ struct CallRecord {
     /// The method's entry in `table`.
     method: usize,
     started: Instant,
+    /// The traces' span (none when traces are not exported).
     span: Span,
+    log: Arc<CallLog>,
     _slot: Option<Slot>,
     done: bool,
 }
@@ -292,15 +300,18 @@ impl CallRecord {
         let elapsed = self.started.elapsed();
         self.table.finished(self.method, code, elapsed);
         traces::grpc_finished(&self.span, code);
-        let _in_span = self.span.enter();
         let latency_ms = elapsed.as_secs_f64() * 1000.0;
         let code = code_label(code);
-        match code {
-            "Internal" | "Unknown" | "DataLoss" | "Unavailable" => {
-                tracing::warn!(code, latency_ms, "call failed");
+        // Written by whoever polls the response (the connection's task): as the call.
+        call::in_call(self.log.clone(), || {
+            let _in_span = self.span.enter();
+            match code {
+                "Internal" | "Unknown" | "DataLoss" | "Unavailable" => {
+                    tracing::warn!(code, latency_ms, "call failed");
+                }
+                _ => tracing::info!(code, latency_ms, "call finished"),
             }
-            _ => tracing::info!(code, latency_ms, "call finished"),
-        }
+        });
     }
 }
 
@@ -373,22 +384,38 @@ where
         let method = table.method(path);
         table.started(method);
         let labels = table.entry(method).map_or(UNKNOWN, |m| m.labels);
-        let span = tracing::info_span!(
-            "rpc",
-            method = %path,
-            subject = Empty,
-            otel.name = Empty,
-            otel.kind = Empty,
-            trace_id = Empty
+        let client = crate::net::client_addr(&req);
+        let meta = request_meta(&req, client);
+        let log = CallLog::new(
+            KNOWN_METHODS.get(method).map_or_else(
+                || Cow::Owned(path.to_owned()),
+                |known| Cow::Borrowed(*known),
+            ),
+            meta.request_id.clone(),
         );
-        traces::grpc_call(&span, labels.1, labels.2, req.headers());
+        // The log shows the call without a span (`telemetry::call`); a span is made
+        // for the traces, when they are exported.
+        let span = if traces::enabled() {
+            let span = tracing::info_span!(
+                "rpc",
+                method = %path,
+                request_id = %meta.request_id,
+                subject = Empty,
+                otel.name = Empty,
+                otel.kind = Empty,
+                trace_id = Empty
+            );
+            traces::grpc_call(&span, labels.1, labels.2, req.headers());
+            span
+        } else {
+            Span::none()
+        };
         let streaming = labels.0 != "unary";
         let class = budget::class(
             path,
             streaming,
             req.headers().contains_key(http::header::AUTHORIZATION),
         );
-        let client = crate::net::client_addr(&req);
         let slot = match self.layer.budgets.acquire(class, client) {
             Ok(slot) => slot,
             Err(message) => {
@@ -397,6 +424,7 @@ where
                     method,
                     started: Instant::now(),
                     span,
+                    log,
                     _slot: None,
                     done: false,
                 };
@@ -410,6 +438,7 @@ where
             method,
             started: Instant::now(),
             span: span.clone(),
+            log: log.clone(),
             _slot: Some(slot),
             done: false,
         };
@@ -419,7 +448,6 @@ where
             client_timeout(req.headers())
                 .map_or(self.layer.deadline, |t| t.min(self.layer.deadline))
         });
-        let meta = request_meta(&req, client);
         let request_id = HeaderValue::from_str(&meta.request_id).ok();
         let stream_idle = self.layer.stream_idle;
         let req = if streaming {
@@ -427,7 +455,10 @@ where
         } else {
             req.map(Body::new)
         };
-        let future = audit::scope(meta, span.in_scope(|| inner.call(req))).instrument(span);
+        let future = call::scope(
+            log,
+            audit::scope(meta, span.in_scope(|| inner.call(req))).instrument(span),
+        );
         Box::pin(async move {
             let response = match deadline {
                 Some(limit) => match tokio::time::timeout(limit, future).await {

@@ -326,7 +326,7 @@ pub(super) async fn rotate_key(
 }
 
 /// One line per REST request: the route template (never the raw path, whose service
-/// name is client input), the status and the latency. Nothing of headers or bodies,
+/// name is client input), the status, the latency and the request id. Nothing of headers or bodies,
 /// which carry passwords, tokens and keys.
 pub(super) async fn log_request(
     route: Option<MatchedPath>,
@@ -346,6 +346,7 @@ pub(super) async fn log_request(
         client_addr: crate::net::client_addr(&request),
     };
     let request_id = axum::http::HeaderValue::from_str(&meta.request_id).ok();
+    let logged_id = meta.request_id.clone();
     let route = route.as_ref().map_or("unknown", MatchedPath::as_str);
     // A server span only when traces are exported: otherwise the log stays as it was.
     let span = if traces::enabled() {
@@ -371,9 +372,9 @@ pub(super) async fn log_request(
     let status = response.status().as_u16();
     let latency_ms = started.elapsed().as_secs_f64() * 1000.0;
     if response.status().is_server_error() {
-        tracing::warn!(%method, route, status, latency_ms, "HTTP request failed");
+        tracing::warn!(%method, route, status, latency_ms, request_id = %logged_id, "HTTP request failed");
     } else {
-        tracing::info!(%method, route, status, latency_ms, "HTTP request finished");
+        tracing::info!(%method, route, status, latency_ms, request_id = %logged_id, "HTTP request finished");
     }
     response
 }

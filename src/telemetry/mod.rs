@@ -6,6 +6,7 @@
 //! switches to JSON lines. Dependencies that could print request headers or SQL
 //! parameters at debug level are held at `warn` unless named explicitly.
 
+pub mod call;
 pub mod metrics;
 pub mod traces;
 mod writer;
@@ -14,8 +15,9 @@ use std::io::IsTerminal;
 
 use tracing_subscriber::{
     EnvFilter, Layer,
-    filter::{FilterExt, dynamic_filter_fn},
-    layer::SubscriberExt,
+    filter::{FilterExt, LevelFilter, Targets, dynamic_filter_fn},
+    layer::{Filter, SubscriberExt},
+    registry::LookupSpan,
     util::SubscriberInitExt,
 };
 
@@ -43,20 +45,20 @@ const LOG_QUIET: &str = "sea_orm=warn";
 pub fn init() -> Telemetry {
     let user = std::env::var("RUST_LOG").unwrap_or_else(|_| DEFAULT_FILTER.to_owned());
     let json = std::env::var("KMS_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
-    let logs = tracing_subscriber::fmt::layer()
-        .with_target(false)
-        .with_writer(writer::BatchedStderr::start());
+    let shape = if json {
+        call::Shape::Json
+    } else {
+        call::Shape::Text {
+            ansi: std::io::stderr().is_terminal(),
+        }
+    };
+    let logs = call::layer(shape, writer::BatchedStderr::start());
     // A panic's message goes straight to stderr: the lines before it go first.
     let previous = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         writer::flush();
         previous(info);
     }));
-    let logs = if json {
-        logs.json().with_current_span(true).boxed()
-    } else {
-        logs.with_ansi(std::io::stderr().is_terminal()).boxed()
-    };
     let (traces, failed) = match traces::start() {
         Ok(traces) => (traces, None),
         Err(e) => (None, Some(e)),
@@ -70,11 +72,11 @@ pub fn init() -> Telemetry {
     let otel = traces.as_ref().map(|t| {
         tracing_opentelemetry::layer()
             .with_tracer(t.tracer())
-            .with_filter(filter(&user, QUIET.iter()).and(in_a_call))
+            .with_filter(LogFilter::new(&user, QUIET.iter()).boxed().and(in_a_call))
     });
     // A second init (tests) is harmless: the first subscriber stays.
     let _ = tracing_subscriber::registry()
-        .with(logs.with_filter(filter(&user, QUIET.iter().chain([&LOG_QUIET]))))
+        .with(logs.with_filter(LogFilter::new(&user, QUIET.iter().chain([&LOG_QUIET])).boxed()))
         .with(otel)
         .try_init();
     if let Some(e) = failed {
@@ -84,17 +86,57 @@ pub fn init() -> Telemetry {
 }
 
 /// `RUST_LOG` (default `info`), with the `quiet` directives for crates it does not name.
-fn filter<'a>(user: &str, quiet: impl Iterator<Item = &'a &'a str>) -> EnvFilter {
-    let mut filter = EnvFilter::try_new(user).unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
-    for directive in quiet {
-        let target = directive.split('=').next().unwrap_or_default();
-        if !user.contains(target)
-            && let Ok(d) = directive.parse()
+///
+/// A filter of targets and levels only (the usual case) is a `Targets`: it decides once
+/// per callsite and keeps nothing per span. `EnvFilter` is kept for filters that name
+/// spans or fields (`[rpc{method=...}]`): it records every span it sees and takes a
+/// shared lock on every span entry and exit to do so, which cost a `health` call about
+/// 1.5 us of CPU on two cores (BENCHMARKS.md).
+enum LogFilter {
+    Targets(Targets),
+    Env(Box<EnvFilter>),
+}
+
+impl LogFilter {
+    fn new<'a>(user: &str, quiet: impl Iterator<Item = &'a &'a str> + Clone) -> Self {
+        let unnamed = || {
+            quiet.clone().filter_map(|directive| {
+                let (target, level) = directive.split_once('=')?;
+                (!user.contains(target)).then_some((target, level))
+            })
+        };
+        // Directives as `EnvFilter` reads them: empty ones between commas are skipped.
+        let directives: Vec<&str> = user.split(',').filter(|d| !d.is_empty()).collect();
+        if !directives.is_empty()
+            && !user.contains(['[', '{'])
+            && let Ok(mut targets) = directives.join(",").parse::<Targets>()
         {
-            filter = filter.add_directive(d);
+            for (target, level) in unnamed() {
+                if let Ok(level) = level.parse::<LevelFilter>() {
+                    targets = targets.with_target(target, level);
+                }
+            }
+            return Self::Targets(targets);
+        }
+        let mut filter =
+            EnvFilter::try_new(user).unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+        for (target, level) in unnamed() {
+            if let Ok(d) = format!("{target}={level}").parse() {
+                filter = filter.add_directive(d);
+            }
+        }
+        Self::Env(Box::new(filter))
+    }
+
+    fn boxed<S>(self) -> Box<dyn Filter<S> + Send + Sync>
+    where
+        S: tracing::Subscriber + for<'l> LookupSpan<'l>,
+    {
+        match self {
+            Self::Targets(t) => Box::new(t),
+            Self::Env(e) => e,
         }
     }
-    filter
 }
 
 /// What `init` started that must be stopped at exit.
@@ -111,5 +153,63 @@ impl Telemetry {
             traces.shutdown();
         }
         writer::flush();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::Level;
+
+    use super::*;
+
+    fn targets(user: &str) -> Targets {
+        match LogFilter::new(user, QUIET.iter().chain([&LOG_QUIET])) {
+            LogFilter::Targets(t) => t,
+            LogFilter::Env(_) => panic!("{user} should be a Targets filter"),
+        }
+    }
+
+    #[test]
+    fn levels_and_targets_need_no_per_span_filter() {
+        let t = targets("info");
+        assert!(t.would_enable("kms::grpc::observe", &Level::INFO));
+        assert!(!t.would_enable("kms::grpc::observe", &Level::DEBUG));
+        let t = targets("info,kms=debug");
+        assert!(t.would_enable("kms::domain", &Level::DEBUG));
+        assert!(!t.would_enable("tonic", &Level::DEBUG));
+        let t = targets("warn,");
+        assert!(
+            !t.would_enable("kms", &Level::INFO),
+            "an empty directive is no directive"
+        );
+        assert!(!t.would_enable("kms::grpc::observe", &Level::INFO));
+    }
+
+    #[test]
+    fn crates_that_could_log_secrets_stay_quiet_unless_named() {
+        let t = targets("trace");
+        for quiet in ["h2", "hyper", "tower", "sqlx", "rustls", "axum", "sea_orm"] {
+            assert!(!t.would_enable(quiet, &Level::INFO), "{quiet}");
+            assert!(t.would_enable(quiet, &Level::WARN), "{quiet}");
+        }
+        assert!(t.would_enable("kms", &Level::TRACE));
+        let t = targets("info,h2=debug");
+        assert!(t.would_enable("h2::proto", &Level::DEBUG));
+        assert!(!t.would_enable("hyper", &Level::INFO));
+    }
+
+    #[test]
+    fn span_and_field_filters_and_bad_input_keep_the_env_filter() {
+        for user in [
+            "[rpc{method=/kms.v1.Keys/GetKey}]=debug",
+            "",
+            ",",
+            "kms=loud",
+        ] {
+            assert!(
+                matches!(LogFilter::new(user, QUIET.iter()), LogFilter::Env(_)),
+                "{user:?}"
+            );
+        }
     }
 }

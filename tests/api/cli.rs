@@ -669,7 +669,7 @@ async fn sigterm_during_a_stream_of_calls_loses_none() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn json_logs_carry_method_code_latency_and_subject() {
+async fn json_logs_carry_method_code_latency_subject_and_request_id() {
     let dir = tempfile::tempdir().unwrap();
     let server = Running::spawn(
         dir.path(),
@@ -689,16 +689,16 @@ async fn json_logs_carry_method_code_latency_and_subject() {
         .trim()
         .to_owned();
     let token = login(&mut AuthClient::new(channel.clone()), "admin", &password).await;
-    KeysClient::new(channel)
-        .list_keys(authed(
-            pb::ListKeysRequest {
-                page_size: 0,
-                page_token: String::new(),
-            },
-            &token,
-        ))
-        .await
-        .unwrap();
+    let mut list = authed(
+        pb::ListKeysRequest {
+            page_size: 0,
+            page_token: String::new(),
+        },
+        &token,
+    );
+    list.metadata_mut()
+        .insert("x-request-id", "log-test.1".parse().unwrap());
+    KeysClient::new(channel).list_keys(list).await.unwrap();
     server.wait_for("ListKeys").await;
     let (_, lines) = server.terminate().await;
     let mut found = false;
@@ -710,6 +710,8 @@ async fn json_logs_carry_method_code_latency_and_subject() {
             assert_eq!(event["fields"]["code"], "OK");
             assert!(event["fields"]["latency_ms"].is_number());
             assert_eq!(event["span"]["subject"], "admin");
+            assert_eq!(event["span"]["request_id"], "log-test.1");
+            assert_eq!(event["spans"][0], event["span"]);
             found = true;
         }
     }

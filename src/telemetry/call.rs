@@ -1,0 +1,376 @@
+//! The call a log line belongs to, without a span per call.
+//!
+//! Every gRPC call's lines show the call: `rpc{method=... request_id=... subject=...}`,
+//! as if they were written inside a span named `rpc`. A tracing span per call cost a
+//! `health` call about 3 us of CPU (a registry entry, its fields formatted, entered and
+//! left on every poll; BENCHMARKS.md), a fifth of the whole call. So the call's
+//! context is a task-local instead (`scope`), and the log format (`CallLine`) writes
+//! it where the span would have been. The span is still made when traces are exported
+//! (`traces::enabled`): then it is the current span and the line is the formatter's
+//! own, of the same shape.
+
+use std::{
+    borrow::Cow,
+    fmt::{self, Write},
+    future::Future,
+    sync::{Arc, OnceLock},
+};
+
+use tracing::{Event, Subscriber};
+use tracing_subscriber::{
+    Layer,
+    fmt::{FmtContext, FormatEvent, FormatFields, MakeWriter, format::Writer},
+    registry::LookupSpan,
+};
+
+/// What the log says of the call being served.
+#[derive(Debug)]
+pub struct CallLog {
+    method: Cow<'static, str>,
+    request_id: String,
+    /// The verified caller's `sub`, once the auth layer knows it.
+    subject: OnceLock<Box<str>>,
+}
+
+impl CallLog {
+    pub fn new(method: Cow<'static, str>, request_id: String) -> Arc<Self> {
+        Arc::new(Self {
+            method,
+            request_id,
+            subject: OnceLock::new(),
+        })
+    }
+}
+
+tokio::task_local! {
+    static CALL: Arc<CallLog>;
+}
+
+/// Runs `f` as the call `call`: its log lines show the call.
+pub async fn scope<F: Future>(call: Arc<CallLog>, f: F) -> F::Output {
+    CALL.scope(call, f).await
+}
+
+/// Runs `f` (a line about the call, written outside its task) as the call `call`.
+pub fn in_call<R>(call: Arc<CallLog>, f: impl FnOnce() -> R) -> R {
+    CALL.sync_scope(call, f)
+}
+
+/// Notes who made the current call, for its lines (and on its span, when there is one).
+pub fn record_subject(subject: &str) {
+    let _ = CALL.try_with(|call| call.subject.set(subject.into()));
+    tracing::Span::current().record("subject", subject);
+}
+
+/// Which log format `CallLine` writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shape {
+    Text { ansi: bool },
+    Json,
+}
+
+/// The log's layer: lines of `shape` to `writer`, each showing its call.
+pub fn layer<S, W>(shape: Shape, writer: W) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let layer = tracing_subscriber::fmt::layer()
+        .with_target(false)
+        .with_writer(writer);
+    let format = tracing_subscriber::fmt::format().with_target(false);
+    match shape {
+        Shape::Json => layer
+            .json()
+            .with_current_span(true)
+            .event_format(CallLine::new(format.json().with_current_span(true), shape))
+            .boxed(),
+        Shape::Text { ansi } => layer
+            .with_ansi(ansi)
+            .event_format(CallLine::new(format.with_ansi(ansi), shape))
+            .boxed(),
+    }
+}
+
+/// A log format that writes the current call where the `rpc` span would be: `E`'s own
+/// line, with the call put in after the level (text) or as `span` and `spans` (JSON),
+/// exactly as `E` writes a span's (the tests compare the two).
+pub struct CallLine<E> {
+    inner: E,
+    shape: Shape,
+}
+
+impl<E> CallLine<E> {
+    pub fn new(inner: E, shape: Shape) -> Self {
+        Self { inner, shape }
+    }
+}
+
+impl<S, N, E> FormatEvent<S, N> for CallLine<E>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    E: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let in_span = event.parent().is_some() || ctx.lookup_current().is_some();
+        let call = if in_span {
+            None
+        } else {
+            CALL.try_with(Arc::clone).ok()
+        };
+        let Some(call) = call else {
+            return self.inner.format_event(ctx, writer, event);
+        };
+        LINE.with(|line| match line.try_borrow_mut() {
+            Ok(mut line) => self.spliced(ctx, writer, event, &call, &mut line),
+            Err(_) => self.spliced(ctx, writer, event, &call, &mut String::new()),
+        })
+    }
+}
+
+thread_local! {
+    /// The line as `E` writes it, before the call is put in: kept between lines.
+    static LINE: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+}
+
+impl<E> CallLine<E> {
+    fn spliced<S, N>(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+        call: &CallLog,
+        line: &mut String,
+    ) -> fmt::Result
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+        N: for<'a> FormatFields<'a> + 'static,
+        E: FormatEvent<S, N>,
+    {
+        line.clear();
+        self.inner.format_event(ctx, Writer::new(line), event)?;
+        let at = match self.shape {
+            Shape::Text { .. } => text_splice_point(line, event.metadata().level()),
+            Shape::Json => line.trim_end().strip_suffix('}').map(str::len),
+        };
+        // A line not of the expected shape is written as it is.
+        let Some((before, after)) = at.and_then(|at| line.split_at_checked(at)) else {
+            return writer.write_str(line);
+        };
+        writer.write_str(before)?;
+        match self.shape {
+            Shape::Text { ansi } => write_text(&mut writer, call, ansi)?,
+            Shape::Json => {
+                writer.write_str(",\"span\":")?;
+                write_json(&mut writer, call)?;
+                writer.write_str(",\"spans\":[")?;
+                write_json(&mut writer, call)?;
+                writer.write_str("]")?;
+            }
+        }
+        writer.write_str(after)
+    }
+}
+
+/// Where the span's text goes: after the level and the space that follows it.
+fn text_splice_point(line: &str, level: &tracing::Level) -> Option<usize> {
+    // How `tracing-subscriber` writes a level. The timestamp before it holds only
+    // digits, `-`, `:`, `.`, `T` and `Z` (and ANSI codes).
+    let level = match *level {
+        tracing::Level::TRACE => "TRACE",
+        tracing::Level::DEBUG => "DEBUG",
+        tracing::Level::INFO => " INFO",
+        tracing::Level::WARN => " WARN",
+        tracing::Level::ERROR => "ERROR",
+    };
+    let after_level = line.find(level)? + level.len();
+    Some(after_level + line.get(after_level..)?.find(' ')? + 1)
+}
+
+/// `rpc{method=M request_id=R subject="S"}: `, styled as the formatter styles a span.
+fn write_text(w: &mut impl Write, call: &CallLog, ansi: bool) -> fmt::Result {
+    let (bold, dimmed, italic, reset) = if ansi {
+        ("\x1b[1m", "\x1b[2m", "\x1b[3m", "\x1b[0m")
+    } else {
+        ("", "", "", "")
+    };
+    let name = |w: &mut dyn Write, name: &str| write!(w, "{italic}{name}{reset}{dimmed}={reset}");
+    write!(w, "{bold}rpc{reset}{bold}{{{reset}")?;
+    name(w, "method")?;
+    write!(w, "{} ", call.method)?;
+    name(w, "request_id")?;
+    w.write_str(&call.request_id)?;
+    if let Some(subject) = call.subject.get() {
+        w.write_char(' ')?;
+        name(w, "subject")?;
+        write!(w, "{subject:?}")?;
+    }
+    write!(w, "{bold}}}{reset}{dimmed}:{reset} ")
+}
+
+/// `{"method":M,"request_id":R,"subject":S,"name":"rpc"}`, as the formatter writes a span.
+fn write_json(w: &mut impl Write, call: &CallLog) -> fmt::Result {
+    w.write_str("{\"method\":")?;
+    json_string(w, &call.method)?;
+    w.write_str(",\"request_id\":")?;
+    json_string(w, &call.request_id)?;
+    if let Some(subject) = call.subject.get() {
+        w.write_str(",\"subject\":")?;
+        json_string(w, subject)?;
+    }
+    w.write_str(",\"name\":\"rpc\"}")
+}
+
+/// A JSON string, escaped as `serde_json` escapes it.
+fn json_string(w: &mut impl Write, s: &str) -> fmt::Result {
+    w.write_char('"')?;
+    let mut plain = 0;
+    for (i, b) in s.bytes().enumerate() {
+        let escaped = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
+            0x08 => "\\b",
+            0x0c => "\\f",
+            0..0x20 => "",
+            _ => continue,
+        };
+        w.write_str(&s[plain..i])?;
+        if escaped.is_empty() {
+            write!(w, "\\u{b:04x}")?;
+        } else {
+            w.write_str(escaped)?;
+        }
+        plain = i + 1;
+    }
+    w.write_str(&s[plain..])?;
+    w.write_char('"')
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use tracing::field::Empty;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    use super::*;
+
+    /// Lines written, shared with the test.
+    #[derive(Clone, Default)]
+    struct Lines(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Lines {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Lines {
+        type Writer = Self;
+        fn make_writer(&'a self) -> Self {
+            self.clone()
+        }
+    }
+
+    impl Lines {
+        /// The lines without their timestamps.
+        fn text(&self) -> String {
+            let all = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+            all.lines()
+                .map(|l| match l.find("Z") {
+                    Some(z) if l.starts_with('{') => {
+                        let start = l.find("\"timestamp\":\"").unwrap();
+                        format!("{}{}", &l[..start], &l[z + 2..])
+                    }
+                    Some(z) => l[z + 1..].to_owned(),
+                    None => l.to_owned(),
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        }
+    }
+
+    /// The log format as it was with a span per call: the reference.
+    fn span_layer<S>(shape: Shape, writer: Lines) -> Box<dyn Layer<S> + Send + Sync>
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+    {
+        let layer = tracing_subscriber::fmt::layer()
+            .with_target(false)
+            .with_writer(writer);
+        match shape {
+            Shape::Json => layer.json().with_current_span(true).boxed(),
+            Shape::Text { ansi } => layer.with_ansi(ansi).boxed(),
+        }
+    }
+
+    fn log_a_call(subject: Option<&str>) {
+        if let Some(subject) = subject {
+            record_subject(subject);
+        }
+        tracing::warn!(error = "disk full", "audit write failed");
+        tracing::info!(code = "OK", latency_ms = 1.25, "call finished");
+    }
+
+    fn with_span(shape: Shape, method: &str, subject: Option<&str>) -> String {
+        let lines = Lines::default();
+        let subscriber = tracing_subscriber::registry().with(span_layer(shape, lines.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!(
+                "rpc",
+                method = %method,
+                request_id = %"r-1.a_b",
+                subject = Empty
+            );
+            let _in = span.enter();
+            log_a_call(subject);
+        });
+        lines.text()
+    }
+
+    fn with_call(shape: Shape, method: &str, subject: Option<&str>) -> String {
+        let lines = Lines::default();
+        let subscriber = tracing_subscriber::registry().with(layer(shape, lines.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            let call = CallLog::new(Cow::Owned(method.to_owned()), "r-1.a_b".into());
+            in_call(call, || log_a_call(subject));
+            // Outside a call: as it was.
+            tracing::info!("server started");
+        });
+        lines.text()
+    }
+
+    #[test]
+    fn a_call_s_lines_are_those_its_span_gave() {
+        let shapes = [
+            Shape::Text { ansi: false },
+            Shape::Text { ansi: true },
+            Shape::Json,
+        ];
+        for shape in shapes {
+            for subject in [None, Some("admin"), Some("we\"ird \\ name\n\t\u{1}\u{7f}é")] {
+                for method in ["/kms.v1.Keys/GetKey", "/evil\"path\\"] {
+                    let reference = with_span(shape, method, subject);
+                    let ours = with_call(shape, method, subject);
+                    let (ours, outside) = ours.rsplit_once('\n').unwrap();
+                    assert_eq!(ours, reference, "{shape:?} {subject:?} {method}");
+                    assert!(outside.contains("server started"), "{outside}");
+                    assert!(!outside.contains("rpc"), "{outside}");
+                }
+            }
+        }
+    }
+}
