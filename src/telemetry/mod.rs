@@ -93,7 +93,7 @@ pub fn init() -> Telemetry {
 /// shared lock on every span entry and exit to do so, which cost a `health` call about
 /// 1.5 us of CPU on two cores (BENCHMARKS.md).
 enum LogFilter {
-    Targets(Targets),
+    Targets(Box<Targets>),
     Env(Box<EnvFilter>),
 }
 
@@ -116,7 +116,7 @@ impl LogFilter {
                     targets = targets.with_target(target, level);
                 }
             }
-            return Self::Targets(targets);
+            return Self::Targets(Box::new(targets));
         }
         let mut filter =
             EnvFilter::try_new(user).unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
@@ -133,7 +133,7 @@ impl LogFilter {
         S: tracing::Subscriber + for<'l> LookupSpan<'l>,
     {
         match self {
-            Self::Targets(t) => Box::new(t),
+            Self::Targets(t) => t,
             Self::Env(e) => e,
         }
     }
@@ -164,7 +164,7 @@ mod tests {
 
     fn targets(user: &str) -> Targets {
         match LogFilter::new(user, QUIET.iter().chain([&LOG_QUIET])) {
-            LogFilter::Targets(t) => t,
+            LogFilter::Targets(t) => *t,
             LogFilter::Env(_) => panic!("{user} should be a Targets filter"),
         }
     }
