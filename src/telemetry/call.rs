@@ -51,14 +51,47 @@ pub async fn scope<F: Future>(call: Arc<CallLog>, f: F) -> F::Output {
     CALL.scope(call, f).await
 }
 
-/// Runs `f` (a line about the call, written outside its task) as the call `call`.
+thread_local! {
+    /// The call a line written outside its task is about (`in_call`).
+    static FINISHING: std::cell::RefCell<Option<Arc<CallLog>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` (a line about the call, written outside its task: by the connection that
+/// polls the answer, or where the answer is dropped) as the call `call`. Unlike the
+/// task-local's `sync_scope`, it cannot panic: where this thread's locals are gone (a
+/// thread ending), the line is written without its call.
 pub fn in_call<R>(call: Arc<CallLog>, f: impl FnOnce() -> R) -> R {
-    CALL.sync_scope(call, f)
+    struct Restore(Option<Arc<CallLog>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let previous = self.0.take();
+            let _ = FINISHING.try_with(|slot| slot.replace(previous));
+        }
+    }
+    let previous = FINISHING
+        .try_with(|slot| slot.replace(Some(call)))
+        .ok()
+        .flatten();
+    let _restore = Restore(previous);
+    f()
+}
+
+/// The call being served or finished on this thread, if any.
+fn current() -> Option<Arc<CallLog>> {
+    CALL.try_with(Arc::clone).ok().or_else(|| {
+        FINISHING
+            .try_with(|slot| slot.borrow().clone())
+            .ok()
+            .flatten()
+    })
 }
 
 /// Notes who made the current call, for its lines (and on its span, when there is one).
 pub fn record_subject(subject: &str) {
-    let _ = CALL.try_with(|call| call.subject.set(subject.into()));
+    if let Some(call) = current() {
+        let _ = call.subject.set(subject.into());
+    }
     tracing::Span::current().record("subject", subject);
 }
 
@@ -119,11 +152,7 @@ where
         event: &Event<'_>,
     ) -> fmt::Result {
         let in_span = event.parent().is_some() || ctx.lookup_current().is_some();
-        let call = if in_span {
-            None
-        } else {
-            CALL.try_with(Arc::clone).ok()
-        };
+        let call = if in_span { None } else { current() };
         let Some(call) = call else {
             return self.inner.format_event(ctx, writer, event);
         };
@@ -346,7 +375,21 @@ mod tests {
         let subscriber = tracing_subscriber::registry().with(layer(shape, lines.clone()));
         tracing::subscriber::with_default(subscriber, || {
             let call = CallLog::new(Cow::Owned(method.to_owned()), "r-1.a_b".into());
-            in_call(call, || log_a_call(subject));
+            // The call's own lines come from its task; the last one may come from
+            // the connection's (`in_call`): both show the call.
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let subject = subject.map(str::to_owned);
+            runtime.block_on(scope(call.clone(), async {
+                if let Some(subject) = &subject {
+                    record_subject(subject);
+                }
+                tracing::warn!(error = "disk full", "audit write failed");
+            }));
+            in_call(call, || {
+                tracing::info!(code = "OK", latency_ms = 1.25, "call finished");
+            });
             // Outside a call: as it was.
             tracing::info!("server started");
         });
