@@ -250,6 +250,14 @@ fn request_meta<B>(req: &Request<B>, client: Option<std::net::IpAddr>) -> Reques
     }
 }
 
+/// Every answer carries the call's request id, refusals by the layer's limits too.
+fn with_request_id<B>(mut response: Response<B>, id: Option<HeaderValue>) -> Response<B> {
+    if let Some(id) = id {
+        response.headers_mut().insert(REQUEST_ID, id);
+    }
+    response
+}
+
 /// The client's own deadline (`grpc-timeout`, e.g. `250m`): work past it is wasted.
 fn client_timeout(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get("grpc-timeout")?.to_str().ok()?;
@@ -386,19 +394,18 @@ where
         let labels = table.entry(method).map_or(UNKNOWN, |m| m.labels);
         let client = crate::net::client_addr(&req);
         let meta = request_meta(&req, client);
-        let log = CallLog::new(
-            KNOWN_METHODS.get(method).map_or_else(
-                || Cow::Owned(path.to_owned()),
-                |known| Cow::Borrowed(*known),
-            ),
-            meta.request_id.clone(),
+        // Any other path is the client's: escaped, so that it cannot pose as the
+        // rest of a log line.
+        let method_name = KNOWN_METHODS.get(method).map_or_else(
+            || Cow::Owned(path.escape_debug().to_string()),
+            |known| Cow::Borrowed(*known),
         );
         // The log shows the call without a span (`telemetry::call`); a span is made
-        // for the traces, when they are exported.
-        let span = if traces::enabled() {
+        // for the traces when they are exported, and when `RUST_LOG` selects by span.
+        let span = if traces::enabled() || call::spans_wanted() {
             let span = tracing::info_span!(
                 "rpc",
-                method = %path,
+                method = %method_name,
                 request_id = %meta.request_id,
                 subject = Empty,
                 otel.name = Empty,
@@ -410,6 +417,8 @@ where
         } else {
             Span::none()
         };
+        let request_id = HeaderValue::from_str(&meta.request_id).ok();
+        let log = CallLog::new(method_name, meta.request_id.clone());
         let streaming = labels.0 != "unary";
         let class = budget::class(
             path,
@@ -429,8 +438,9 @@ where
                     done: false,
                 };
                 record.finish(Code::ResourceExhausted);
-                let status = Status::resource_exhausted(message);
-                return Box::pin(async move { Ok(status.into_http()) });
+                let response =
+                    with_request_id(Status::resource_exhausted(message).into_http(), request_id);
+                return Box::pin(async move { Ok(response) });
             }
         };
         let mut record = CallRecord {
@@ -448,35 +458,34 @@ where
             client_timeout(req.headers())
                 .map_or(self.layer.deadline, |t| t.min(self.layer.deadline))
         });
-        let request_id = HeaderValue::from_str(&meta.request_id).ok();
         let stream_idle = self.layer.stream_idle;
         let req = if streaming {
             req.map(|body| Body::new(IdleBody::new(body, stream_idle)))
         } else {
             req.map(Body::new)
         };
-        let future = call::scope(
-            log,
-            audit::scope(meta, span.in_scope(|| inner.call(req))).instrument(span),
-        );
+        // The inner services' `call` runs here, before the future is polled: as the
+        // call too.
+        let started = call::in_call(log.clone(), || span.in_scope(|| inner.call(req)));
+        let future = call::scope(log, audit::scope(meta, started).instrument(span));
         Box::pin(async move {
             let response = match deadline {
                 Some(limit) => match tokio::time::timeout(limit, future).await {
                     Ok(result) => result?,
                     Err(_) => {
                         record.finish(Code::DeadlineExceeded);
-                        return Ok(Status::deadline_exceeded(
-                            "the call took longer than the server allows",
-                        )
-                        .into_http());
+                        return Ok(with_request_id(
+                            Status::deadline_exceeded(
+                                "the call took longer than the server allows",
+                            )
+                            .into_http(),
+                            request_id,
+                        ));
                     }
                 },
                 None => future.await?,
             };
-            let mut response = response;
-            if let Some(id) = request_id {
-                response.headers_mut().insert(REQUEST_ID, id);
-            }
+            let response = with_request_id(response, request_id);
             if let Some(code) = status_code(response.headers()) {
                 // Trailers-only response: the status is already known.
                 record.finish(code);

@@ -46,6 +46,19 @@ tokio::task_local! {
     static CALL: Arc<CallLog>;
 }
 
+static MAKE_SPANS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// From now on every call gets a real `rpc` span too: `RUST_LOG` selects by span or
+/// field (`[rpc{method=...}]=debug`), which needs the span to exist.
+pub fn make_spans() {
+    MAKE_SPANS.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether calls get a real `rpc` span for the log's filter (traces aside).
+pub fn spans_wanted() -> bool {
+    MAKE_SPANS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 /// Runs `f` as the call `call`: its log lines show the call.
 pub async fn scope<F: Future>(call: Arc<CallLog>, f: F) -> F::Output {
     CALL.scope(call, f).await
@@ -77,14 +90,14 @@ pub fn in_call<R>(call: Arc<CallLog>, f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// The call being served or finished on this thread, if any.
+/// The call being finished or served on this thread, if any: the call named by
+/// `in_call` first, as the more precise.
 fn current() -> Option<Arc<CallLog>> {
-    CALL.try_with(Arc::clone).ok().or_else(|| {
-        FINISHING
-            .try_with(|slot| slot.borrow().clone())
-            .ok()
-            .flatten()
-    })
+    FINISHING
+        .try_with(|slot| slot.borrow().clone())
+        .ok()
+        .flatten()
+        .or_else(|| CALL.try_with(Arc::clone).ok())
 }
 
 /// Notes who made the current call, for its lines (and on its span, when there is one).
@@ -156,10 +169,19 @@ where
         let Some(call) = call else {
             return self.inner.format_event(ctx, writer, event);
         };
-        LINE.with(|line| match line.try_borrow_mut() {
-            Ok(mut line) => self.spliced(ctx, writer, event, &call, &mut line),
-            Err(_) => self.spliced(ctx, writer, event, &call, &mut String::new()),
-        })
+        // A line formatted while another is (re-entered), or while this thread's
+        // locals are torn down, gets a buffer of its own.
+        let mut writer = Some(writer);
+        let reused = LINE.try_with(|line| {
+            let mut line = line.try_borrow_mut().ok()?;
+            let writer = writer.take()?;
+            Some(self.spliced(ctx, writer, event, &call, &mut line))
+        });
+        match (reused, writer) {
+            (Ok(Some(result)), _) => result,
+            (_, Some(writer)) => self.spliced(ctx, writer, event, &call, &mut String::new()),
+            (_, None) => Err(fmt::Error),
+        }
     }
 }
 

@@ -99,16 +99,22 @@ enum LogFilter {
 
 impl LogFilter {
     fn new<'a>(user: &str, quiet: impl Iterator<Item = &'a &'a str> + Clone) -> Self {
+        // Directives as `EnvFilter` reads them: empty ones between commas are skipped.
+        let directives: Vec<&str> = user.split(',').filter(|d| !d.is_empty()).collect();
         let unnamed = || {
             quiet.clone().filter_map(|directive| {
                 let (target, level) = directive.split_once('=')?;
-                (!user.contains(target)).then_some((target, level))
+                (!names(&directives, target)).then_some((target, level))
             })
         };
-        // Directives as `EnvFilter` reads them: empty ones between commas are skipped.
-        let directives: Vec<&str> = user.split(',').filter(|d| !d.is_empty()).collect();
+        // Only plain `target=level` and `level` directives, as both filters read them
+        // alike: anything else (spans, fields, spaces, an empty target) is the
+        // `EnvFilter`'s to accept or refuse, as before.
+        let plain = directives.iter().all(|d| {
+            !d.starts_with('=') && !d.contains(|c: char| c.is_whitespace() || "[]{}".contains(c))
+        });
         if !directives.is_empty()
-            && !user.contains(['[', '{'])
+            && plain
             && let Ok(mut targets) = directives.join(",").parse::<Targets>()
         {
             for (target, level) in unnamed() {
@@ -125,6 +131,10 @@ impl LogFilter {
                 filter = filter.add_directive(d);
             }
         }
+        // Span and field directives select by the `rpc` span: make it for every call.
+        if user.contains('[') {
+            call::make_spans();
+        }
         Self::Env(Box::new(filter))
     }
 
@@ -137,6 +147,18 @@ impl LogFilter {
             Self::Env(e) => e,
         }
     }
+}
+
+/// Whether `directives` name `target` or a module of it (`h2`, `h2::proto`; not
+/// `h2c`).
+fn names(directives: &[&str], target: &str) -> bool {
+    directives.iter().any(|d| {
+        let named = d.split(['=', '[']).next().unwrap_or_default().trim();
+        named == target
+            || named
+                .strip_prefix(target)
+                .is_some_and(|rest| rest.starts_with("::"))
+    })
 }
 
 /// What `init` started that must be stopped at exit.
@@ -196,6 +218,12 @@ mod tests {
         let t = targets("info,h2=debug");
         assert!(t.would_enable("h2::proto", &Level::DEBUG));
         assert!(!t.would_enable("hyper", &Level::INFO));
+        // Naming another crate whose name starts alike does not name the quiet one.
+        let t = targets("trace,hyper_util=debug");
+        assert!(!t.would_enable("hyper::proto", &Level::INFO));
+        assert!(t.would_enable("hyper_util", &Level::DEBUG));
+        let t = targets("trace,h2::proto=debug");
+        assert!(t.would_enable("h2::proto", &Level::DEBUG));
     }
 
     #[test]
@@ -205,6 +233,9 @@ mod tests {
             "",
             ",",
             "kms=loud",
+            "debug, sqlx=warn",
+            "=debug",
+            "info ",
         ] {
             assert!(
                 matches!(LogFilter::new(user, QUIET.iter()), LogFilter::Env(_)),
