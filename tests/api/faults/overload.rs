@@ -88,7 +88,11 @@ async fn burst(server: &KmsProcess, admin: &str, secret: &str, round: usize) -> 
     for call in calls {
         match call.await.unwrap() {
             Ok(Ok(())) => tally.ok += 1,
-            Ok(Err(s)) if s.code() == Code::ResourceExhausted => tally.exhausted += 1,
+            Ok(Err(s)) if s.code() == Code::ResourceExhausted => {
+                // A refusal still names the call, for the client's logs and ours.
+                assert!(s.metadata().get("x-request-id").is_some(), "{s:?}");
+                tally.exhausted += 1;
+            }
             Ok(Err(s)) if s.code() == Code::Unavailable => tally.unavailable += 1,
             Ok(Err(s)) => tally.other.push(format!("{s:?}")),
             Err(_) => tally.other.push("no answer within 60 s".into()),
