@@ -278,32 +278,22 @@ fn write_json(w: &mut impl Write, call: &CallLog) -> fmt::Result {
     w.write_str(",\"name\":\"rpc\"}")
 }
 
-/// A JSON string, escaped as `serde_json` escapes it.
+/// A JSON string, escaped by `serde_json` as the formatter's own fields are, written
+/// straight to `w` (no allocation).
 fn json_string(w: &mut impl Write, s: &str) -> fmt::Result {
-    w.write_char('"')?;
-    let mut plain = 0;
-    for (i, b) in s.bytes().enumerate() {
-        let escaped = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0x08 => "\\b",
-            0x0c => "\\f",
-            0..0x20 => "",
-            _ => continue,
-        };
-        w.write_str(&s[plain..i])?;
-        if escaped.is_empty() {
-            write!(w, "\\u{b:04x}")?;
-        } else {
-            w.write_str(escaped)?;
+    struct Utf8<'a, W>(&'a mut W);
+    impl<W: Write> std::io::Write for Utf8<'_, W> {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            // serde_json writes a `str` in pieces cut at ASCII bytes: each is UTF-8.
+            let piece = std::str::from_utf8(buf).map_err(std::io::Error::other)?;
+            self.0.write_str(piece).map_err(std::io::Error::other)?;
+            Ok(buf.len())
         }
-        plain = i + 1;
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
-    w.write_str(&s[plain..])?;
-    w.write_char('"')
+    serde_json::to_writer(Utf8(w), s).map_err(|_| fmt::Error)
 }
 
 #[cfg(test)]
