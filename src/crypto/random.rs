@@ -33,13 +33,13 @@ pub fn base62(len: usize) -> Result<String, CryptoError> {
 }
 
 /// Fixed-width base62 of a number, most significant digit first.
-pub fn base62_u32(mut n: u32, width: usize) -> String {
-    let mut digits = vec![b'0'; width];
+pub fn base62_u32<const WIDTH: usize>(mut n: u32) -> [u8; WIDTH] {
+    let mut digits = [b'0'; WIDTH];
     for d in digits.iter_mut().rev() {
         *d = BASE62[(n % 62) as usize];
         n /= 62;
     }
-    String::from_utf8_lossy(&digits).into_owned()
+    digits
 }
 
 #[cfg(test)]
@@ -56,10 +56,9 @@ mod tests {
 
     #[test]
     fn base62_u32_is_fixed_width() {
-        assert_eq!(base62_u32(0, 6), "000000");
-        assert_eq!(base62_u32(61, 2), "0z");
-        assert_eq!(base62_u32(62, 2), "10");
-        assert_eq!(base62_u32(u32::MAX, 6).len(), 6);
-        assert_eq!(base62_u32(u32::MAX, 6), "4gfFC3");
+        assert_eq!(&base62_u32::<6>(0), b"000000");
+        assert_eq!(&base62_u32::<2>(61), b"0z");
+        assert_eq!(&base62_u32::<2>(62), b"10");
+        assert_eq!(&base62_u32::<6>(u32::MAX), b"4gfFC3");
     }
 }

@@ -13,8 +13,9 @@ pub const GENERATED_LEN: usize = PREFIX.len() + BODY_LEN + CHECKSUM_LEN;
 /// few to use (for a generated key, 8 of its 43 random characters).
 pub const DISPLAY_PREFIX_LEN: usize = 12;
 
-fn checksum(head: &str) -> String {
-    random::base62_u32(crc32fast::hash(head.as_bytes()), CHECKSUM_LEN)
+/// Base62 digits: ASCII.
+fn checksum(head: &str) -> [u8; CHECKSUM_LEN] {
+    random::base62_u32(crc32fast::hash(head.as_bytes()))
 }
 
 pub fn generate() -> Result<String, CryptoError> {
@@ -22,7 +23,7 @@ pub fn generate() -> Result<String, CryptoError> {
     key.push_str(PREFIX);
     key.push_str(&random::base62(BODY_LEN)?);
     let sum = checksum(&key);
-    key.push_str(&sum);
+    key.extend(sum.iter().copied().map(char::from));
     Ok(key)
 }
 
@@ -38,7 +39,7 @@ pub fn checksum_ok(key: &str) -> bool {
         return false;
     }
     let (head, sum) = key.split_at(GENERATED_LEN - CHECKSUM_LEN);
-    crate::crypto::digest::ct_eq(checksum(head).as_bytes(), sum.as_bytes())
+    crate::crypto::digest::ct_eq(&checksum(head), sum.as_bytes())
 }
 
 /// The non-secret start of a key shown beside it in lists: 12 characters of a KMS key

@@ -57,7 +57,13 @@ fn fresh_request_id() -> String {
     static PREFIX: OnceLock<String> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let prefix = PREFIX.get_or_init(|| crate::crypto::random::base62(10).unwrap_or_default());
-    format!("{prefix}-{:x}", COUNTER.fetch_add(1, Ordering::Relaxed))
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    // The prefix, `-` and at most 16 hex digits: one allocation of the right size.
+    let mut id = String::with_capacity(prefix.len() + 17);
+    id.push_str(prefix);
+    id.push('-');
+    let _ = std::fmt::Write::write_fmt(&mut id, format_args!("{n:x}"));
+    id
 }
 
 /// Actions, as stored and filtered on.

@@ -15,7 +15,6 @@ use std::{
     time::Duration,
 };
 
-use axum::extract::ConnectInfo;
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
@@ -212,8 +211,9 @@ fn next_check(state: &ConnState, timeouts: Timeouts) -> Duration {
     }
 }
 
-/// Stamps each request with the peer address and the client address (the one
-/// decision of `client_addr`, for both transports), and counts it as in progress until
+/// Stamps each request with its client address (the one decision of `client_addr`,
+/// for both transports; the peer's own address is not kept: nothing reads it, and
+/// each extension is an allocation on every call), and counts it as in progress until
 /// its response body is finished or dropped.
 #[derive(Clone)]
 struct Tracked<S> {
@@ -237,7 +237,6 @@ where
 
     fn call(&mut self, mut req: Request<Incoming>) -> Self::Future {
         let client = self.trusted_proxies.client(self.peer.ip(), req.headers());
-        req.extensions_mut().insert(ConnectInfo(self.peer));
         req.extensions_mut().insert(ClientAddr(client));
         self.state.request_started();
         TrackedFuture {

@@ -133,7 +133,7 @@ where
             .boxed(),
         Shape::Text { ansi } => layer
             .with_ansi(ansi)
-            .event_format(CallLine::new(format.with_ansi(ansi), shape))
+            .event_format(CallLine::new(format.with_ansi(ansi), shape).with_direct_text())
             .boxed(),
     }
 }
@@ -144,11 +144,25 @@ where
 pub struct CallLine<E> {
     inner: E,
     shape: Shape,
+    /// `inner` is `fmt::format().with_target(false)` without ANSI codes, whose lines
+    /// `direct` writes itself.
+    direct: bool,
 }
 
 impl<E> CallLine<E> {
     pub fn new(inner: E, shape: Shape) -> Self {
-        Self { inner, shape }
+        Self {
+            inner,
+            shape,
+            direct: false,
+        }
+    }
+
+    /// Plain-text lines of a call are written by `direct` (only for the format
+    /// `layer` makes: the one `direct` copies).
+    fn with_direct_text(mut self) -> Self {
+        self.direct = self.shape == (Shape::Text { ansi: false });
+        self
     }
 }
 
@@ -204,6 +218,9 @@ impl<E> CallLine<E> {
         N: for<'a> FormatFields<'a> + 'static,
         E: FormatEvent<S, N>,
     {
+        if self.direct && super::direct::write(line, event, call) {
+            return writer.write_str(line);
+        }
         line.clear();
         self.inner.format_event(ctx, Writer::new(line), event)?;
         let at = match self.shape {
@@ -245,24 +262,46 @@ fn text_splice_point(line: &str, level: &tracing::Level) -> Option<usize> {
 }
 
 /// `rpc{method=M request_id=R subject="S"}: `, styled as the formatter styles a span.
-fn write_text(w: &mut impl Write, call: &CallLog, ansi: bool) -> fmt::Result {
+pub(super) fn write_text(w: &mut impl Write, call: &CallLog, ansi: bool) -> fmt::Result {
     let (bold, dimmed, italic, reset) = if ansi {
         ("\x1b[1m", "\x1b[2m", "\x1b[3m", "\x1b[0m")
     } else {
         ("", "", "", "")
     };
-    let name = |w: &mut dyn Write, name: &str| write!(w, "{italic}{name}{reset}{dimmed}={reset}");
-    write!(w, "{bold}rpc{reset}{bold}{{{reset}")?;
-    name(w, "method")?;
-    write!(w, "{} ", call.method)?;
-    name(w, "request_id")?;
-    w.write_str(&call.request_id)?;
+    // Piece by piece: this runs for every line of every call.
+    let pieces =
+        |w: &mut dyn Write, pieces: &[&str]| pieces.iter().try_for_each(|p| w.write_str(p));
+    pieces(w, &[bold, "rpc", reset, bold, "{", reset])?;
+    pieces(
+        w,
+        &[
+            italic,
+            "method",
+            reset,
+            dimmed,
+            "=",
+            reset,
+            &call.method,
+            " ",
+        ],
+    )?;
+    pieces(
+        w,
+        &[
+            italic,
+            "request_id",
+            reset,
+            dimmed,
+            "=",
+            reset,
+            &call.request_id,
+        ],
+    )?;
     if let Some(subject) = call.subject.get() {
-        w.write_char(' ')?;
-        name(w, "subject")?;
+        pieces(w, &[" ", italic, "subject", reset, dimmed, "=", reset])?;
         write!(w, "{subject:?}")?;
     }
-    write!(w, "{bold}}}{reset}{dimmed}:{reset} ")
+    pieces(w, &[bold, "}", reset, dimmed, ":", reset, " "])
 }
 
 /// `{"method":M,"request_id":R,"subject":S,"name":"rpc"}`, as the formatter writes a span.
@@ -358,11 +397,45 @@ mod tests {
         }
     }
 
+    /// Lines of every kind of field: those `direct` writes, and those it leaves to
+    /// the formatter (an error with its source, a message it would escape).
+    fn lines_of_every_kind() {
+        #[derive(Debug)]
+        struct Polygon {
+            #[allow(dead_code)]
+            sides: u8,
+        }
+        let failure = std::io::Error::other(std::fmt::Error);
+        let source: &(dyn std::error::Error + 'static) = &failure;
+        tracing::warn!(error = "disk full", "audit write failed");
+        tracing::error!(
+            r#type = "x",
+            flag = true,
+            n = -3i64,
+            m = 7u64,
+            f = f64::NAN,
+            g = 1e21,
+            shape = ?Polygon { sides: 3 },
+            shown = %"a \"b\"\n",
+            "several: {} {:?}",
+            1,
+            "two"
+        );
+        tracing::debug!(e = source, "an error with a source");
+        tracing::trace!(
+            e = &std::fmt::Error as &dyn std::error::Error,
+            "an error without"
+        );
+        tracing::info!("a message with \x1b[31mESC\x07 and \u{85} and é");
+        tracing::info!(message = "a message as a field", other = "\u{1b}");
+        tracing::info!(note = "no message");
+    }
+
     fn log_a_call(subject: Option<&str>) {
         if let Some(subject) = subject {
             record_subject(subject);
         }
-        tracing::warn!(error = "disk full", "audit write failed");
+        lines_of_every_kind();
         tracing::info!(code = "OK", latency_ms = 1.25, "call finished");
     }
 
@@ -397,7 +470,7 @@ mod tests {
                 if let Some(subject) = &subject {
                     record_subject(subject);
                 }
-                tracing::warn!(error = "disk full", "audit write failed");
+                lines_of_every_kind();
             }));
             in_call(call, || {
                 tracing::info!(code = "OK", latency_ms = 1.25, "call finished");

@@ -7,6 +7,7 @@
 //! parameters at debug level are held at `warn` unless named explicitly.
 
 pub mod call;
+mod direct;
 pub mod metrics;
 pub mod traces;
 mod writer;
