@@ -50,9 +50,12 @@ pub fn request_id(sent: Option<&str>) -> String {
 /// Unique, not secret: a random prefix drawn once per process and a counter, so that
 /// no call pays a trip to the OS random number generator for its id.
 fn fresh_request_id() -> String {
-    use std::sync::{
-        OnceLock,
-        atomic::{AtomicU64, Ordering},
+    use std::{
+        fmt::Write,
+        sync::{
+            OnceLock,
+            atomic::{AtomicU64, Ordering},
+        },
     };
     static PREFIX: OnceLock<String> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -62,7 +65,7 @@ fn fresh_request_id() -> String {
     let mut id = String::with_capacity(prefix.len() + 17);
     id.push_str(prefix);
     id.push('-');
-    let _ = std::fmt::Write::write_fmt(&mut id, format_args!("{n:x}"));
+    let _ = write!(id, "{n:x}");
     id
 }
 

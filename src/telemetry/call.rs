@@ -250,13 +250,7 @@ impl<E> CallLine<E> {
 fn text_splice_point(line: &str, level: &tracing::Level) -> Option<usize> {
     // How `tracing-subscriber` writes a level. The timestamp before it holds only
     // digits, `-`, `:`, `.`, `T` and `Z` (and ANSI codes).
-    let level = match *level {
-        tracing::Level::TRACE => "TRACE",
-        tracing::Level::DEBUG => "DEBUG",
-        tracing::Level::INFO => " INFO",
-        tracing::Level::WARN => " WARN",
-        tracing::Level::ERROR => "ERROR",
-    };
+    let level = super::direct::level(level);
     let after_level = line.find(level)? + level.len();
     Some(after_level + line.get(after_level..)?.find(' ')? + 1)
 }

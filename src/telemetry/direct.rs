@@ -49,7 +49,7 @@ pub fn write(line: &mut String, event: &Event<'_>, call: &CallLog) -> bool {
 }
 
 /// How the formatter writes a level without ANSI codes.
-fn level(level: &Level) -> &'static str {
+pub(super) fn level(level: &Level) -> &'static str {
     match *level {
         Level::TRACE => "TRACE",
         Level::DEBUG => "DEBUG",
