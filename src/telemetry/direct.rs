@@ -13,7 +13,7 @@
 use std::{
     cell::RefCell,
     fmt::{self, Write},
-    time::{SystemTime, UNIX_EPOCH},
+    time::SystemTime,
 };
 
 use chrono::{DateTime, Datelike, Timelike, Utc};
@@ -74,34 +74,22 @@ thread_local! {
 
 /// `2026-12-02T16:00:00.123456Z`: the formatter's `SystemTime` (UTC, microseconds).
 fn timestamp(out: &mut String, now: SystemTime) {
-    let (unix, micros) = match now.duration_since(UNIX_EPOCH) {
-        Ok(d) => (
-            i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
-            d.subsec_micros(),
-        ),
-        // Before 1970: not this server's clock; written without the cache.
-        Err(_) => {
-            let t = DateTime::<Utc>::from(now);
-            let _ = write_second(out, t);
-            push_micros(out, t.timestamp_subsec_micros());
-            out.push('Z');
-            return;
-        }
-    };
+    let t = DateTime::<Utc>::from(now);
+    let unix = t.timestamp();
     let cached = SECOND.try_with(|second| {
         let mut second = second.try_borrow_mut().ok()?;
         if second.unix != unix {
             second.text.clear();
-            write_second(&mut second.text, DateTime::from_timestamp(unix, 0)?).ok()?;
+            write_second(&mut second.text, t).ok()?;
             second.unix = unix;
         }
         out.push_str(&second.text);
         Some(())
     });
     if !matches!(cached, Ok(Some(()))) {
-        let _ = write_second(out, DateTime::<Utc>::from(now));
+        let _ = write_second(out, t);
     }
-    push_micros(out, micros);
+    push_micros(out, t.timestamp_subsec_micros());
     out.push('Z');
 }
 
@@ -214,7 +202,7 @@ mod tests {
             (1_795_000_000, 999_999_999),
             (253_402_300_799, 123_456_789),
         ] {
-            let t = UNIX_EPOCH + std::time::Duration::new(secs, nanos);
+            let t = std::time::UNIX_EPOCH + std::time::Duration::new(secs, nanos);
             let mut ours = String::new();
             timestamp(&mut ours, t);
             // Twice: the second from this thread's cache.
