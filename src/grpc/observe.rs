@@ -14,7 +14,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, Response};
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response};
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use prometheus::{Histogram, IntCounter};
 use tonic::{Code, Status, body::Body};
@@ -24,6 +24,7 @@ use tracing::{Instrument, Span, field::Empty};
 use super::budget::{self, Budgets, Class, Slot};
 use crate::{
     domain::audit::{self, RequestMeta},
+    net::request_id,
     telemetry::{
         Metrics,
         call::{self, CallLog},
@@ -239,13 +240,10 @@ pub fn code_label(code: Code) -> &'static str {
     }
 }
 
-const REQUEST_ID: &str = "x-request-id";
-
 /// The request id and client address, for audit rows.
 fn request_meta<B>(req: &Request<B>, client: Option<std::net::IpAddr>) -> RequestMeta {
-    let sent = req.headers().get(REQUEST_ID).and_then(|v| v.to_str().ok());
     RequestMeta {
-        request_id: audit::request_id(sent),
+        request_id: request_id::of(req.headers()),
         client_addr: client,
     }
 }
@@ -253,14 +251,18 @@ fn request_meta<B>(req: &Request<B>, client: Option<std::net::IpAddr>) -> Reques
 /// Every answer carries the call's request id, refusals by the layer's limits too.
 fn with_request_id<B>(mut response: Response<B>, id: Option<HeaderValue>) -> Response<B> {
     if let Some(id) = id {
-        response.headers_mut().insert(REQUEST_ID, id);
+        response.headers_mut().insert(request_id::HEADER, id);
     }
     response
 }
 
+/// Header names made once (a `&str` name is parsed on every lookup).
+const GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+
 /// The client's own deadline (`grpc-timeout`, e.g. `250m`): work past it is wasted.
 fn client_timeout(headers: &HeaderMap) -> Option<Duration> {
-    let value = headers.get("grpc-timeout")?.to_str().ok()?;
+    let value = headers.get(&GRPC_TIMEOUT)?.to_str().ok()?;
     let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
     if digits.is_empty() || digits.len() > 8 {
         return None;
@@ -279,7 +281,7 @@ fn client_timeout(headers: &HeaderMap) -> Option<Duration> {
 
 fn status_code(headers: &HeaderMap) -> Option<Code> {
     headers
-        .get("grpc-status")
+        .get(&GRPC_STATUS)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<i32>().ok())
         .map(Code::from)
@@ -417,7 +419,7 @@ where
         } else {
             Span::none()
         };
-        let request_id = HeaderValue::from_str(&meta.request_id).ok();
+        let id_header = request_id::value(&meta.request_id);
         let log = CallLog::new(method_name, meta.request_id.clone());
         let streaming = labels.0 != "unary";
         let class = budget::class(
@@ -439,7 +441,7 @@ where
                 };
                 record.finish(Code::ResourceExhausted);
                 let response =
-                    with_request_id(Status::resource_exhausted(message).into_http(), request_id);
+                    with_request_id(Status::resource_exhausted(message).into_http(), id_header);
                 return Box::pin(async move { Ok(response) });
             }
         };
@@ -479,13 +481,13 @@ where
                                 "the call took longer than the server allows",
                             )
                             .into_http(),
-                            request_id,
+                            id_header,
                         ));
                     }
                 },
                 None => future.await?,
             };
-            let response = with_request_id(response, request_id);
+            let response = with_request_id(response, id_header);
             if let Some(code) = status_code(response.headers()) {
                 // Trailers-only response: the status is already known.
                 record.finish(code);

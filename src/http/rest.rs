@@ -29,7 +29,7 @@ use crate::{
         keys::{ApiKeyView, CreateKey},
         users::NewUser,
     },
-    net::ClientAddr,
+    net::{ClientAddr, request_id},
     telemetry::traces,
 };
 
@@ -337,15 +337,10 @@ pub(super) async fn log_request(
     let started = Instant::now();
     // The request id and client address stamp this request's audit rows, as on gRPC.
     let meta = RequestMeta {
-        request_id: audit::request_id(
-            request
-                .headers()
-                .get("x-request-id")
-                .and_then(|v| v.to_str().ok()),
-        ),
+        request_id: request_id::of(request.headers()),
         client_addr: crate::net::client_addr(&request),
     };
-    let request_id = axum::http::HeaderValue::from_str(&meta.request_id).ok();
+    let id_header = request_id::value(&meta.request_id);
     let logged_id = meta.request_id.clone();
     let route = route.as_ref().map_or("unknown", MatchedPath::as_str);
     // A server span only when traces are exported: otherwise the log stays as it was.
@@ -364,8 +359,8 @@ pub(super) async fn log_request(
     let mut response = audit::scope(meta, next.run(request))
         .instrument(span.clone())
         .await;
-    if let Some(id) = request_id {
-        response.headers_mut().insert("x-request-id", id);
+    if let Some(id) = id_header {
+        response.headers_mut().insert(request_id::HEADER, id);
     }
     traces::http_finished(&span, response.status());
     let _in_span = span.enter();

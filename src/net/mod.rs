@@ -7,6 +7,7 @@ pub mod budget;
 pub mod client_addr;
 mod conn;
 pub mod limiter;
+pub mod request_id;
 mod tls;
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
@@ -27,9 +28,17 @@ pub use conn::Timeouts;
 pub use limiter::{ConnectionLimiter, PeerCounter, PeerSlot, RateLimitedLog};
 pub use tls::{TlsError, server_config};
 
-/// Idle time before the kernel probes a silent peer, so connections from crashed
-/// clients are reaped instead of held open.
+/// A dead peer (crashed host, pulled cable, half-open connection) is found by the
+/// kernel, not by HTTP/2 pings: after this long without a packet from the peer it is
+/// probed...
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+/// ...every this long...
+const TCP_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// ...and dropped after this many probes go unanswered (about 80 s in all).
+const TCP_KEEPALIVE_RETRIES: u32 = 2;
+/// Data sent and not acknowledged for this long drops the connection too: a peer
+/// that vanished while an answer or a stream's events were on their way.
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(80);
 
 /// Which protocols a listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,14 +69,15 @@ fn builder(protocols: Protocols, settings: &ConnSettings) -> auto::Builder<Tokio
         .timer(TokioTimer::new())
         .header_read_timeout(settings.timeouts.handshake)
         .keep_alive(true);
+    // No HTTP/2 keepalive pings: with them hyper takes a lock and reads the clock on
+    // every frame received (about 3% of a `health` call, BENCHMARKS.md). A peer that
+    // goes away while a call is open (a Watch stream) is found by the kernel's
+    // keepalive and user timeout instead (`tune`); pings a client sends are still
+    // answered.
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(settings.http2_max_streams)
-        // A peer that stops answering pings while a call is open (a Watch stream,
-        // a half-open TCP connection) is dropped.
-        .keep_alive_interval(Some(settings.timeouts.idle))
-        .keep_alive_timeout(Duration::from_secs(20));
+        .max_concurrent_streams(settings.http2_max_streams);
     builder
 }
 
@@ -143,14 +153,22 @@ pub async fn serve<S, B>(
 }
 
 /// TCP_NODELAY (Nagle would hold small responses back behind a delayed ACK for up to
-/// 40 ms) and keepalive probes.
+/// 40 ms), keepalive probes and the user timeout: a dead peer's connection is closed
+/// within about 80 s, whether it was silent or had data on its way.
 fn tune(stream: &tokio::net::TcpStream) {
     if let Err(e) = stream.set_nodelay(true) {
         tracing::debug!(error = %e, "cannot set TCP_NODELAY");
     }
-    let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
-    if let Err(e) = socket2::SockRef::from(stream).set_tcp_keepalive(&keepalive) {
+    let socket = socket2::SockRef::from(stream);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(TCP_KEEPALIVE)
+        .with_interval(TCP_KEEPALIVE_INTERVAL)
+        .with_retries(TCP_KEEPALIVE_RETRIES);
+    if let Err(e) = socket.set_tcp_keepalive(&keepalive) {
         tracing::debug!(error = %e, "cannot set TCP keepalive");
+    }
+    if let Err(e) = socket.set_tcp_user_timeout(Some(TCP_USER_TIMEOUT)) {
+        tracing::debug!(error = %e, "cannot set TCP_USER_TIMEOUT");
     }
 }
 
@@ -160,4 +178,31 @@ fn tune(stream: &tokio::net::TcpStream) {
 /// (a router driven directly in a unit test).
 pub fn client_addr<B>(req: &Request<B>) -> Option<std::net::IpAddr> {
     req.extensions().get::<ClientAddr>().map(|client| client.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn accepted_connections_find_dead_peers_in_the_kernel() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (stream, _) = listener.accept().await.unwrap();
+        tune(&stream);
+        let socket = socket2::SockRef::from(&stream);
+        assert!(stream.nodelay().unwrap());
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(socket.tcp_keepalive_time().unwrap(), TCP_KEEPALIVE);
+        assert_eq!(
+            socket.tcp_keepalive_interval().unwrap(),
+            TCP_KEEPALIVE_INTERVAL
+        );
+        assert_eq!(
+            socket.tcp_keepalive_retries().unwrap(),
+            TCP_KEEPALIVE_RETRIES
+        );
+        assert_eq!(socket.tcp_user_timeout().unwrap(), Some(TCP_USER_TIMEOUT));
+    }
 }
