@@ -53,7 +53,16 @@ impl Health for Bare {
 
 /// Serves the bare baseline on `addr` until killed (the `bare-server` command). tonic's
 /// plain `Server::builder()`: its defaults, TCP_NODELAY on as the KMS sets it.
+///
+/// A subscriber that wants nothing is installed first, as any server installs one:
+/// without any, `tracing` hands the TRACE spans h2 makes (several a call: each poll
+/// of the connection, each frame it queues or encodes) to its `log` fallback, 3% of
+/// a bare call's profile samples that no real server pays (BENCHMARKS.md, fifth
+/// round). With it they are turned away at their call sites, as the KMS's own filter
+/// turns them away.
 pub async fn serve(addr: SocketAddr) -> Result<(), String> {
+    tracing::subscriber::set_global_default(tracing::subscriber::NoSubscriber::new())
+        .map_err(|e| format!("the bare server's subscriber: {e}"))?;
     tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(HealthServer::new(Bare))

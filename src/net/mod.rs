@@ -70,7 +70,7 @@ fn builder(protocols: Protocols, settings: &ConnSettings) -> auto::Builder<Tokio
         .header_read_timeout(settings.timeouts.handshake)
         .keep_alive(true);
     // No HTTP/2 keepalive pings: with them hyper takes a lock and reads the clock on
-    // every frame received (about 3% of a `health` call, BENCHMARKS.md). A peer that
+    // every frame received (2% of a `health` call's samples, BENCHMARKS.md). A peer that
     // goes away while a call is open (a Watch stream) is found by the kernel's
     // keepalive and user timeout instead (`tune`); pings a client sends are still
     // answered.
