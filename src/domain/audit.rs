@@ -24,9 +24,11 @@ pub struct RequestMeta {
     pub client_addr: Option<std::net::IpAddr>,
 }
 
-/// Runs `f` with `meta` as the current call's metadata.
-pub async fn scope<F: Future>(meta: RequestMeta, f: F) -> F::Output {
-    REQUEST.scope(meta, f).await
+/// Runs `f` with `meta` as the current call's metadata. The task-local's own future,
+/// not an `async fn` around it: that would hold `f` twice (once as the argument, once
+/// inside the awaited scope), and every call's future would grow by the whole of it.
+pub fn scope<F: Future>(meta: RequestMeta, f: F) -> impl Future<Output = F::Output> {
+    REQUEST.scope(meta, f)
 }
 
 pub const ANONYMOUS: &str = "anonymous";

@@ -59,9 +59,10 @@ pub fn spans_wanted() -> bool {
     MAKE_SPANS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// Runs `f` as the call `call`: its log lines show the call.
-pub async fn scope<F: Future>(call: Arc<CallLog>, f: F) -> F::Output {
-    CALL.scope(call, f).await
+/// Runs `f` as the call `call`: its log lines show the call. Not an `async fn`, for
+/// the reason `audit::scope` gives.
+pub fn scope<F: Future>(call: Arc<CallLog>, f: F) -> impl Future<Output = F::Output> {
+    CALL.scope(call, f)
 }
 
 thread_local! {

@@ -94,7 +94,9 @@ impl KeyService {
             // Failures only: successes are the hot path and say nothing new. The target
             // is the key's display prefix, never the key. Anyone with a token can send
             // these as fast as valid ones: counted, never waited for (see `append`).
-            audit::append(
+            // Boxed, like every branch below that may reach the database (see
+            // `check_presented_key`).
+            Box::pin(audit::append(
                 &self.store,
                 audit::event(
                     &caller.subject,
@@ -102,7 +104,7 @@ impl KeyService {
                     &api_key::display_prefix(presented),
                     outcome::FAILURE,
                 ),
-            )
+            ))
             .await;
         }
         Ok(verification)
@@ -112,6 +114,12 @@ impl KeyService {
     /// other way (Envoy's ext_authz: mTLS or network policy, no KMS token). `options`
     /// are taken as checked. `Err` means the check itself could not be made (the
     /// database is down), which is never an answer about the key.
+    ///
+    /// Every branch that may reach the database (a refusal's credits, the replicas'
+    /// rate-limit leases, spending credits) is boxed where it is awaited: an `async fn`
+    /// is as large as its largest await, so a query's future inline here made every
+    /// call's future about 5 KiB, written and copied on every call that never queries
+    /// (BENCHMARKS.md, sixth round). The box is made only where the branch is taken.
     pub async fn check_presented_key(
         &self,
         presented: &str,
@@ -134,16 +142,13 @@ impl KeyService {
         };
         let now_ms = now.timestamp_millis();
         if entry.key_expires_at.is_some_and(|t| t <= now) {
-            return self.refused(VerifyCode::Expired, &entry, key, now_ms).await;
+            return Box::pin(self.refused(VerifyCode::Expired, &entry, key, now_ms)).await;
         }
         if !policy.enabled {
-            return self
-                .refused(VerifyCode::Disabled, &entry, key, now_ms)
-                .await;
+            return Box::pin(self.refused(VerifyCode::Disabled, &entry, key, now_ms)).await;
         }
         if !scopes::all_granted(&policy.scopes, &options.required_scopes) {
-            return self
-                .refused(VerifyCode::InsufficientScope, &entry, key, now_ms)
+            return Box::pin(self.refused(VerifyCode::InsufficientScope, &entry, key, now_ms))
                 .await;
         }
         let rate_limit = match policy.rate_limit {
@@ -154,7 +159,7 @@ impl KeyService {
                     return Ok(Verification {
                         code: VerifyCode::RateLimited,
                         rate_limit: Some(status(state)),
-                        remaining: self.credits_left(entry.key_id, &policy).await?,
+                        remaining: Box::pin(self.credits_left(entry.key_id, &policy)).await?,
                         key: Some(key),
                     });
                 }
@@ -169,7 +174,7 @@ impl KeyService {
             }
         };
         let remaining = if policy.has_credits {
-            match self.store.spend_credits(entry.key_id, options.cost()).await {
+            match Box::pin(self.store.spend_credits(entry.key_id, options.cost())).await {
                 Ok(Spend::Spent(left)) => Some(left),
                 Ok(Spend::Unlimited) => None,
                 Ok(Spend::Short(left)) => {
@@ -218,7 +223,7 @@ impl KeyService {
         let Some(leases) = &self.leases else {
             return Ok(Ok(state));
         };
-        match leases.take(key_id, limit, now_ms).await {
+        match Box::pin(leases.take(key_id, limit, now_ms)).await {
             Ok(true) => Ok(Ok(state)),
             Ok(false) => {
                 self.limiter.give_back(key_id);
