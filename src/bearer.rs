@@ -75,13 +75,15 @@ pub async fn verify(
     authenticator: &Authenticator,
     token: &str,
 ) -> Result<Arc<Caller>, BearerError> {
-    authenticator
-        .caller(token)
-        .await
-        .map_err(|failure| match failure {
-            AuthFailure::Invalid => BearerError::Rejected(INVALID_TOKEN),
-            AuthFailure::Unavailable => BearerError::Unavailable,
-        })
+    authenticator.caller(token).await.map_err(refusal)
+}
+
+/// The refusal of a token that did not yield a caller.
+fn refusal(failure: AuthFailure) -> BearerError {
+    match failure {
+        AuthFailure::Invalid => BearerError::Rejected(INVALID_TOKEN),
+        AuthFailure::Unavailable => BearerError::Unavailable,
+    }
 }
 
 /// Whether `token` is still an admin's: signature, expiry, login and role, checked as
@@ -104,6 +106,21 @@ pub async fn caller(
         Some(token) => verify(authenticator, token).await.map(Some),
         None => Ok(None),
     }
+}
+
+/// `caller` decided without awaiting anything: the header alone, or the token and its
+/// login from the caches. `None` when `caller` must be awaited (nothing cached).
+pub fn cached_caller(
+    authenticator: &Authenticator,
+    headers: &HeaderMap,
+) -> Option<Result<Option<Arc<Caller>>, BearerError>> {
+    let token = match from_headers(headers) {
+        Ok(Some(token)) => token,
+        Ok(None) => return Some(Ok(None)),
+        Err(reason) => return Some(Err(BearerError::Rejected(reason))),
+    };
+    let cached = authenticator.cached_caller(token)?;
+    Some(cached.map(Some).map_err(refusal))
 }
 
 /// For a call that needs a caller: none is a refusal, never a pass.

@@ -223,6 +223,15 @@ impl Caches {
             .await
     }
 
+    /// The login state of a session when the cache can answer without a fetch (`None`:
+    /// ask `session`). The same trust rule as `session`.
+    pub fn cached_session(&self, sid: &str) -> Option<Option<Arc<SessionState>>> {
+        if !self.trusted() {
+            return None;
+        }
+        self.sessions.get(sid)
+    }
+
     /// Forgets what GetKey keeps of a key whose last-used time was just written.
     pub fn forget_current(&self, service_name: &str) {
         self.current.remove(service_name);

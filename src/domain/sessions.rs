@@ -27,6 +27,21 @@ const VERIFIED_TOKEN_TTL: Duration = Duration::from_secs(60);
 /// The least time between two reloads of the signing keys for an unknown `kid`.
 const KEY_RELOAD_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Whether the login behind a verified token still holds: its session exists, is not
+/// revoked, and belongs to the token's user at the token's version.
+fn login_holds(
+    verified: Arc<Verified>,
+    state: Option<&SessionState>,
+) -> Result<Arc<Verified>, AuthFailure> {
+    let claims = &verified.claims;
+    match state {
+        Some(s) if !s.revoked && s.token_version == claims.ver && s.username == claims.sub => {
+            Ok(verified)
+        }
+        _ => Err(AuthFailure::Invalid),
+    }
+}
+
 /// A token whose signature and claims checked out, with the caller it names, made
 /// once per token rather than on every call that presents it.
 #[derive(Debug)]
@@ -90,33 +105,47 @@ impl Authenticator {
         self.check(token).await.map(|v| v.caller.clone())
     }
 
+    /// `caller` answered from the caches alone, without awaiting anything: `None` when
+    /// the token or its session is not cached (then `caller` must fetch). The same
+    /// checks as `caller`, in the same order, so the two always agree.
+    pub fn cached_caller(&self, token: &str) -> Option<Result<Arc<Caller>, AuthFailure>> {
+        let verified = match self.cached_token(token)? {
+            Ok(verified) => verified,
+            Err(failure) => return Some(Err(failure)),
+        };
+        let state = self.caches.cached_session(&verified.claims.sid)?;
+        Some(login_holds(verified, state.as_deref()).map(|v| v.caller.clone()))
+    }
+
     async fn check(&self, token: &str) -> Result<Arc<Verified>, AuthFailure> {
         let verified = self.verify_token(token).await?;
-        let claims = &verified.claims;
-        let state = self.session(&claims.sid).await?;
-        match state {
-            Some(s) if !s.revoked && s.token_version == claims.ver && s.username == claims.sub => {
-                Ok(verified)
-            }
-            _ => Err(AuthFailure::Invalid),
-        }
+        let state = self.session(&verified.claims.sid).await?;
+        login_holds(verified, state.as_deref())
+    }
+
+    /// The verified-token cache's answer: `None` when the token is not in it.
+    fn cached_token(&self, token: &str) -> Option<Result<Arc<Verified>, AuthFailure>> {
+        let verified = self.verified.get(token)?;
+        let now = chrono::Utc::now().timestamp();
+        Some(if verified.claims.exp > now {
+            Ok(verified)
+        } else {
+            Err(AuthFailure::Invalid)
+        })
     }
 
     /// The signature and claims, from the cache of verified tokens when this exact
     /// token checked out before.
     async fn verify_token(&self, token: &str) -> Result<Arc<Verified>, AuthFailure> {
-        let now = chrono::Utc::now().timestamp();
-        if let Some(verified) = self.verified.get(token) {
-            return if verified.claims.exp > now {
-                Ok(verified)
-            } else {
-                Err(AuthFailure::Invalid)
-            };
+        if let Some(cached) = self.cached_token(token) {
+            return cached;
         }
         let seen = self.verified.generation();
         let claims = match self.tokens.verify(token) {
             Ok(claims) => claims,
-            Err(TokenError::UnknownKey) if self.reload_keys().await => self
+            // Boxed: the reload's query would otherwise sit inline in every call's future
+            // (see `KeyService::check_presented_key`).
+            Err(TokenError::UnknownKey) if Box::pin(self.reload_keys()).await => self
                 .tokens
                 .verify(token)
                 .map_err(|_| AuthFailure::Invalid)?,

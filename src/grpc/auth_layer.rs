@@ -108,25 +108,31 @@ pub struct AuthMiddleware<S> {
 type BoxFuture<T> = Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
 
 pin_project_lite::pin_project! {
-    /// A public call goes straight to the service (its future as it is); one that reads
-    /// a token goes through the boxed check first.
+    /// A call the layer let through goes straight to the service (its future as it
+    /// is); one whose token must be fetched goes through the boxed check first; one it
+    /// refused at once is answered with the refusal.
     #[project = AuthFutureProj]
-    pub enum AuthFuture<F, T> {
-        Public { #[pin] inner: F },
-        Checked { inner: BoxFuture<T> },
+    pub enum AuthFuture<F, E> {
+        Through { #[pin] inner: F },
+        Checked { inner: BoxFuture<Result<Response<Body>, E>> },
+        Refused { response: Option<Response<Body>> },
     }
 }
 
-impl<F, T> std::future::Future for AuthFuture<F, T>
+impl<F, E> std::future::Future for AuthFuture<F, E>
 where
-    F: std::future::Future<Output = T>,
+    F: std::future::Future<Output = Result<Response<Body>, E>>,
 {
-    type Output = T;
+    type Output = Result<Response<Body>, E>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
-            AuthFutureProj::Public { inner } => inner.poll(cx),
+            AuthFutureProj::Through { inner } => inner.poll(cx),
             AuthFutureProj::Checked { inner } => inner.as_mut().poll(cx),
+            // Taken once: a future is not polled again after it is ready.
+            AuthFutureProj::Refused { response } => Poll::Ready(Ok(response
+                .take()
+                .unwrap_or_else(|| Status::internal("polled after completion").into_http()))),
         }
     }
 }
@@ -139,7 +145,7 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = AuthFuture<S::Future, Result<Self::Response, Self::Error>>;
+    type Future = AuthFuture<S::Future, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -154,35 +160,60 @@ where
         // Public methods ignore any token sent along (a stale one must not stop a
         // login). Otherwise the token is read and checked as REST checks it.
         if access == Access::Public {
-            return AuthFuture::Public {
+            return AuthFuture::Through {
                 inner: inner.call(req),
+            };
+        }
+        // A token whose check the caches can answer (every call of a client that
+        // called a moment ago) is decided here, and the call goes on as a public
+        // one would: no boxed future, nothing awaited. Only a token or login not
+        // cached yet is checked in the boxed future, which may reach the database.
+        if let Some(sent) = bearer::cached_caller(&self.authenticator, req.headers()) {
+            return match admit(access, sent, &mut req) {
+                Ok(()) => AuthFuture::Through {
+                    inner: inner.call(req),
+                },
+                Err(refused) => AuthFuture::Refused {
+                    response: Some(refused),
+                },
             };
         }
         let authenticator = self.authenticator.clone();
         let inner = Box::pin(async move {
-            let caller = match access {
-                Access::Public => Ok(None),
-                Access::Optional => bearer::caller(&authenticator, req.headers())
-                    .await
-                    .map_err(Error::from),
-                Access::Required => bearer::caller(&authenticator, req.headers())
-                    .await
-                    .map_err(Error::from)
-                    .and_then(bearer::required)
-                    .map(Some),
-            };
-            match caller {
-                Ok(Some(caller)) => {
-                    // The call's log lines show who made it.
-                    crate::telemetry::call::record_subject(&caller.subject);
-                    req.extensions_mut().insert(caller);
-                }
-                Ok(None) => {}
-                Err(refusal) => return Ok(Status::from(refusal).into_http()),
+            let sent = bearer::caller(&authenticator, req.headers()).await;
+            if let Err(refused) = admit(access, sent, &mut req) {
+                return Ok(refused);
             }
             inner.call(req).await
         });
         AuthFuture::Checked { inner }
+    }
+}
+
+/// The layer's verdict on a call that reads a token, given what the token yielded:
+/// the caller is put into the request, or the refusal is the answer.
+fn admit<B>(
+    access: Access,
+    sent: Result<Option<Arc<Caller>>, bearer::BearerError>,
+    req: &mut Request<B>,
+) -> Result<(), Response<Body>> {
+    let caller = match access {
+        Access::Public => Ok(None),
+        Access::Optional => sent.map_err(Error::from),
+        Access::Required => sent
+            .map_err(Error::from)
+            .and_then(bearer::required)
+            .map(Some),
+    };
+    match caller {
+        Ok(Some(caller)) => {
+            // The call's log lines show who made it.
+            crate::telemetry::call::record_subject(&caller.subject);
+            req.extensions_mut().insert(caller);
+            Ok(())
+        }
+        Ok(None) => Ok(()),
+        Err(refusal) => Err(Status::from(refusal).into_http()),
     }
 }
 
