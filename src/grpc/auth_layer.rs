@@ -254,6 +254,63 @@ mod tests {
         assert_eq!(access("/kms.v1.Nope/Nope"), Access::Required);
     }
 
+    fn caller() -> Arc<Caller> {
+        Arc::new(Caller {
+            subject: "alice".into(),
+            roles: Default::default(),
+            session_id: "s1".into(),
+        })
+    }
+
+    fn status_of(response: &Response<Body>) -> Option<&str> {
+        response
+            .headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+    }
+
+    /// The verdict both paths (cached and awaited) share: who gets through, and what
+    /// a refusal answers.
+    #[test]
+    fn admit_lets_callers_through_and_answers_refusals() {
+        let mut req = Request::new(());
+        assert!(admit(Access::Required, Ok(Some(caller())), &mut req).is_ok());
+        assert_eq!(
+            req.extensions()
+                .get::<Arc<Caller>>()
+                .map(|c| c.subject.as_str()),
+            Some("alice")
+        );
+
+        // No token: a required one is UNAUTHENTICATED (16), an optional one passes
+        // without a caller.
+        let mut req = Request::new(());
+        let refused = admit(Access::Required, Ok(None), &mut req).unwrap_err();
+        assert_eq!(status_of(&refused), Some("16"));
+        assert!(req.extensions().get::<Arc<Caller>>().is_none());
+        let mut req = Request::new(());
+        assert!(admit(Access::Optional, Ok(None), &mut req).is_ok());
+        assert!(req.extensions().get::<Arc<Caller>>().is_none());
+
+        // A bad token is refused even where one is optional; an unreadable login is
+        // UNAVAILABLE (14), never a pass.
+        for access in [Access::Required, Access::Optional] {
+            let mut req = Request::new(());
+            let refused = admit(
+                access,
+                Err(bearer::BearerError::Rejected(bearer::INVALID_TOKEN)),
+                &mut req,
+            )
+            .unwrap_err();
+            assert_eq!(status_of(&refused), Some("16"));
+            let mut req = Request::new(());
+            let refused =
+                admit(access, Err(bearer::BearerError::Unavailable), &mut req).unwrap_err();
+            assert_eq!(status_of(&refused), Some("14"));
+            assert!(req.extensions().get::<Arc<Caller>>().is_none());
+        }
+    }
+
     #[test]
     fn every_method_of_a_public_service_is_public() {
         for path in [
