@@ -24,7 +24,10 @@ use crate::{
         token::{SigningAlgorithm, TokenAuthority},
         users::{UserAdmin, UserCreator},
     },
-    grpc::{AuditApi, AuthApi, AuthLayer, ExtAuthz, KeyringApi, KeysApi, ObserveLayer, UsersApi},
+    grpc::{
+        AuditApi, AuthApi, AuthLayer, Dispatch, ExtAuthz, KeyringApi, KeysApi, ObserveLayer,
+        UsersApi,
+    },
     health::DbHealth,
     http::HttpState,
     net::{self, ConnSettings, ConnectionLimiter, Protocols, Timeouts, TrustedProxies},
@@ -273,18 +276,19 @@ impl App {
                 limits.connections.stream_idle_timeout,
             ))
             .layer(AuthLayer::new(self.auth.authenticator().clone()));
-        let mut routes = tonic::service::Routes::new(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha)
-            .add_service(auth)
-            .add_service(keys)
-            .add_service(users)
-            .add_service(audit)
-            .add_service(keyring);
+        // The services called most first: `Dispatch` compares names in this order.
+        let mut routes = Dispatch::builder().add(keys).add(auth);
         if let Some(ext_authz) = ext_authz {
-            routes = routes.add_service(ext_authz);
+            routes = routes.add(ext_authz);
         }
-        let grpc_service = layers.service(routes.prepare());
+        let routes = routes
+            .add(health_service)
+            .add(users)
+            .add(audit)
+            .add(keyring)
+            .add(reflection_v1)
+            .add(reflection_v1alpha);
+        let grpc_service = layers.service(routes.build());
 
         // One TLS configuration for every port that carries secrets: the REST API
         // takes passwords and returns keys just as gRPC does.
