@@ -21,7 +21,9 @@ use tower::Service;
 type Answer = BoxFuture<Response<Body>, Infallible>;
 
 /// A service called through a shared reference: a clone of it takes the call, as the
-/// layers' own services do (a generated server's clone is an `Arc`'s).
+/// layers' own services do (a generated server's clone is an `Arc`'s). The clone is
+/// called without `poll_ready`: only services that are always ready belong here
+/// (generated servers and `ExtAuthzServer` are; a tower limit around one is not).
 trait Route: Send + Sync {
     fn name(&self) -> &'static str;
     fn take(&self, req: Request<Body>) -> Answer;
@@ -71,6 +73,12 @@ impl DispatchBuilder {
             + Sync
             + 'static,
     {
+        // One service a name: a second would never be reached.
+        debug_assert!(
+            self.routes.iter().all(|route| route.name() != S::NAME),
+            "{} added twice",
+            S::NAME
+        );
         self.routes.push(Box::new(Named(service)));
         self
     }
@@ -120,14 +128,22 @@ impl Service<Request<Body>> for Dispatch {
 mod tests {
     use super::*;
 
+    /// A service that answers OK with its name and the path it was called with.
     #[derive(Clone)]
-    struct Echo;
+    struct Echo<const N: usize>;
 
-    impl NamedService for Echo {
+    impl NamedService for Echo<1> {
         const NAME: &'static str = "test.v1.Echo";
     }
 
-    impl Service<Request<Body>> for Echo {
+    impl NamedService for Echo<2> {
+        const NAME: &'static str = "test.v1.Other";
+    }
+
+    impl<const N: usize> Service<Request<Body>> for Echo<N>
+    where
+        Echo<N>: NamedService,
+    {
         type Response = Response<Body>;
         type Error = Infallible;
         type Future = Answer;
@@ -138,54 +154,74 @@ mod tests {
 
         fn call(&mut self, req: Request<Body>) -> Self::Future {
             let mut answer = Status::new(tonic::Code::Ok, "").into_http::<Body>();
-            let path = http::HeaderValue::from_str(req.uri().path());
-            if let Ok(path) = path {
-                answer.headers_mut().insert("x-path", path);
+            let headers = answer.headers_mut();
+            headers.insert("x-service", http::HeaderValue::from_static(Self::NAME));
+            if let Ok(path) = http::HeaderValue::from_str(req.uri().path()) {
+                headers.insert("x-path", path);
             }
             Box::pin(std::future::ready(Ok(answer)))
         }
     }
 
-    async fn answer(dispatch: &mut Dispatch, path: &str) -> (Option<String>, Option<String>) {
+    /// (grpc-status, the service that answered, the path it saw)
+    async fn answer(dispatch: &mut Dispatch, path: &str) -> [Option<String>; 3] {
         let req = Request::builder()
+            .method("POST")
             .uri(path)
             .body(Body::empty())
-            .unwrap_or_default();
+            .expect("a path the test can send");
         let Ok(response) = dispatch.call(req).await;
-        let header = |name: &str| {
+        ["grpc-status", "x-service", "x-path"].map(|name| {
             response
                 .headers()
                 .get(name)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
-        };
-        (header("grpc-status"), header("x-path"))
+        })
     }
 
     #[tokio::test]
     async fn a_call_goes_to_the_service_its_path_names_and_no_other() {
-        let mut dispatch = Dispatch::builder().add(Echo).build();
-        assert_eq!(
-            answer(&mut dispatch, "/test.v1.Echo/Say").await,
-            (Some("0".into()), Some("/test.v1.Echo/Say".into()))
-        );
-        // The service's own code decides its methods, an empty one too.
-        assert_eq!(
-            answer(&mut dispatch, "/test.v1.Echo/").await.1.as_deref(),
-            Some("/test.v1.Echo/")
-        );
-        // No service of that name (a prefix or an extension of one is not it): 12.
+        let mut dispatch = Dispatch::builder().add(Echo::<1>).add(Echo::<2>).build();
+        let ok = |service: &str, path: &str| {
+            [
+                Some("0".to_owned()),
+                Some(service.to_owned()),
+                Some(path.to_owned()),
+            ]
+        };
+        for (path, service) in [
+            ("/test.v1.Echo/Say", "test.v1.Echo"),
+            // The one added second is found too.
+            ("/test.v1.Other/Say", "test.v1.Other"),
+            // The service's own code decides its methods: an empty one, one with more
+            // segments, one percent-encoded (nothing is decoded on the way).
+            ("/test.v1.Echo/", "test.v1.Echo"),
+            ("/test.v1.Echo/Say/more", "test.v1.Echo"),
+            ("/test.v1.Echo/S%61y", "test.v1.Echo"),
+        ] {
+            assert_eq!(
+                answer(&mut dispatch, path).await,
+                ok(service, path),
+                "{path}"
+            );
+        }
+        // No service of that name (a prefix or an extension of one is not it, nor a
+        // percent-encoded one): 12, UNIMPLEMENTED, from no service.
         for path in [
-            "/test.v1.Other/Say",
+            "/test.v1.Third/Say",
             "/test.v1.Ech/Say",
             "/test.v1.EchoX/Say",
+            "/test.v1.Ech%6F/Say",
+            "//test.v1.Echo/Say",
             "/test.v1.Echo",
             "/",
+            "*",
             "/Say",
         ] {
             assert_eq!(
                 answer(&mut dispatch, path).await,
-                (Some("12".into()), None),
+                [Some("12".to_owned()), None, None],
                 "{path}"
             );
         }
