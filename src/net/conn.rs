@@ -31,6 +31,7 @@ use tower::Service;
 use super::{
     client_addr::{ClientAddr, TrustedProxies},
     limiter::{Admitted, ConnState},
+    linger::{self, Lingering},
 };
 
 /// Bounds on one connection's silence.
@@ -43,7 +44,8 @@ pub struct Timeouts {
 }
 
 /// How long a connection told to close gets to finish what it was saying before it
-/// is dropped: a peer that ignores GOAWAY must not keep its descriptor.
+/// is dropped, and then how long its socket lingers for the peer to close its side: a
+/// peer that ignores GOAWAY must not keep its descriptor.
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// What every connection of one listener shares.
@@ -80,7 +82,10 @@ pub(super) async fn serve<S, B>(
         trusted_proxies: listener.trusted_proxies.clone(),
     });
     let (builder, timeouts) = (&listener.builder, listener.timeouts);
-    match &listener.tls {
+    // The socket comes back when HTTP is done with it, to be closed without
+    // resetting a client's last request (`linger`).
+    let (stream, mut returned) = Lingering::new(stream);
+    let served = match &listener.tls {
         None => {
             drive(
                 builder,
@@ -90,7 +95,8 @@ pub(super) async fn serve<S, B>(
                 timeouts,
                 stop,
             )
-            .await
+            .await;
+            true
         }
         Some(acceptor) => {
             let handshake = tokio::time::timeout(timeouts.handshake, acceptor.accept(stream));
@@ -105,11 +111,22 @@ pub(super) async fn serve<S, B>(
                         stop,
                     )
                     .await;
+                    true
                 }
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    false
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    false
+                }
             }
         }
+    };
+    // A peer that never got to HTTP has no request to lose: closed at once.
+    if served && let Ok(stream) = returned.try_recv() {
+        linger::close(stream, CLOSE_GRACE).await;
     }
     drop(admitted);
 }

@@ -7,6 +7,7 @@ pub mod budget;
 pub mod client_addr;
 mod conn;
 pub mod limiter;
+mod linger;
 pub mod request_id;
 mod tls;
 
