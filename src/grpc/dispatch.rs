@@ -49,7 +49,7 @@ where
 }
 
 /// The services, cheap to clone (the layers clone their inner service on every call).
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct Dispatch {
     routes: Arc<[Box<dyn Route>]>,
 }
